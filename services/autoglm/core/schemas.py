@@ -1,0 +1,152 @@
+"""Payloads that cross the sidecars: one definition used by sender and receiver.
+
+The gateway translates OpenAI requests into these; ``inference`` and ``archiver`` accept
+them over service invocation and pub/sub. ``parse`` turns a validation failure into an
+``InvalidRequestError`` that names the offending field.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from autoglm.core.errors import InvalidRequestError
+
+M = TypeVar("M", bound=BaseModel)
+
+#: Default topic for async inference results (DESIGN.md).
+RESULTS_TOPIC = "inference.results"
+REQUESTS_TOPIC = "inference.requests"
+SNAPSHOTS_TOPIC = "session.snapshots"
+AUDIT_TOPIC = "audit"
+PUBSUB = "pubsub"
+STATESTORE = "statestore"
+SECRETSTORE = "vault"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class Payload(BaseModel):
+    """Strict base: unknown fields are rejected so a misspelt option is never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatMessage(Payload):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class SamplingParams(Payload):
+    """Per-request decoding settings; each sequence in a batch keeps its own."""
+
+    max_tokens: int = Field(default=128, ge=1, le=32768)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list, max_length=8)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class GenerateRequest(Payload):
+    """One generation: either chat ``messages`` (templated by the model) or a raw ``prompt``."""
+
+    request_id: str = Field(default_factory=lambda: new_id("req"), min_length=1, max_length=128)
+    model: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    prompt: str | None = None
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerateRequest:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("exactly one of 'messages' or 'prompt' is required")
+        return self
+
+
+FinishReason = Literal["stop", "length", "content_filter", "cancelled"]
+
+
+class GenerateResult(Payload):
+    request_id: str
+    model: str
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    created: int = Field(default_factory=lambda: int(time.time()))
+
+
+class InferenceRequestEvent(Payload):
+    """Published to ``inference.requests``; the result goes to ``reply_topic``."""
+
+    request_id: str = Field(min_length=1, max_length=128)
+    reply_topic: str = Field(default=RESULTS_TOPIC, min_length=1, max_length=128)
+    request: GenerateRequest
+
+    @model_validator(mode="after")
+    def _same_id(self) -> InferenceRequestEvent:
+        self.request.request_id = self.request_id
+        return self
+
+
+class InferenceResultEvent(Payload):
+    request_id: str
+    result: GenerateResult | None = None
+    error: dict[str, Any] | None = None
+
+
+class SnapshotEvent(Payload):
+    """A session's full history at ``version``, published on every change."""
+
+    tenant: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    session_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    version: int = Field(ge=1)
+    messages: list[ChatMessage]
+    model: str | None = None
+    created: float = Field(default_factory=time.time)
+
+
+class AuditEvent(Payload):
+    time: float = Field(default_factory=time.time)
+    tenant: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    user: str | None = None
+    role: str | None = None
+    action: str
+    resource: str
+    model: str | None = None
+    client_ip: str | None = None
+    status: int
+    latency_ms: float
+    trace_id: str | None = None
+    request_id: str | None = None
+
+
+def parse(model: type[M], data: bytes | str | dict[str, Any]) -> M:
+    """Validate ``data`` as ``model``; raise InvalidRequestError naming the first bad field."""
+    if isinstance(data, (bytes, str)):
+        try:
+            data = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidRequestError(
+                f"body is not valid JSON: {exc}", code="invalid_json"
+            ) from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("body must be a JSON object", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        where = f"'{param}': " if param else ""
+        raise InvalidRequestError(f"{where}{err['msg']}", param=param) from None

@@ -1,0 +1,209 @@
+"""Typed access to the app's own Dapr sidecar over its HTTP API.
+
+Everything that leaves an app goes through here: service invocation, pub/sub, state and
+secrets. Keeping it one small class means the apps' logic can be tested against a fake
+with the same interface (``SidecarAPI``), while integration and e2e tests use a real daprd.
+Errors come back as ``AutoGLMError`` subclasses: a dead sidecar is ``UnavailableError``,
+an ETag race ``ConflictError``, a structured error from another app is re-raised as itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+from opentelemetry import propagate
+
+from autoglm.core.errors import (
+    AutoGLMError,
+    ConflictError,
+    DeadlineExceededError,
+    NotFoundError,
+    UnavailableError,
+)
+from autoglm.core.schemas import PUBSUB, STATESTORE
+
+
+@dataclass(frozen=True)
+class StateEntry:
+    value: Any
+    etag: str | None
+
+
+class SidecarAPI(Protocol):
+    """What apps need from Dapr; implemented by ``Sidecar`` and by test fakes."""
+
+    def invoke(
+        self, app_id: str, method: str, payload: dict[str, Any], timeout: float = ...
+    ) -> dict[str, Any]: ...
+
+    def publish(self, topic: str, payload: dict[str, Any], pubsub: str = ...) -> None: ...
+
+    def get_state(self, key: str, store: str = ...) -> StateEntry | None: ...
+
+    def save_state(
+        self,
+        key: str,
+        value: Any,
+        etag: str | None = ...,
+        store: str = ...,
+        create_only: bool = ...,
+    ) -> None: ...
+
+    def delete_state(self, key: str, etag: str | None = ..., store: str = ...) -> None: ...
+
+    def get_secret(self, store: str, name: str) -> dict[str, str]: ...
+
+
+class Sidecar:
+    """Client for the local daprd HTTP API (``DAPR_HTTP_PORT``, default 3500)."""
+
+    def __init__(
+        self,
+        http_port: int | None = None,
+        host: str = "127.0.0.1",
+        timeout: float = 30.0,
+        api_token: str | None = None,
+    ) -> None:
+        port = http_port or int(os.environ.get("DAPR_HTTP_PORT", "3500"))
+        token = api_token or os.environ.get("DAPR_API_TOKEN")
+        headers = {"dapr-api-token": token} if token else {}
+        self.base_url = f"http://{host}:{port}"
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- transport -------------------------------------------------------------------
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        timeout: float | None = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        headers = dict(headers or {})
+        propagate.inject(headers)  # W3C traceparent, so daprd continues our trace
+        try:
+            return self._http.request(
+                method,
+                path,
+                json=json_body,
+                headers=headers,
+                params=params,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.TimeoutException:
+            raise DeadlineExceededError(f"Dapr sidecar call {path} timed out") from None
+        except httpx.TransportError:
+            raise UnavailableError(
+                "Dapr sidecar is not reachable", code="sidecar_unavailable"
+            ) from None
+
+    @staticmethod
+    def _dapr_error(resp: httpx.Response, what: str) -> AutoGLMError:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        code = body.get("errorCode", "") if isinstance(body, dict) else ""
+        if resp.status_code == 409 or "ETAG_MISMATCH" in code:
+            return ConflictError(f"{what}: modified concurrently", code="etag_mismatch")
+        if resp.status_code == 404:
+            return NotFoundError(f"{what}: not found")
+        if resp.status_code in (500, 502, 503) and "ERR_DIRECT_INVOKE" in code:
+            return UnavailableError(f"{what}: target app unavailable", code="upstream_unavailable")
+        return UnavailableError(f"{what}: Dapr error {resp.status_code} {code}".strip())
+
+    # -- service invocation ----------------------------------------------------------
+    def invoke(
+        self, app_id: str, method: str, payload: dict[str, Any], timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Call ``method`` on ``app_id``; a structured ``error`` reply is raised as itself."""
+        resp = self._request(
+            "POST", f"/v1.0/invoke/{app_id}/method/{method}", json_body=payload, timeout=timeout
+        )
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if (
+            isinstance(body, dict)
+            and isinstance(body.get("error"), dict)
+            and "status" in body["error"]
+        ):
+            raise AutoGLMError.from_payload(body["error"])
+        if resp.status_code >= 400 or not isinstance(body, dict):
+            raise self._dapr_error(resp, f"invoke {app_id}/{method}")
+        return body
+
+    # -- pub/sub ---------------------------------------------------------------------
+    def publish(self, topic: str, payload: dict[str, Any], pubsub: str = PUBSUB) -> None:
+        """Publish as a CloudEvent; returns only once the broker accepted it."""
+        resp = self._request("POST", f"/v1.0/publish/{pubsub}/{topic}", json_body=payload)
+        if resp.status_code >= 300:
+            raise self._dapr_error(resp, f"publish {topic}")
+
+    # -- state -----------------------------------------------------------------------
+    def get_state(self, key: str, store: str = STATESTORE) -> StateEntry | None:
+        resp = self._request("GET", f"/v1.0/state/{store}/{key}")
+        if resp.status_code == 204 or (resp.status_code == 200 and not resp.content):
+            return None
+        if resp.status_code != 200:
+            raise self._dapr_error(resp, f"state {key}")
+        return StateEntry(value=resp.json(), etag=resp.headers.get("etag"))
+
+    def save_state(
+        self,
+        key: str,
+        value: Any,
+        etag: str | None = None,
+        store: str = STATESTORE,
+        create_only: bool = False,
+    ) -> None:
+        """Write ``key``. With ``etag`` (or ``create_only``) a concurrent writer's win is a
+        ``ConflictError``; without either it is last-write-wins."""
+        item: dict[str, Any] = {"key": key, "value": value}
+        if etag is not None or create_only:
+            item["options"] = {"concurrency": "first-write"}
+            if etag is not None:
+                item["etag"] = etag
+        resp = self._request("POST", f"/v1.0/state/{store}", json_body=[item])
+        if resp.status_code >= 300:
+            raise self._dapr_error(resp, f"state {key}")
+
+    def delete_state(self, key: str, etag: str | None = None, store: str = STATESTORE) -> None:
+        resp = self._request(
+            "DELETE",
+            f"/v1.0/state/{store}/{key}",
+            headers={"If-Match": etag} if etag else None,
+            params={"concurrency": "first-write"} if etag else None,
+        )
+        if resp.status_code >= 300:
+            raise self._dapr_error(resp, f"state {key}")
+
+    # -- secrets ---------------------------------------------------------------------
+    def get_secret(self, store: str, name: str) -> dict[str, str]:
+        resp = self._request("GET", f"/v1.0/secrets/{store}/{name}")
+        if resp.status_code != 200:
+            raise self._dapr_error(resp, f"secret {store}/{name}")
+        data = resp.json()
+        return {str(k): str(v) for k, v in data.items()}
+
+    # -- health ----------------------------------------------------------------------
+    def healthy(self) -> bool:
+        try:
+            return self._http.get("/v1.0/healthz", timeout=2.0).status_code == 204
+        except httpx.TransportError:
+            return False
+
+
+def error_reply(exc: AutoGLMError) -> str:
+    """The JSON body an app returns over invocation when a call fails."""
+    return json.dumps({"error": exc.to_payload()})

@@ -1,0 +1,1 @@
+"""The inference app: models, scheduling and generation behind a thin Dapr edge."""

@@ -1,0 +1,62 @@
+"""In-memory stand-in for ``SidecarAPI`` — for unit tests only (our own interface)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoglm.core.errors import AutoGLMError, ConflictError
+from autoglm.core.sidecar import StateEntry
+
+
+class FakeSidecar:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+        self.state: dict[str, tuple[Any, int]] = {}
+        self.secrets: dict[str, dict[str, str]] = {}
+        self.invocations: list[tuple[str, str, dict[str, Any]]] = []
+        self.invoke_replies: dict[str, Any] = {}
+        self.fail_publish: AutoGLMError | None = None
+        self.fail_state: AutoGLMError | None = None
+
+    def invoke(
+        self, app_id: str, method: str, payload: dict[str, Any], timeout: float = 60.0
+    ) -> dict[str, Any]:
+        self.invocations.append((app_id, method, payload))
+        reply = self.invoke_replies[method]
+        if isinstance(reply, AutoGLMError):
+            raise reply
+        return reply(payload) if callable(reply) else dict(reply)
+
+    def publish(self, topic: str, payload: dict[str, Any], pubsub: str = "pubsub") -> None:
+        if self.fail_publish:
+            raise self.fail_publish
+        self.published.append((topic, payload))
+
+    def get_state(self, key: str, store: str = "statestore") -> StateEntry | None:
+        if self.fail_state:
+            raise self.fail_state
+        if key not in self.state:
+            return None
+        value, version = self.state[key]
+        return StateEntry(value, str(version))
+
+    def save_state(
+        self,
+        key: str,
+        value: Any,
+        etag: str | None = None,
+        store: str = "statestore",
+        create_only: bool = False,
+    ) -> None:
+        current = self.state.get(key)
+        if (create_only and current) or (
+            etag is not None and (not current or str(current[1]) != etag)
+        ):
+            raise ConflictError(f"state {key}: modified concurrently")
+        self.state[key] = (value, (current[1] + 1) if current else 1)
+
+    def delete_state(self, key: str, etag: str | None = None, store: str = "statestore") -> None:
+        self.state.pop(key, None)
+
+    def get_secret(self, store: str, name: str) -> dict[str, str]:
+        return self.secrets[name]

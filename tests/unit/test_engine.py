@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoglm.core.errors import InvalidRequestError, NotFoundError
+from autoglm.core.schemas import ChatMessage, GenerateRequest, SamplingParams
+from autoglm.inference.engine import AutoGLMEngine
+
+
+@pytest.fixture(scope="module")
+def engine(demo_model_dir: Path) -> AutoGLMEngine:
+    return AutoGLMEngine(demo_model_dir, model_id="demo-glm", max_context_length=256)
+
+
+def _req(max_tokens: int = 8, **sampling: object) -> GenerateRequest:
+    return GenerateRequest(
+        messages=[ChatMessage(role="user", content="Hello, model")],
+        sampling=SamplingParams(max_tokens=max_tokens, **sampling),  # type: ignore[arg-type]
+    )
+
+
+def test_chat_prompt_uses_glm_template(engine: AutoGLMEngine) -> None:
+    loaded = engine.get(None)
+    ids = engine.encode(loaded, _req())
+    text = loaded.tokenizer.decode(ids)
+    assert text.startswith("[gMASK]<sop><|user|>\nHello, model<|assistant|>")
+
+
+def test_greedy_generation_is_deterministic_and_bounded(engine: AutoGLMEngine) -> None:
+    a = engine.generate(_req(temperature=0.0))
+    b = engine.generate(_req(temperature=0.0))
+    assert a.text == b.text
+    assert 1 <= a.completion_tokens <= 8
+    assert a.finish_reason in ("stop", "length")
+    assert a.prompt_tokens > 5 and a.model == "demo-glm"
+
+
+def test_seeded_sampling_reproduces(engine: AutoGLMEngine) -> None:
+    a = engine.generate(_req(max_tokens=12, temperature=1.0, seed=7))
+    b = engine.generate(_req(max_tokens=12, temperature=1.0, seed=7))
+    assert a.text == b.text
+
+
+def test_prompt_over_context_is_refused_with_counts(engine: AutoGLMEngine) -> None:
+    req = GenerateRequest(prompt="word " * 400, sampling=SamplingParams(max_tokens=16))
+    with pytest.raises(InvalidRequestError) as err:
+        engine.generate(req)
+    assert err.value.code == "context_length_exceeded"
+    assert "256" in err.value.message and "max_tokens is 16" in err.value.message
+
+
+def test_unknown_model_is_404(engine: AutoGLMEngine) -> None:
+    with pytest.raises(NotFoundError, match="nope"):
+        engine.generate(GenerateRequest(model="nope", prompt="x"))
