@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+
+from tests.support.stack import Backing, start_backing
 
 LEVELS = ("unit", "integration", "e2e", "chaos", "k8s")
 
@@ -25,3 +29,10 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return create_demo_model(
         tmp_path_factory.mktemp("models") / "demo-glm", vocab_size=1024, hidden_size=128, layers=2
     )
+
+
+@pytest.fixture(scope="session")
+def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backing]:
+    """Real Redis + Vault (seeded) and the rendered Dapr components, for the session."""
+    with ExitStack() as stack:
+        yield start_backing(tmp_path_factory.mktemp("stack"), stack)

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.stack import AppUnderTest, Backing, start_app, wait_http_ok
+
+
+@dataclass
+class Mesh:
+    backing: Backing
+    gateway: AppUnderTest
+    inference: AppUnderTest
+    archiver: AppUnderTest
+    gateway_url: str
+    archive_root: Path
+
+
+@pytest.fixture(scope="session")
+def mesh(backing: Backing, demo_model_dir: Path) -> Iterator[Mesh]:
+    """All three apps as real processes, each behind its own real daprd."""
+    archive_root = backing.workdir / "archive"
+    with ExitStack() as stack:
+        inference = start_app(
+            backing, stack, "inference", "autoglm.inference",
+            env={"AUTOGLM_INFERENCE_MODEL_PATH": str(demo_model_dir)},
+        )
+        archiver = start_app(
+            backing, stack, "archiver", "autoglm.archiver",
+            env={"AUTOGLM_ARCHIVER_ROOT": str(archive_root)},
+        )
+        gateway = start_app(backing, stack, "gateway", "autoglm.gateway", protocol="http",
+                            env={"AUTOGLM_GATEWAY_THREADS": "8"})
+        url = f"http://127.0.0.1:{gateway.app_port}"
+        assert gateway.app is not None
+        wait_http_ok(f"{url}/readyz", gateway.app)
+        yield Mesh(backing, gateway, inference, archiver, url, archive_root)
