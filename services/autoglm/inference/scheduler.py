@@ -1,0 +1,326 @@
+"""Continuous batching: sequences join the running batch between decode steps and leave
+as soon as they finish, each with its own sampling settings, stops, seed and deadline.
+
+One scheduler thread owns the model. Per iteration it (1) drops cancelled or expired
+sequences, (2) admits waiting requests up to ``max_batch_size`` — each prompt is
+prefilled once, reusing a cached prefix when one matches — and (3) runs one batched
+decode step for every running sequence. Callers wait on a ``RequestHandle`` or iterate
+it for streamed text. The waiting queue is bounded: a full queue is an immediate
+``OverloadedError``, never unbounded memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from autoglm.core.errors import AutoGLMError, DeadlineExceededError, OverloadedError
+from autoglm.core.schemas import FinishReason, GenerateRequest, GenerateResult
+from autoglm.inference.detokenizer import IncrementalText
+from autoglm.inference.kvcache import BatchKV, PrefixCache, cache_from_layers, cache_layers
+from autoglm.inference.sampling import make_generator, sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepStats:
+    """Observed by metrics: what the scheduler did in its latest iteration."""
+
+    batch_size: int = 0
+    queue_depth: int = 0
+    tokens: int = 0
+
+
+class RequestHandle:
+    """The caller's side of one request: wait for the result, iterate text, or cancel."""
+
+    _END = object()
+
+    def __init__(self, request: GenerateRequest) -> None:
+        self.request = request
+        self.submitted = time.monotonic()
+        self.first_token_at: float | None = None
+        self._events: queue.Queue[object] = queue.Queue()
+        self._done = threading.Event()
+        self._result: GenerateResult | None = None
+        self._error: AutoGLMError | None = None
+        self.cancelled = False
+
+    # scheduler side
+    def _emit(self, text: str) -> None:
+        if text:
+            self._events.put(text)
+
+    def _finish(self, result: GenerateResult | None, error: AutoGLMError | None) -> None:
+        self._result, self._error = result, error
+        self._done.set()
+        self._events.put(self._END)
+
+    # caller side
+    def cancel(self) -> None:
+        """Free the slot at the next step; the result becomes ``finish_reason='cancelled'``."""
+        self.cancelled = True
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> GenerateResult:
+        if not self._done.wait(timeout):
+            self.cancel()
+            raise DeadlineExceededError("generation did not finish in time")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def __iter__(self) -> Iterator[str]:
+        """Text deltas as they are generated; raises the request's error at the end."""
+        while True:
+            item = self._events.get()
+            if item is self._END:
+                break
+            yield str(item)
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.submitted
+
+
+@dataclass
+class _Sequence:
+    handle: RequestHandle
+    prompt_ids: list[int]
+    generator: torch.Generator | None
+    text: IncrementalText
+    deadline: float
+    output_ids: list[int] = field(default_factory=list)
+    #: Tokens whose keys/values are in the cache (prompt + all but the pending token).
+    cached: int = 0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        model_id: str,
+        eos_token_ids: list[int],
+        *,
+        max_batch_size: int = 32,
+        max_queue: int = 256,
+        prefix_cache: PrefixCache | None = None,
+        request_timeout_s: float = 300.0,
+        on_step: Callable[[StepStats], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.eos = set(eos_token_ids)
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.prefix_cache = prefix_cache
+        self.request_timeout_s = request_timeout_s
+        self.on_step = on_step
+        self.device = next(model.parameters()).device
+        self._waiting: deque[tuple[RequestHandle, list[int]]] = deque()
+        self._running: list[_Sequence] = []
+        self._batch = BatchKV()
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name=f"scheduler-{model_id}",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- callers -------------------------------------------------------------------
+    def submit(self, request: GenerateRequest, prompt_ids: list[int]) -> RequestHandle:
+        handle = RequestHandle(request)
+        with self._cv:
+            if self._stop:
+                raise OverloadedError("model is shutting down", code="shutting_down")
+            if len(self._waiting) >= self.max_queue:
+                raise OverloadedError(
+                    f"inference queue is full ({self.max_queue} waiting); retry later"
+                )
+            self._waiting.append((handle, prompt_ids))
+            self._cv.notify()
+        return handle
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self._running)
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=30)
+
+    # -- loop ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self._waiting and not self._running:
+                    self._cv.wait()
+                if self._stop:
+                    break
+            try:
+                with torch.inference_mode():
+                    self._iterate()
+            except Exception:  # keep serving: fail the batch, not the process
+                log.exception("scheduler step failed; failing running requests")
+                for seq in self._running:
+                    seq.handle._finish(None, AutoGLMError("generation failed"))
+                self._running, self._batch = [], BatchKV()
+        shutting = AutoGLMError("model unloaded", code="shutting_down")
+        for seq in self._running:
+            seq.handle._finish(None, shutting)
+        for handle, _ in self._waiting:
+            handle._finish(None, shutting)
+
+    def _iterate(self) -> None:
+        now = time.monotonic()
+        finished = [
+            (i, "cancelled" if s.handle.cancelled else "timeout")
+            for i, s in enumerate(self._running)
+            if s.handle.cancelled or now > s.deadline
+        ]
+        self._retire(dict(finished))
+        self._admit()
+        stats = StepStats(batch_size=len(self._running), queue_depth=len(self._waiting))
+        if self._running:
+            stats.tokens = self._decode_step()
+        if self.on_step:
+            self.on_step(stats)
+
+    def _admit(self) -> None:
+        while len(self._running) < self.max_batch_size:
+            with self._cv:
+                if not self._waiting:
+                    return
+                handle, prompt_ids = self._waiting.popleft()
+            if handle.cancelled:
+                handle._finish(self._result(handle, "", [], "cancelled", len(prompt_ids)), None)
+                continue
+            if time.monotonic() > handle.submitted + self.request_timeout_s:
+                handle._finish(None, DeadlineExceededError("request waited too long in queue"))
+                continue
+            seq = _Sequence(
+                handle=handle,
+                prompt_ids=prompt_ids,
+                generator=make_generator(handle.request.sampling.seed, self.device),
+                text=IncrementalText(self.tokenizer, handle.request.sampling.stop),
+                deadline=handle.submitted + self.request_timeout_s,
+            )
+            logits, layers = self._prefill(prompt_ids)
+            seq.cached = len(prompt_ids)
+            self._running.append(seq)
+            self._batch.add(layers)
+            reason = self._accept(seq, logits)
+            if reason:
+                self._retire({len(self._running) - 1: reason})
+
+    def _prefill(self, prompt_ids: list[int]) -> tuple[torch.Tensor, Any]:
+        """Run the prompt (minus any cached prefix); return last logits and its KV."""
+        reused, layers = (0, None)
+        if self.prefix_cache is not None:
+            reused, layers = self.prefix_cache.lookup(prompt_ids)
+        cache = cache_from_layers(layers) if layers else None
+        ids = torch.tensor([prompt_ids[reused:]], device=self.device)
+        if cache is None:
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1], cache_layers(out.past_key_values)
+
+    def _decode_step(self) -> int:
+        assert self._batch.cache is not None
+        pending = [s.output_ids[-1] for s in self._running]
+        input_ids = torch.tensor(pending, device=self.device).unsqueeze(1)
+        positions = torch.tensor([s.cached for s in self._running], device=self.device)
+        mask = self._batch.extend_mask()
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions.unsqueeze(1),
+            past_key_values=self._batch.cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1]
+        greedy = torch.argmax(logits, dim=-1).tolist()
+        done: dict[int, str] = {}
+        for i, seq in enumerate(self._running):
+            seq.cached += 1
+            reason = self._accept(seq, logits[i], greedy[i])
+            if reason:
+                done[i] = reason
+        self._retire(done)
+        return len(pending)
+
+    def _accept(self, seq: _Sequence, logits: torch.Tensor, greedy: int | None = None) -> str:
+        """Choose and record the next token; return a finish reason or ''."""
+        params = seq.handle.request.sampling
+        token = greedy if (params.greedy and greedy is not None) else sample(
+            logits, params, seq.generator
+        )
+        if seq.handle.first_token_at is None:
+            seq.handle.first_token_at = time.monotonic()
+        seq.output_ids.append(token)
+        if token in self.eos:
+            return "stop"
+        seq.handle._emit(seq.text.push(token))
+        if seq.text.stopped:
+            return "stop"
+        if len(seq.output_ids) >= params.max_tokens:
+            return "length"
+        return ""
+
+    def _retire(self, done: dict[int, str]) -> None:
+        if not done:
+            return
+        for i, reason in done.items():
+            seq = self._running[i]
+            if self.prefix_cache is not None and reason != "timeout":
+                tokens = seq.prompt_ids + seq.output_ids[:-1]
+                self.prefix_cache.put(tokens, self._batch.row_layers(i, seq.cached))
+            if reason == "timeout":
+                seq.handle._finish(None, DeadlineExceededError(
+                    f"generation exceeded {self.request_timeout_s:.0f}s"))
+                continue
+            seq.handle._emit(seq.text.flush())
+            seq.handle._finish(
+                self._result(seq.handle, seq.text.text, seq.output_ids, reason,
+                             len(seq.prompt_ids)),
+                None,
+            )
+        keep = [i for i in range(len(self._running)) if i not in done]
+        self._running = [self._running[i] for i in keep]
+        self._batch.remove(keep)
+
+    def _result(self, handle: RequestHandle, text: str, output_ids: list[int],
+                reason: str, prompt_tokens: int) -> GenerateResult:
+        finish: FinishReason = reason  # type: ignore[assignment]
+        return GenerateResult(
+            request_id=handle.request.request_id,
+            model=self.model_id,
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(output_ids),
+        )

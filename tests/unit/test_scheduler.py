@@ -1,0 +1,147 @@
+"""Continuous batching: correctness against Hugging Face generate, joins, stops, limits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoglm.core.errors import DeadlineExceededError, OverloadedError
+from autoglm.core.schemas import ChatMessage, GenerateRequest, SamplingParams
+from autoglm.inference.engine import AutoGLMEngine
+
+PROMPTS = ["Hello there", "The quick brown fox jumps over the lazy", "a",
+           "Return the value of the attribute named by the string"]
+
+
+@pytest.fixture(scope="module")
+def engine(demo_model_dir: Path) -> Iterator[AutoGLMEngine]:
+    eng = AutoGLMEngine(demo_model_dir, model_id="demo-glm", prefix_cache_mb=0)
+    yield eng
+    eng.close()
+
+
+def _req(prompt: str, max_tokens: int = 16, **kw: object) -> GenerateRequest:
+    sampling = SamplingParams(max_tokens=max_tokens, **{"temperature": 0.0, **kw})  # type: ignore[arg-type]
+    return GenerateRequest(prompt=prompt, sampling=sampling)
+
+
+def _hf_greedy(engine: AutoGLMEngine, prompt: str, max_tokens: int) -> str:
+    lm = engine.get(None)
+    ids = lm.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                max_new_tokens=max_tokens, do_sample=False,
+                                eos_token_id=lm.eos_token_ids, pad_token_id=0)
+    return str(lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
+
+def test_batched_mixed_lengths_match_hf_generate(engine: AutoGLMEngine) -> None:
+    reqs = [_req(p, 10 + 4 * i) for i, p in enumerate(PROMPTS)]
+    results = [h.result(60) for h in [engine.submit(r) for r in reqs]]
+    for req, res in zip(reqs, results, strict=True):
+        assert res.text == _hf_greedy(engine, req.prompt or "", req.sampling.max_tokens)
+        assert res.completion_tokens == req.sampling.max_tokens or res.finish_reason == "stop"
+
+
+def test_request_joins_a_running_batch_and_leaves_early(engine: AutoGLMEngine) -> None:
+    solo_long = engine.generate(_req(PROMPTS[1], 60))
+    solo_short = engine.generate(_req(PROMPTS[3], 5))
+    long_handle = engine.submit(_req(PROMPTS[1], 60))
+    stream = iter(long_handle)
+    next(stream)  # the long request is decoding now
+    short = engine.submit(_req(PROMPTS[3], 5)).result(60)
+    assert not long_handle.done, "short request should finish while the long one runs"
+    assert short.text == solo_short.text
+    assert long_handle.result(60).text == solo_long.text
+
+
+def test_stop_sequence_cuts_text_and_never_streams_it(engine: AutoGLMEngine) -> None:
+    full = engine.generate(_req(PROMPTS[0], 40)).text
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    assert stop.strip(), "test needs a visible stop string"
+    handle = engine.submit(_req(PROMPTS[0], 40, stop=[stop]))
+    streamed = "".join(handle)
+    result = handle.result(1)
+    assert result.finish_reason == "stop"
+    assert result.text == full[: full.find(stop)]
+    assert streamed == result.text and stop not in streamed
+
+
+def test_cancel_frees_the_slot(engine: AutoGLMEngine) -> None:
+    handle = engine.submit(_req(PROMPTS[1], 3000))
+    next(iter(handle))
+    handle.cancel()
+    result = handle.result(30)
+    assert result.finish_reason == "cancelled" and result.completion_tokens < 3000
+    deadline = time.monotonic() + 5
+    while engine.get(None).scheduler.batch_size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.get(None).scheduler.batch_size == 0
+
+
+def test_closing_a_stream_cancels_generation(engine: AutoGLMEngine) -> None:
+    stream = engine.stream(_req(PROMPTS[1], 3000))
+    next(stream)
+    stream.close()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 5
+    while engine.get(None).scheduler.batch_size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.get(None).scheduler.batch_size == 0
+
+
+def test_seeded_sampling_is_independent_of_batch_company(engine: AutoGLMEngine) -> None:
+    seeded = _req(PROMPTS[0], 20, temperature=0.9, top_p=0.9, top_k=50, seed=1234)
+    alone = engine.generate(seeded).text
+    others = [engine.submit(_req(p, 20, temperature=1.0)) for p in PROMPTS]
+    together = engine.submit(seeded).result(60).text
+    for h in others:
+        h.result(60)
+    assert together == alone
+
+
+def test_full_queue_is_overloaded_not_unbounded(demo_model_dir: Path) -> None:
+    eng = AutoGLMEngine(demo_model_dir, max_batch_size=1, max_queue=1, prefix_cache_mb=0)
+    try:
+        running = eng.submit(_req(PROMPTS[1], 3000))
+        next(iter(running))
+        waiting = eng.submit(_req(PROMPTS[0], 4))
+        with pytest.raises(OverloadedError, match="queue is full"):
+            eng.submit(_req(PROMPTS[0], 4))
+        running.cancel()
+        assert waiting.result(30).completion_tokens >= 1
+    finally:
+        eng.close()
+
+
+def test_request_timeout_frees_slot_with_504(demo_model_dir: Path) -> None:
+    eng = AutoGLMEngine(demo_model_dir, request_timeout_s=0.3, prefix_cache_mb=0)
+    try:
+        with pytest.raises(DeadlineExceededError):
+            eng.submit(_req(PROMPTS[1], 3500)).result(30)
+        assert eng.get(None).scheduler.batch_size == 0
+    finally:
+        eng.close()
+
+
+def test_prefix_cache_reuses_earlier_turns_without_changing_output(
+    demo_model_dir: Path, engine: AutoGLMEngine
+) -> None:
+    cached = AutoGLMEngine(demo_model_dir, prefix_cache_mb=64)
+    try:
+        history = [ChatMessage(role="user", content="Tell me about the logging module")]
+        for _ in range(3):
+            req = GenerateRequest(messages=history, sampling=SamplingParams(max_tokens=12,
+                                                                            temperature=0))
+            with_cache = cached.generate(req)
+            without = engine.generate(req)
+            assert with_cache.text == without.text
+            history = [*history, ChatMessage(role="assistant", content=with_cache.text),
+                       ChatMessage(role="user", content="and then?")]
+        prefix = cached.get(None).scheduler.prefix_cache
+        assert prefix is not None and prefix.hits >= 2
+    finally:
+        cached.close()
