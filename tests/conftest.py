@@ -22,17 +22,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small GLM demo model built through the real save_pretrained path."""
-    from autoglm.models.demo import create_demo_model
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small signed GLM demo model and the signed MiniLM encoder (real save_pretrained)."""
+    from autoglm.models.demo import init_demo_models
 
-    return create_demo_model(
-        tmp_path_factory.mktemp("models") / "demo-glm", vocab_size=1024, hidden_size=128, layers=2
-    )
+    path = tmp_path_factory.mktemp("models")
+    init_demo_models(path, small=True)
+    return path
 
 
 @pytest.fixture(scope="session")
-def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backing]:
+def demo_model_dir(models_dir: Path) -> Path:
+    return models_dir / "demo-glm"
+
+
+@pytest.fixture(scope="session")
+def signing_public_key(models_dir: Path) -> bytes:
+    from autoglm.models.demo import DEV_KEY_DIR, DEV_PUBLIC_KEY
+
+    return (models_dir / DEV_KEY_DIR / DEV_PUBLIC_KEY).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def backing(
+    tmp_path_factory: pytest.TempPathFactory, signing_public_key: bytes
+) -> Iterator[Backing]:
     """Real Redis + Vault (seeded) and the rendered Dapr components, for the session."""
     with ExitStack() as stack:
-        yield start_backing(tmp_path_factory.mktemp("stack"), stack)
+        yield start_backing(tmp_path_factory.mktemp("stack"), stack, signing_public_key)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from autoglm.devstack.processes import free_port
 from tests.support.stack import AppUnderTest, Backing, start_app, wait_http_ok
 
 
@@ -21,20 +23,44 @@ class Mesh:
 
 
 @pytest.fixture(scope="session")
-def mesh(backing: Backing, demo_model_dir: Path) -> Iterator[Mesh]:
+def mesh(backing: Backing, models_dir: Path) -> Iterator[Mesh]:
     """All three apps as real processes, each behind its own real daprd."""
     archive_root = backing.workdir / "archive"
     with ExitStack() as stack:
         inference = start_app(
-            backing, stack, "inference", "autoglm.inference",
-            env={"AUTOGLM_INFERENCE_MODEL_PATH": str(demo_model_dir)},
+            backing,
+            stack,
+            "inference",
+            "autoglm.inference",
+            env={
+                "AUTOGLM_INFERENCE_MODELS": json.dumps(
+                    [
+                        {"id": "demo-glm", "path": str(models_dir / "demo-glm"), "priority": True},
+                        {
+                            "id": "all-MiniLM-L6-v2",
+                            "path": str(models_dir / "all-MiniLM-L6-v2"),
+                            "priority": True,
+                        },
+                    ]
+                ),
+                "AUTOGLM_INFERENCE_METRICS_PORT": str(free_port()),
+            },
         )
         archiver = start_app(
-            backing, stack, "archiver", "autoglm.archiver",
+            backing,
+            stack,
+            "archiver",
+            "autoglm.archiver",
             env={"AUTOGLM_ARCHIVER_ROOT": str(archive_root)},
         )
-        gateway = start_app(backing, stack, "gateway", "autoglm.gateway", protocol="http",
-                            env={"AUTOGLM_GATEWAY_THREADS": "8"})
+        gateway = start_app(
+            backing,
+            stack,
+            "gateway",
+            "autoglm.gateway",
+            protocol="http",
+            env={"AUTOGLM_GATEWAY_THREADS": "8"},
+        )
         url = f"http://127.0.0.1:{gateway.app_port}"
         assert gateway.app is not None
         wait_http_ok(f"{url}/readyz", gateway.app)

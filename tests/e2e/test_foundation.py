@@ -23,8 +23,12 @@ def _wait(predicate: object, timeout: float, what: str) -> None:
 
 
 def test_chat_completion_through_gateway_and_sidecars(mesh: Mesh) -> None:
-    body = {"model": "demo-glm", "messages": [{"role": "user", "content": "Hello"}],
-            "max_tokens": 6, "temperature": 0}
+    body = {
+        "model": "demo-glm",
+        "messages": [{"role": "user", "content": "Hello"}],
+        "max_tokens": 6,
+        "temperature": 0,
+    }
     resp = httpx.post(f"{mesh.gateway_url}/v1/chat/completions", json=body, timeout=60)
     assert resp.status_code == 200, resp.text
     data = resp.json()
@@ -46,10 +50,13 @@ def test_bad_request_crosses_the_mesh_as_clear_400(mesh: Mesh) -> None:
 def test_published_request_yields_result_with_same_id(mesh: Mesh) -> None:
     request_id = f"job-{uuid.uuid4().hex}"
     client = Sidecar(http_port=mesh.gateway.ports.http)
-    client.publish("inference.requests", {
-        "request_id": request_id,
-        "request": {"prompt": "Once upon", "sampling": {"max_tokens": 4}},
-    })
+    client.publish(
+        "inference.requests",
+        {
+            "request_id": request_id,
+            "request": {"prompt": "Once upon", "sampling": {"max_tokens": 4}},
+        },
+    )
     stream = redis.Redis(port=mesh.backing.redis_port)
 
     def result() -> dict[str, object] | None:
@@ -68,12 +75,20 @@ def test_published_request_yields_result_with_same_id(mesh: Mesh) -> None:
 def test_snapshot_event_lands_under_archive_root(mesh: Mesh) -> None:
     session = f"s-{uuid.uuid4().hex[:12]}"
     client = Sidecar(http_port=mesh.gateway.ports.http)
-    client.publish("session.snapshots", {
-        "tenant": "acme", "session_id": session, "version": 1,
-        "messages": [{"role": "user", "content": "keep me"}],
-    })
-    _wait(lambda: any(mesh.archive_root.rglob(f"{session}/00000001/metadata.json")), 30,
-          "snapshot file")
+    client.publish(
+        "session.snapshots",
+        {
+            "tenant": "acme",
+            "session_id": session,
+            "version": 1,
+            "messages": [{"role": "user", "content": "keep me"}],
+        },
+    )
+    _wait(
+        lambda: any(mesh.archive_root.rglob(f"{session}/00000001/metadata.json")),
+        30,
+        "snapshot file",
+    )
     [meta] = mesh.archive_root.rglob(f"{session}/00000001/metadata.json")
     assert json.loads(meta.read_text())["session_id"] == session
 

@@ -21,8 +21,13 @@ def test_result_lands_on_reply_topic_stream(
     topic = f"itest.results.{uuid.uuid4().hex[:8]}"
     request_id = f"req-{uuid.uuid4().hex}"
     service = InferenceService(AutoGLMEngine(demo_model_dir, model_id="demo-glm"), sidecar)
-    body = json.dumps({"request_id": request_id, "reply_topic": topic,
-                       "request": {"prompt": "hello", "sampling": {"max_tokens": 3}}})
+    body = json.dumps(
+        {
+            "request_id": request_id,
+            "reply_topic": topic,
+            "request": {"prompt": "hello", "sampling": {"max_tokens": 3}},
+        }
+    )
     assert service.on_request_event(body.encode()) is Ack.SUCCESS
 
     entries = redis.Redis(port=backing.redis_port).xrange(topic)

@@ -47,6 +47,7 @@ class FakeSidecar:
         etag: str | None = None,
         store: str = "statestore",
         create_only: bool = False,
+        ttl_s: int | None = None,
     ) -> None:
         current = self.state.get(key)
         if (create_only and current) or (

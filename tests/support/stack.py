@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ class AppUnderTest:
         return f"http://127.0.0.1:{self.ports.http}"
 
 
-def start_backing(workdir: Path, stack: ExitStack) -> Backing:
+def start_backing(workdir: Path, stack: ExitStack, signing_public_key: bytes) -> Backing:
     logs = workdir / "logs"
     redis_port, vault_port = free_port(), free_port()
     redis = start_redis(redis_port, workdir / "redis", logs / "redis.log")
@@ -57,9 +56,11 @@ def start_backing(workdir: Path, stack: ExitStack) -> Backing:
     vault = start_vault(vault_port, logs / "vault.log")
     stack.callback(vault.stop)
     vault_addr = f"http://127.0.0.1:{vault_port}"
-    secrets = seed_vault(vault_addr)
+    secrets = seed_vault(vault_addr, signing_public_key)
     resources, config = render_components(
-        workdir / "dapr", redis_addr=f"127.0.0.1:{redis_port}", vault_addr=vault_addr,
+        workdir / "dapr",
+        redis_addr=f"127.0.0.1:{redis_port}",
+        vault_addr=vault_addr,
         vault_token=DEV_VAULT_TOKEN,
     )
     return Backing(redis_port, vault_addr, secrets, resources, config, workdir)
@@ -96,8 +97,12 @@ def start_app(
         stack.callback(app_proc.stop)
         app_proc.wait_until(lambda: port_open(app_port), 180, f"{app_id} listening")
     sidecar = start_daprd(
-        app_id, resources=backing.resources, config=backing.config,
-        log_path=logs / f"daprd-{app_id}.log", ports=ports, app_port=app_port,
+        app_id,
+        resources=backing.resources,
+        config=backing.config,
+        log_path=logs / f"daprd-{app_id}.log",
+        ports=ports,
+        app_port=app_port,
         app_protocol=protocol,
     )
     stack.callback(sidecar.stop)
@@ -106,6 +111,6 @@ def start_app(
 
 
 def wait_http_ok(url: str, proc: ManagedProcess, timeout: float = 120) -> None:
-    proc.wait_until(lambda: httpx.get(url, timeout=2).status_code == 200, timeout, f"200 from {url}")
-
-
+    proc.wait_until(
+        lambda: httpx.get(url, timeout=2).status_code == 200, timeout, f"200 from {url}"
+    )

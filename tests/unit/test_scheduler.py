@@ -13,8 +13,12 @@ from autoglm.core.errors import DeadlineExceededError, OverloadedError
 from autoglm.core.schemas import ChatMessage, GenerateRequest, SamplingParams
 from autoglm.inference.engine import AutoGLMEngine
 
-PROMPTS = ["Hello there", "The quick brown fox jumps over the lazy", "a",
-           "Return the value of the attribute named by the string"]
+PROMPTS = [
+    "Hello there",
+    "The quick brown fox jumps over the lazy",
+    "a",
+    "Return the value of the attribute named by the string",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +37,15 @@ def _hf_greedy(engine: AutoGLMEngine, prompt: str, max_tokens: int) -> str:
     lm = engine.get(None)
     ids = lm.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.inference_mode():
-        out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                max_new_tokens=max_tokens, do_sample=False,
-                                eos_token_id=lm.eos_token_ids, pad_token_id=0)
-    return str(lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        out = lm.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=lm.eos_token_ids,
+            pad_token_id=0,
+        )
+    return str(lm.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
 
 
 def test_batched_mixed_lengths_match_hf_generate(engine: AutoGLMEngine) -> None:
@@ -50,7 +59,7 @@ def test_batched_mixed_lengths_match_hf_generate(engine: AutoGLMEngine) -> None:
 def test_request_joins_a_running_batch_and_leaves_early(engine: AutoGLMEngine) -> None:
     solo_long = engine.generate(_req(PROMPTS[1], 60))
     solo_short = engine.generate(_req(PROMPTS[3], 5))
-    long_handle = engine.submit(_req(PROMPTS[1], 60))
+    long_handle = engine.submit(_req(PROMPTS[1], 60), stream=True)
     stream = iter(long_handle)
     next(stream)  # the long request is decoding now
     short = engine.submit(_req(PROMPTS[3], 5)).result(60)
@@ -72,7 +81,7 @@ def test_stop_sequence_cuts_text_and_never_streams_it(engine: AutoGLMEngine) -> 
 
 
 def test_cancel_frees_the_slot(engine: AutoGLMEngine) -> None:
-    handle = engine.submit(_req(PROMPTS[1], 3000))
+    handle = engine.submit(_req(PROMPTS[1], 3000), stream=True)
     next(iter(handle))
     handle.cancel()
     result = handle.result(30)
@@ -106,7 +115,7 @@ def test_seeded_sampling_is_independent_of_batch_company(engine: AutoGLMEngine) 
 def test_full_queue_is_overloaded_not_unbounded(demo_model_dir: Path) -> None:
     eng = AutoGLMEngine(demo_model_dir, max_batch_size=1, max_queue=1, prefix_cache_mb=0)
     try:
-        running = eng.submit(_req(PROMPTS[1], 3000))
+        running = eng.submit(_req(PROMPTS[1], 3000), stream=True)
         next(iter(running))
         waiting = eng.submit(_req(PROMPTS[0], 4))
         with pytest.raises(OverloadedError, match="queue is full"):
@@ -134,13 +143,17 @@ def test_prefix_cache_reuses_earlier_turns_without_changing_output(
     try:
         history = [ChatMessage(role="user", content="Tell me about the logging module")]
         for _ in range(3):
-            req = GenerateRequest(messages=history, sampling=SamplingParams(max_tokens=12,
-                                                                            temperature=0))
+            req = GenerateRequest(
+                messages=history, sampling=SamplingParams(max_tokens=12, temperature=0)
+            )
             with_cache = cached.generate(req)
             without = engine.generate(req)
             assert with_cache.text == without.text
-            history = [*history, ChatMessage(role="assistant", content=with_cache.text),
-                       ChatMessage(role="user", content="and then?")]
+            history = [
+                *history,
+                ChatMessage(role="assistant", content=with_cache.text),
+                ChatMessage(role="user", content="and then?"),
+            ]
         prefix = cached.get(None).scheduler.prefix_cache
         assert prefix is not None and prefix.hits >= 2
     finally:

@@ -40,8 +40,10 @@ def test_unknown_setting_is_refused() -> None:
 
 def test_missing_model_says_how_to_create_it(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as err:
-        load_settings(InferenceSettings, {"AUTOGLM_INFERENCE_MODEL_PATH": str(tmp_path)})
-    assert "model_path" in str(err.value) and "autoglm models init-demo" in str(err.value)
+        load_settings(
+            InferenceSettings, {"AUTOGLM_INFERENCE_MODELS": f"[{{id: x, path: {tmp_path}}}]"}
+        )
+    assert "models.0.path" in str(err.value) and "autoglm models init-demo" in str(err.value)
 
 
 def test_missing_config_file_is_named(tmp_path: Path) -> None:

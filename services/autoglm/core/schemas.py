@@ -87,6 +87,23 @@ class GenerateResult(Payload):
     created: int = Field(default_factory=lambda: int(time.time()))
 
 
+class EmbedRequest(Payload):
+    model: str | None = None
+    input: list[str] = Field(min_length=1, max_length=2048)
+
+
+class EmbedResult(Payload):
+    model: str
+    data: list[list[float]]
+    prompt_tokens: int
+
+
+class ModelRef(Payload):
+    """Body of the admin methods ``load_model`` / ``unload_model``."""
+
+    model: str = Field(min_length=1, max_length=128)
+
+
 class InferenceRequestEvent(Payload):
     """Published to ``inference.requests``; the result goes to ``reply_topic``."""
 

@@ -51,6 +51,7 @@ class SidecarAPI(Protocol):
         etag: str | None = ...,
         store: str = ...,
         create_only: bool = ...,
+        ttl_s: int | None = ...,
     ) -> None: ...
 
     def delete_state(self, key: str, etag: str | None = ..., store: str = ...) -> None: ...
@@ -166,10 +167,13 @@ class Sidecar:
         etag: str | None = None,
         store: str = STATESTORE,
         create_only: bool = False,
+        ttl_s: int | None = None,
     ) -> None:
         """Write ``key``. With ``etag`` (or ``create_only``) a concurrent writer's win is a
-        ``ConflictError``; without either it is last-write-wins."""
+        ``ConflictError``; without either it is last-write-wins. ``ttl_s`` expires it."""
         item: dict[str, Any] = {"key": key, "value": value}
+        if ttl_s is not None:
+            item["metadata"] = {"ttlInSeconds": str(ttl_s)}
         if etag is not None or create_only:
             item["options"] = {"concurrency": "first-write"}
             if etag is not None:

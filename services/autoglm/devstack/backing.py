@@ -83,10 +83,13 @@ def start_vault(port: int, log_path: Path, token: str = DEV_VAULT_TOKEN) -> Mana
     return proc
 
 
-def seed_vault(addr: str, token: str = DEV_VAULT_TOKEN) -> dict[str, dict[str, str]]:
+def seed_vault(
+    addr: str, signing_public_key: bytes, token: str = DEV_VAULT_TOKEN
+) -> dict[str, dict[str, str]]:
     """Write the secrets the apps read (fresh random values each dev start)."""
     client = hvac.Client(url=addr, token=token)
     values: dict[str, dict[str, str]] = {
+        "model-signing": {"public-key": signing_public_key.decode()},
         "jwt": {
             "hs256-key": secrets.token_urlsafe(48),
             "issuer": "autoglm-dev",

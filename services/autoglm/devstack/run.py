@@ -27,7 +27,7 @@ def _say(msg: str) -> None:
 
 
 def run_dev_stack() -> int:
-    from autoglm.models.demo import create_demo_model, demo_model_present
+    from autoglm.models.demo import init_demo_models
 
     logs = DATA_DIR / "logs"
     started: list[ManagedProcess] = []
@@ -45,12 +45,10 @@ def run_dev_stack() -> int:
         else:
             _say(f"starting Vault dev server on 127.0.0.1:{VAULT_PORT}")
             started.append(start_vault(VAULT_PORT, logs / "vault.log"))
-        seed_vault(f"http://127.0.0.1:{VAULT_PORT}", DEV_VAULT_TOKEN)
+        _say(f"preparing signed demo models in {MODELS_DIR}")
+        public_key = init_demo_models(MODELS_DIR)
+        seed_vault(f"http://127.0.0.1:{VAULT_PORT}", public_key, DEV_VAULT_TOKEN)
         _say("Vault seeded with dev secrets under secret/autoglm/")
-        demo = MODELS_DIR / "demo-glm"
-        if not demo_model_present(demo):
-            _say(f"creating demo model at {demo}")
-            create_demo_model(demo)
         _say("starting gateway, inference and archiver with their daprd sidecars")
         env = dict(os.environ, DAPR_RUNTIME_PATH=str(TOOLS_BIN.parent / "dapr-runtime"))
         apps = ManagedProcess(

@@ -1,23 +1,30 @@
-"""``python -m autoglm.inference``: load the model, then serve Dapr callbacks over gRPC."""
+"""``python -m autoglm.inference``: verify and load models, then serve Dapr callbacks."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
+from autoglm.core.errors import AutoGLMError
 from autoglm.core.lifecycle import on_shutdown
 from autoglm.core.logging import configure_logging
 from autoglm.core.settings import SettingsError, load_settings
 from autoglm.core.sidecar import Sidecar
 from autoglm.inference.app import build_app
 from autoglm.inference.engine import AutoGLMEngine
+from autoglm.inference.metrics import InferenceMetrics
+from autoglm.inference.registry import ModelSpec
 from autoglm.inference.serving import InferenceService
 from autoglm.inference.settings import InferenceSettings
+from autoglm.models.signing import verify_model
 
 log = logging.getLogger("autoglm.inference")
 
 
 def main() -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local; never reach a hub
     configure_logging("inference")
     try:
         settings = load_settings(InferenceSettings)
@@ -25,15 +32,65 @@ def main() -> int:
         log.error(str(exc))
         return 2
     configure_logging("inference", settings.log_level)
-    engine = AutoGLMEngine(
-        settings.model_path,
-        model_id=settings.model_id,
-        dtype=settings.dtype,
-        max_context_length=settings.max_context_length,
-        num_threads=settings.num_threads,
+    sidecar = Sidecar()
+    if settings.trust_unsigned:
+        log.warning("trust_unsigned is on: model signatures are NOT checked")
+        verify = None
+    else:
+        try:
+            public_key = sidecar.get_secret("vault", settings.signing_secret)["public-key"]
+        except (AutoGLMError, KeyError) as exc:
+            log.error(
+                "cannot read the model-signing public key from the secret store",
+                extra={"secret": settings.signing_secret, "reason": str(exc)},
+            )
+            return 3
+
+        def verify(path: Path) -> None:
+            verify_model(path, public_key.encode())
+
+    metrics = InferenceMetrics()
+    try:
+        engine = AutoGLMEngine(
+            models=[ModelSpec(m.id, m.path, m.priority) for m in settings.models],
+            device_map=settings.device_map,
+            dtype=settings.dtype,
+            gpu_memory_fraction=settings.gpu_memory_fraction,
+            max_context_length=settings.max_context_length,
+            max_batch_size=settings.max_batch_size,
+            max_queue=settings.max_queue,
+            prefix_cache_mb=settings.prefix_cache_mb,
+            memory_budget_mb=settings.memory_budget_mb,
+            request_timeout_s=settings.request_timeout_s,
+            num_threads=settings.num_threads,
+            verify=verify,
+            on_step=metrics.on_step,
+        )
+    except AutoGLMError as exc:
+        log.error("model startup failed", extra={"reason": exc.message})
+        return 3
+    if not engine.registry.priority_ready():
+        log.error("priority models failed to load", extra={"models": engine.models()})
+        return 3
+    metrics.models_loaded.set_function(
+        lambda: sum(1 for m in engine.models() if m["state"] == "ready")
     )
-    app = build_app(InferenceService(engine, Sidecar()))
-    on_shutdown(app.stop)
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port, settings.host)
+    service = InferenceService(
+        engine,
+        sidecar,
+        metrics=metrics,
+        admin_callers=tuple(settings.admin_callers),
+        idempotency_ttl_s=settings.idempotency_ttl_s,
+    )
+    app = build_app(service)
+
+    def stop() -> None:
+        app.stop()
+        engine.close()
+
+    on_shutdown(stop)
     log.info("inference listening", extra={"port": settings.port})
     app.run(settings.port, listen_address=settings.host)
     log.info("inference stopped")

@@ -1,7 +1,16 @@
-"""The Dapr edge of the inference app: one decorator per method and topic, nothing else."""
+"""The Dapr edge of the inference app: one decorator per method and topic, nothing else.
+
+Streaming rides on Dapr's gRPC proxying: the app also serves
+``/autoglm.inference.v1.Inference/GenerateStream`` (server streaming, JSON-line frames),
+which a caller reaches through its own daprd with ``dapr-app-id: inference`` metadata.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
 from cloudevents.sdk.event import v1
 from dapr.clients.grpc._request import InvokeMethodRequest
 from dapr.clients.grpc._response import TopicEventResponse
@@ -9,7 +18,14 @@ from dapr.ext.grpc import App
 
 from autoglm.core.pubsub import event_data
 from autoglm.core.schemas import PUBSUB, REQUESTS_TOPIC
+from autoglm.core.streaming import STREAM_METHOD, STREAM_SERVICE
 from autoglm.inference.serving import InferenceService
+
+
+def _caller(request: InvokeMethodRequest) -> str | None:
+    """The calling app's id, which daprd sets from the caller's verified identity."""
+    values = (request.metadata or {}).get("dapr-caller-app-id")
+    return str(values[0]) if values else None
 
 
 def build_app(service: InferenceService) -> App:
@@ -19,12 +35,38 @@ def build_app(service: InferenceService) -> App:
     def generate(request: InvokeMethodRequest) -> str:
         return service.generate(request.data)
 
+    @app.method("embed")
+    def embed(request: InvokeMethodRequest) -> str:
+        return service.embed(request.data)
+
     @app.method("models")
     def models(request: InvokeMethodRequest) -> str:
         return service.models(request.data)
+
+    @app.method("health")
+    def health(request: InvokeMethodRequest) -> str:
+        return service.health(request.data)
+
+    @app.method("load_model")
+    def load_model(request: InvokeMethodRequest) -> str:
+        return service.load_model(request.data, _caller(request))
+
+    @app.method("unload_model")
+    def unload_model(request: InvokeMethodRequest) -> str:
+        return service.unload_model(request.data, _caller(request))
 
     @app.subscribe(PUBSUB, REQUESTS_TOPIC, dead_letter_topic=f"{REQUESTS_TOPIC}.deadletter")
     def on_request(event: v1.Event) -> TopicEventResponse:
         return TopicEventResponse(service.on_request_event(event_data(event.Data())).value)
 
+    def generate_stream(body: bytes, _context: Any) -> Iterator[bytes]:
+        return service.stream(body)
+
+    handler = grpc.method_handlers_generic_handler(
+        STREAM_SERVICE,
+        {STREAM_METHOD: grpc.unary_stream_rpc_method_handler(generate_stream)},
+    )
+    app.add_external_service(  # type: ignore[no-untyped-call]
+        lambda h, server: server.add_generic_rpc_handlers((h,)), handler
+    )
     return app

@@ -40,8 +40,9 @@ class IncrementalText:
             if at != -1:
                 self.text = self.text[:at]
                 self.stopped = True
-        safe = len(self.text) if self.stopped else max(self._emitted,
-                                                       len(self.text) - self._holdback)
+        safe = (
+            len(self.text) if self.stopped else max(self._emitted, len(self.text) - self._holdback)
+        )
         delta = self.text[self._emitted : safe]
         self._emitted = safe
         return delta

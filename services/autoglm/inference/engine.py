@@ -1,42 +1,39 @@
-"""AutoGLMEngine: load causal LMs with ``from_pretrained`` and serve them with continuous
-batching.
+"""AutoGLMEngine: load models with ``from_pretrained`` and serve them — causal LMs with
+continuous batching, sentence encoders for embeddings.
 
 Plain Python with no transport code, so it is used the same way from the Dapr app, from
 benchmarks and from tests. Requests are validated against the model's context window
-before they reach the scheduler.
+before they reach a scheduler; weights are verified (when a verifier is given) before a
+single byte of them is loaded.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from autoglm.core.errors import InvalidRequestError, NotFoundError
-from autoglm.core.schemas import GenerateRequest, GenerateResult
+from autoglm.core.errors import InvalidRequestError
+from autoglm.core.schemas import GenerateRequest, GenerateResult, SamplingParams
+from autoglm.inference.adapters import ModelAdapter, adapter_for, model_type_of
+from autoglm.inference.embedder import Embedder
 from autoglm.inference.kvcache import PrefixCache
-from autoglm.inference.scheduler import RequestHandle, Scheduler
+from autoglm.inference.registry import ModelRegistry, ModelSpec
+from autoglm.inference.scheduler import RequestHandle, Scheduler, StepStats
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class LoadedModel:
-    model_id: str
-    path: Path
-    model: Any
-    tokenizer: Any
-    max_context: int
-    eos_token_ids: list[int]
-    scheduler: Scheduler
-    loaded_at: float = field(default_factory=time.time)
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int8": torch.float32,
+}
 
 
 def resolve_device(device_map: str) -> torch.device:
@@ -45,18 +42,60 @@ def resolve_device(device_map: str) -> torch.device:
     return torch.device(device_map)
 
 
-class AutoGLMEngine:
-    """Serves Hugging Face causal LMs from ``save_pretrained`` directories.
+@dataclass
+class LoadedModel:
+    """A model ready to serve: generative (``scheduler``) or embedding (``embedder``)."""
 
-    ``model`` is a checkpoint directory (a real GLM-4 chat model or the demo model);
-    ``model_id`` is the name clients use for it.
+    model_id: str
+    path: Path
+    adapter: ModelAdapter
+    tokenizer: Any
+    max_context: int
+    nbytes: int
+    model: Any = None
+    scheduler: Scheduler | None = None
+    embedder: Embedder | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def kind(self) -> str:
+        return self.adapter.kind
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "kind": self.kind,
+            "family": self.adapter.family,
+            "max_context": self.max_context,
+            "created": int(self.loaded_at),
+            "memory_mb": round(self.nbytes / 2**20, 1),
+        }
+        if self.scheduler is not None:
+            info.update(
+                queue_depth=self.scheduler.queue_depth, batch_size=self.scheduler.batch_size
+            )
+        if self.embedder is not None:
+            info["dimensions"] = self.embedder.dimensions
+        return info
+
+
+class AutoGLMEngine:
+    """Serves one or more Hugging Face models from ``save_pretrained`` directories.
+
+    ``model`` is a checkpoint directory (a real GLM-4 chat model or the demo model) served
+    as ``model_id``; more models go in ``models`` (``priority`` ones load at start).
     """
 
     def __init__(
         self,
-        model: str | Path,
+        model: str | Path | None = None,
         *,
         model_id: str | None = None,
+        models: list[ModelSpec] | None = None,
         device_map: str = "auto",
         dtype: str = "float32",
         max_context_length: int = 8192,
@@ -64,103 +103,161 @@ class AutoGLMEngine:
         max_queue: int = 256,
         prefix_cache_mb: int = 256,
         request_timeout_s: float = 300.0,
+        memory_budget_mb: int = 16384,
+        gpu_memory_fraction: float | None = None,
         num_threads: int | None = None,
+        verify: Callable[[Path], None] | None = None,
+        warmup: bool = True,
+        on_step: Callable[[str, StepStats], None] | None = None,
     ) -> None:
         if dtype not in DTYPES:
             raise InvalidRequestError(f"dtype must be one of {sorted(DTYPES)}", param="dtype")
         if num_threads:
             torch.set_num_threads(num_threads)
         self.device = resolve_device(device_map)
+        if gpu_memory_fraction is not None and self.device.type == "cuda":
+            torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction, self.device)
+        if dtype == "int8" and self.device.type != "cpu":
+            raise InvalidRequestError(
+                "dtype int8 uses dynamic quantization, which runs on CPU; use float16 or "
+                "bfloat16 on CUDA",
+                param="dtype",
+            )
+        self.dtype_name = dtype
         self.dtype = DTYPES[dtype]
         self.max_context_length = max_context_length
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.prefix_cache_bytes = prefix_cache_mb * 1024 * 1024
         self.request_timeout_s = request_timeout_s
-        self._models: dict[str, LoadedModel] = {}
-        path = Path(model)
-        self.default_model = model_id or path.name
-        self.load_model(self.default_model, path)
+        self.verify = verify
+        self.warmup = warmup
+        self.on_step = on_step
+        specs = list(models or [])
+        if model is not None:
+            path = Path(model)
+            specs.insert(0, ModelSpec(model_id or path.name, path, priority=True))
+        if not specs:
+            raise InvalidRequestError("no model configured", param="model")
+        self.default_model = specs[0].id
+        self.registry = ModelRegistry(specs, self._load, memory_budget_mb * 1024 * 1024)
+        for spec in specs:
+            if spec.priority:
+                self.registry.load(spec.id)
 
-    # -- registry --------------------------------------------------------------------
-    def load_model(self, model_id: str, path: Path) -> LoadedModel:
+    # -- models ----------------------------------------------------------------------
+    def _load(self, spec: ModelSpec) -> LoadedModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        path = spec.path
         if not (path / "config.json").is_file():
-            raise NotFoundError(f"model directory {path.name!r} has no config.json", param="model")
+            raise InvalidRequestError(
+                f"model {spec.id!r}: no config.json in its directory", param="model"
+            )
+        if self.verify is not None:
+            self.verify(path)  # before any weights are read
         started = time.monotonic()
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device)
-        model.eval()
-        eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
-        eos_ids = [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
-        max_ctx = min(
-            int(getattr(model.config, "max_position_embeddings", self.max_context_length)),
-            self.max_context_length,
-        )
-        scheduler = Scheduler(
-            model, tokenizer, model_id, eos_ids,
-            max_batch_size=self.max_batch_size,
-            max_queue=self.max_queue,
-            prefix_cache=PrefixCache(self.prefix_cache_bytes),
-            request_timeout_s=self.request_timeout_s,
-        )
-        loaded = LoadedModel(model_id, path, model, tokenizer, max_ctx, eos_ids, scheduler)
-        self._models[model_id] = loaded
+        adapter = adapter_for(model_type_of(path))
+        if adapter.kind == "embed":
+            embedder = Embedder(path, self.device, self.dtype)
+            loaded = LoadedModel(
+                spec.id,
+                path,
+                adapter,
+                embedder.tokenizer,
+                embedder.max_tokens,
+                _nbytes(embedder.model),
+                model=embedder.model,
+                embedder=embedder,
+            )
+            if self.warmup:
+                embedder.embed(["warm up"])
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
+            model = model.to(self.device)
+            model.eval()
+            if self.dtype_name == "int8":
+                from torch.ao.quantization import quantize_dynamic
+
+                model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            max_ctx = min(
+                int(getattr(model.config, "max_position_embeddings", self.max_context_length)),
+                self.max_context_length,
+            )
+            eos_ids = adapter.stop_token_ids(model, tokenizer)
+            model_id, hook = spec.id, self.on_step
+            scheduler = Scheduler(
+                model,
+                tokenizer,
+                spec.id,
+                eos_ids,
+                max_batch_size=self.max_batch_size,
+                max_queue=self.max_queue,
+                prefix_cache=PrefixCache(self.prefix_cache_bytes),
+                request_timeout_s=self.request_timeout_s,
+                on_step=(lambda stats: hook(model_id, stats)) if hook else None,
+            )
+            loaded = LoadedModel(
+                spec.id,
+                path,
+                adapter,
+                tokenizer,
+                max_ctx,
+                _nbytes(model),
+                model=model,
+                scheduler=scheduler,
+                eos_token_ids=eos_ids,
+            )
+            if self.warmup:
+                warm = GenerateRequest(prompt="warm up", sampling=SamplingParams(max_tokens=2))
+                scheduler.submit(warm, self.encode(loaded, warm)).result(120)
         log.info(
             "model loaded",
-            extra={"model": model_id, "seconds": round(time.monotonic() - started, 2),
-                   "architecture": type(model).__name__, "max_context": max_ctx,
-                   "device": str(self.device), "dtype": str(self.dtype)},
+            extra={
+                "model": spec.id,
+                "seconds": round(time.monotonic() - started, 2),
+                "family": adapter.family,
+                "kind": adapter.kind,
+                "device": str(self.device),
+                "dtype": self.dtype_name,
+            },
         )
         return loaded
 
+    def load_model(self, model_id: str) -> None:
+        self.registry.load(model_id)
+
     def unload_model(self, model_id: str) -> None:
-        loaded = self._models.pop(model_id, None)
-        if loaded is None:
-            raise NotFoundError(f"model {model_id!r} is not loaded", param="model")
-        loaded.scheduler.close()
+        self.registry.unload(model_id)
 
     def close(self) -> None:
-        for model_id in list(self._models):
-            self.unload_model(model_id)
+        self.registry.close()
 
-    def get(self, model_id: str | None) -> LoadedModel:
-        key = model_id or self.default_model
-        try:
-            return self._models[key]
-        except KeyError:
-            raise NotFoundError(f"model {key!r} is not served here", param="model") from None
+    def get(self, model_id: str | None, kind: str = "generate") -> LoadedModel:
+        loaded: LoadedModel = self.registry.get(model_id or self.default_model)
+        if loaded.kind != kind:
+            verb = "generation" if kind == "generate" else "embeddings"
+            raise InvalidRequestError(
+                f"model {loaded.model_id!r} does not serve {verb}", param="model"
+            )
+        return loaded
 
     def models(self) -> list[dict[str, Any]]:
-        return [
-            {"id": m.model_id, "max_context": m.max_context, "created": int(m.loaded_at),
-             "ready": True}
-            for m in self._models.values()
-        ]
+        return self.registry.status()
 
     def health(self) -> dict[str, Any]:
-        return {
-            "ready": bool(self._models),
-            "models": {
-                m.model_id: {"queue_depth": m.scheduler.queue_depth,
-                             "batch_size": m.scheduler.batch_size}
-                for m in self._models.values()
-            },
-        }
+        return {"ready": self.registry.priority_ready(), "models": self.registry.status()}
 
     # -- generation ------------------------------------------------------------------
     def encode(self, loaded: LoadedModel, request: GenerateRequest) -> list[int]:
-        tok = loaded.tokenizer
         if request.messages is not None:
-            text = tok.apply_chat_template(
-                [m.model_dump() for m in request.messages],
-                tokenize=False,
-                add_generation_prompt=True,
+            text = loaded.adapter.chat_prompt(
+                loaded.tokenizer, [m.model_dump() for m in request.messages]
             )
         else:
             text = request.prompt or ""
-        ids: list[int] = tok(text, add_special_tokens=False)["input_ids"]
+        ids: list[int] = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise InvalidRequestError("prompt is empty", param="prompt")
         budget = loaded.max_context - request.sampling.max_tokens
@@ -173,19 +270,30 @@ class AutoGLMEngine:
             )
         return ids
 
-    def submit(self, request: GenerateRequest) -> RequestHandle:
+    def submit(self, request: GenerateRequest, stream: bool = False) -> RequestHandle:
         """Queue ``request``; the handle gives the result, streamed text, or cancellation."""
         loaded = self.get(request.model)
-        return loaded.scheduler.submit(request, self.encode(loaded, request))
+        assert loaded.scheduler is not None
+        return loaded.scheduler.submit(request, self.encode(loaded, request), stream=stream)
 
     def generate(self, request: GenerateRequest, timeout: float | None = None) -> GenerateResult:
         return self.submit(request).result(timeout or self.request_timeout_s + 5)
 
     def stream(self, request: GenerateRequest) -> Iterator[str]:
         """Text deltas as they are decoded; closing the iterator cancels the request."""
-        handle = self.submit(request)
+        handle = self.submit(request, stream=True)
         try:
             yield from handle
         finally:
             if not handle.done:
                 handle.cancel()
+
+    # -- embeddings ------------------------------------------------------------------
+    def embed(self, texts: list[str], model: str | None = None) -> tuple[list[list[float]], int]:
+        loaded = self.get(model, kind="embed")
+        assert loaded.embedder is not None
+        return loaded.embedder.embed(texts)
+
+
+def _nbytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -31,8 +32,13 @@ def cache_from_layers(layers: LayerKV) -> DynamicCache:
     return cache
 
 
+def _layers(cache: DynamicCache) -> list[Any]:
+    """The per-layer K/V holders (``DynamicLayer``: ``.keys`` / ``.values`` tensors)."""
+    return list(cache.layers)
+
+
 def cache_layers(cache: DynamicCache) -> LayerKV:
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(layer.keys, layer.values) for layer in _layers(cache)]
 
 
 def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -68,7 +74,7 @@ class BatchKV:
             return
         grow = max(0, new_len - self.length)
         pad_new = max(0, self.length - new_len)
-        for layer, (keys, values) in zip(self.cache.layers, layers, strict=True):
+        for layer, (keys, values) in zip(_layers(self.cache), layers, strict=True):
             layer.keys = torch.cat([_left_pad(layer.keys, grow), _left_pad(keys, pad_new)])
             layer.values = torch.cat([_left_pad(layer.values, grow), _left_pad(values, pad_new)])
         mask = torch.nn.functional.pad(self.mask, (grow, 0))
@@ -85,7 +91,7 @@ class BatchKV:
         mask = self.mask.index_select(0, index)
         # Leading columns that are padding in every remaining row carry nothing.
         lead = int((mask.sum(dim=0) > 0).long().argmax())
-        for layer in self.cache.layers:
+        for layer in _layers(self.cache):
             layer.keys = layer.keys.index_select(0, index)[:, :, lead:]
             layer.values = layer.values.index_select(0, index)[:, :, lead:]
         self.mask = mask[:, lead:]
@@ -100,9 +106,11 @@ class BatchKV:
         """A copy of one row's last ``tokens`` positions (its real tokens)."""
         assert self.cache is not None
         return [
-            (layer.keys[row : row + 1, :, -tokens:].clone(),
-             layer.values[row : row + 1, :, -tokens:].clone())
-            for layer in self.cache.layers
+            (
+                layer.keys[row : row + 1, :, -tokens:].clone(),
+                layer.values[row : row + 1, :, -tokens:].clone(),
+            )
+            for layer in _layers(self.cache)
         ]
 
 

@@ -54,6 +54,7 @@ class RequestHandle:
         self._result: GenerateResult | None = None
         self._error: AutoGLMError | None = None
         self.cancelled = False
+        self.streaming = False
 
     # scheduler side
     def _emit(self, text: str) -> None:
@@ -103,7 +104,7 @@ class _Sequence:
     handle: RequestHandle
     prompt_ids: list[int]
     generator: torch.Generator | None
-    text: IncrementalText
+    text: IncrementalText | None  # None: decode once at the end (no stream, no stops)
     deadline: float
     output_ids: list[int] = field(default_factory=list)
     #: Tokens whose keys/values are in the cache (prompt + all but the pending token).
@@ -139,13 +140,19 @@ class Scheduler:
         self._batch = BatchKV()
         self._cv = threading.Condition()
         self._stop = False
-        self._thread = threading.Thread(target=self._loop, name=f"scheduler-{model_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"scheduler-{model_id}", daemon=True
+        )
         self._thread.start()
 
     # -- callers -------------------------------------------------------------------
-    def submit(self, request: GenerateRequest, prompt_ids: list[int]) -> RequestHandle:
+    def submit(
+        self, request: GenerateRequest, prompt_ids: list[int], stream: bool = False
+    ) -> RequestHandle:
+        """Queue a request. ``stream`` asks for text as it is decoded; without it (and
+        without stop strings) text is decoded once at the end, which is cheaper."""
         handle = RequestHandle(request)
+        handle.streaming = stream
         with self._cv:
             if self._stop:
                 raise OverloadedError("model is shutting down", code="shutting_down")
@@ -224,7 +231,11 @@ class Scheduler:
                 handle=handle,
                 prompt_ids=prompt_ids,
                 generator=make_generator(handle.request.sampling.seed, self.device),
-                text=IncrementalText(self.tokenizer, handle.request.sampling.stop),
+                text=(
+                    IncrementalText(self.tokenizer, handle.request.sampling.stop)
+                    if handle.streaming or handle.request.sampling.stop
+                    else None
+                ),
                 deadline=handle.submitted + self.request_timeout_s,
             )
             logits, layers = self._prefill(prompt_ids)
@@ -276,17 +287,20 @@ class Scheduler:
     def _accept(self, seq: _Sequence, logits: torch.Tensor, greedy: int | None = None) -> str:
         """Choose and record the next token; return a finish reason or ''."""
         params = seq.handle.request.sampling
-        token = greedy if (params.greedy and greedy is not None) else sample(
-            logits, params, seq.generator
+        token = (
+            greedy
+            if (params.greedy and greedy is not None)
+            else sample(logits, params, seq.generator)
         )
         if seq.handle.first_token_at is None:
             seq.handle.first_token_at = time.monotonic()
         seq.output_ids.append(token)
         if token in self.eos:
             return "stop"
-        seq.handle._emit(seq.text.push(token))
-        if seq.text.stopped:
-            return "stop"
+        if seq.text is not None:
+            seq.handle._emit(seq.text.push(token))
+            if seq.text.stopped:
+                return "stop"
         if len(seq.output_ids) >= params.max_tokens:
             return "length"
         return ""
@@ -300,21 +314,34 @@ class Scheduler:
                 tokens = seq.prompt_ids + seq.output_ids[:-1]
                 self.prefix_cache.put(tokens, self._batch.row_layers(i, seq.cached))
             if reason == "timeout":
-                seq.handle._finish(None, DeadlineExceededError(
-                    f"generation exceeded {self.request_timeout_s:.0f}s"))
+                seq.handle._finish(
+                    None,
+                    DeadlineExceededError(f"generation exceeded {self.request_timeout_s:.0f}s"),
+                )
                 continue
-            seq.handle._emit(seq.text.flush())
+            if seq.text is not None:
+                seq.handle._emit(seq.text.flush())
+                text = seq.text.text
+            else:
+                ids = seq.output_ids[:-1] if reason == "stop" else seq.output_ids
+                text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
+                seq.handle._emit(text)
             seq.handle._finish(
-                self._result(seq.handle, seq.text.text, seq.output_ids, reason,
-                             len(seq.prompt_ids)),
+                self._result(seq.handle, text, seq.output_ids, reason, len(seq.prompt_ids)),
                 None,
             )
         keep = [i for i in range(len(self._running)) if i not in done]
         self._running = [self._running[i] for i in keep]
         self._batch.remove(keep)
 
-    def _result(self, handle: RequestHandle, text: str, output_ids: list[int],
-                reason: str, prompt_tokens: int) -> GenerateResult:
+    def _result(
+        self,
+        handle: RequestHandle,
+        text: str,
+        output_ids: list[int],
+        reason: str,
+        prompt_tokens: int,
+    ) -> GenerateResult:
         finish: FinishReason = reason  # type: ignore[assignment]
         return GenerateResult(
             request_id=handle.request.request_id,

