@@ -20,12 +20,14 @@ class Mesh:
     archiver: AppUnderTest
     gateway_url: str
     archive_root: Path
+    inference_metrics_port: int
 
 
 @pytest.fixture(scope="session")
 def mesh(backing: Backing, models_dir: Path) -> Iterator[Mesh]:
     """All three apps as real processes, each behind its own real daprd."""
     archive_root = backing.workdir / "archive"
+    metrics_port = free_port()
     with ExitStack() as stack:
         inference = start_app(
             backing,
@@ -43,7 +45,7 @@ def mesh(backing: Backing, models_dir: Path) -> Iterator[Mesh]:
                         },
                     ]
                 ),
-                "AUTOGLM_INFERENCE_METRICS_PORT": str(free_port()),
+                "AUTOGLM_INFERENCE_METRICS_PORT": str(metrics_port),
             },
         )
         archiver = start_app(
@@ -64,4 +66,4 @@ def mesh(backing: Backing, models_dir: Path) -> Iterator[Mesh]:
         url = f"http://127.0.0.1:{gateway.app_port}"
         assert gateway.app is not None
         wait_http_ok(f"{url}/readyz", gateway.app)
-        yield Mesh(backing, gateway, inference, archiver, url, archive_root)
+        yield Mesh(backing, gateway, inference, archiver, url, archive_root, metrics_port)

@@ -62,3 +62,34 @@ def test_generate_returns_structured_error_not_traceback(engine: AutoGLMEngine) 
     reply = json.loads(InferenceService(engine, FakeSidecar()).generate(b'{"prompt": 5}'))
     assert reply["error"]["status"] == 400 and reply["error"]["param"] == "prompt"
     assert "Traceback" not in json.dumps(reply)
+
+
+def test_duplicate_delivery_publishes_once(engine: AutoGLMEngine) -> None:
+    sidecar = FakeSidecar()
+    service = InferenceService(engine, sidecar)
+    assert service.on_request_event(_event()) is Ack.SUCCESS
+    assert service.on_request_event(_event()) is Ack.SUCCESS
+    assert len(sidecar.published) == 1
+    assert "idempotency:inference:job-1" in sidecar.state
+
+
+def test_admin_methods_only_for_allowed_callers(engine: AutoGLMEngine) -> None:
+    service = InferenceService(engine, FakeSidecar(), admin_callers=("gateway",))
+    denied = json.loads(service.unload_model(b'{"model": "demo-glm"}', "archiver"))
+    assert denied["error"]["status"] == 403 and "archiver" in denied["error"]["message"]
+    ok = json.loads(service.load_model(b'{"model": "demo-glm"}', "gateway"))
+    assert ok == {"model": "demo-glm", "state": "ready"}
+
+
+def test_stream_frames_end_with_result(engine: AutoGLMEngine) -> None:
+    service = InferenceService(engine, FakeSidecar())
+    body = json.dumps({"prompt": "hi", "sampling": {"max_tokens": 6, "temperature": 0}})
+    frames = [json.loads(f) for f in service.stream(body.encode())]
+    assert "result" in frames[-1]
+    text = "".join(f["delta"] for f in frames[:-1])
+    assert text == frames[-1]["result"]["text"]
+
+
+def test_stream_of_bad_request_is_one_error_frame(engine: AutoGLMEngine) -> None:
+    frames = list(InferenceService(engine, FakeSidecar()).stream(b'{"prompt": 1}'))
+    assert len(frames) == 1 and json.loads(frames[0])["error"]["status"] == 400

@@ -1,0 +1,101 @@
+"""Inference's Dapr surfaces through real sidecars: invocation, streaming, pub/sub rules."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import httpx
+import pytest
+import redis
+
+from autoglm.core.errors import PermissionDeniedError
+from autoglm.core.sidecar import Sidecar
+from autoglm.core.streaming import stream_generate
+from tests.e2e.conftest import Mesh
+
+
+def _stream_entries(mesh: Mesh, topic: str) -> list[dict[str, object]]:
+    entries = redis.Redis(port=mesh.backing.redis_port).xrange(topic)
+    return [json.loads(fields[b"data"]) for _, fields in entries]
+
+
+def _results_for(mesh: Mesh, request_id: str) -> list[dict[str, object]]:
+    return [
+        e["data"]
+        for e in _stream_entries(mesh, "inference.results")
+        if isinstance(e["data"], dict) and e["data"]["request_id"] == request_id
+    ]
+
+
+def test_embed_through_invocation(mesh: Mesh) -> None:
+    client = Sidecar(http_port=mesh.archiver.ports.http)
+    reply = client.invoke("inference", "embed", {"input": ["hello world", "goodbye"]})
+    assert reply["model"] == "all-MiniLM-L6-v2"
+    assert len(reply["data"]) == 2 and len(reply["data"][0]) == 384
+
+
+def test_stream_through_daprd_grpc_proxy(mesh: Mesh) -> None:
+    payload = {"prompt": "Once upon a time", "sampling": {"max_tokens": 12, "temperature": 0}}
+    frames = list(stream_generate(payload, grpc_port=mesh.gateway.ports.grpc, timeout=60))
+    deltas = [f["delta"] for f in frames if "delta" in f]
+    assert "result" in frames[-1]
+    assert "".join(deltas) == frames[-1]["result"]["text"]
+    assert len(deltas) >= 2, "tokens must arrive incrementally, not as one block"
+
+
+def test_duplicate_delivery_yields_one_result(mesh: Mesh) -> None:
+    request_id = f"dup-{uuid.uuid4().hex}"
+    client = Sidecar(http_port=mesh.gateway.ports.http)
+    event = {"request_id": request_id, "request": {"prompt": "x", "sampling": {"max_tokens": 2}}}
+    client.publish("inference.requests", event)
+    deadline = time.monotonic() + 60
+    while not _results_for(mesh, request_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    client.publish("inference.requests", event)  # the broker redelivers / a client retries
+    time.sleep(3)
+    assert len(_results_for(mesh, request_id)) == 1
+
+
+def test_poison_message_goes_to_dead_letter(mesh: Mesh) -> None:
+    marker = f"poison-{uuid.uuid4().hex}"
+    client = Sidecar(http_port=mesh.gateway.ports.http)
+    client.publish("inference.requests", {"not_a_request": marker})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        dead = [
+            e
+            for e in _stream_entries(mesh, "inference.requests.deadletter")
+            if marker in json.dumps(e)
+        ]
+        if dead:
+            break
+        time.sleep(0.2)
+    assert dead, "poison message never reached inference.requests.deadletter"
+    assert not [e for e in _stream_entries(mesh, "inference.results") if marker in json.dumps(e)]
+
+
+def test_admin_methods_only_from_gateway(mesh: Mesh) -> None:
+    with pytest.raises(PermissionDeniedError, match="archiver"):
+        Sidecar(http_port=mesh.archiver.ports.http).invoke(
+            "inference", "unload_model", {"model": "demo-glm"}
+        )
+    ok = Sidecar(http_port=mesh.gateway.ports.http).invoke(
+        "inference", "load_model", {"model": "demo-glm"}
+    )
+    assert ok == {"model": "demo-glm", "state": "ready"}
+
+
+def test_metrics_exposed_in_prometheus_text(mesh: Mesh) -> None:
+    text = httpx.get(f"http://127.0.0.1:{mesh.inference_metrics_port}/metrics", timeout=5).text
+    for name in (
+        "autoglm_request_latency_seconds",
+        "autoglm_time_to_first_token_seconds",
+        "autoglm_generated_tokens_total",
+        "autoglm_queue_depth",
+        "autoglm_batch_size",
+        "autoglm_models_loaded",
+        "autoglm_process_max_rss_bytes",
+    ):
+        assert name in text
