@@ -7,6 +7,7 @@ import time
 import uuid
 
 import httpx
+import pytest
 import redis
 
 from autoglm.core.sidecar import Sidecar
@@ -99,9 +100,13 @@ def test_secret_from_vault_through_dapr(mesh: Mesh) -> None:
     assert resp.json() == mesh.backing.secrets["jwt"]
 
 
-def test_invoke_from_a_plain_dapr_client(mesh: Mesh) -> None:
+def test_invoke_from_a_plain_dapr_client(mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
     from dapr.clients import DaprClient
+    from dapr.conf import settings
 
+    # What `dapr run` sets in an app's environment: the SDK finds its sidecar from these.
+    monkeypatch.setattr(settings, "DAPR_HTTP_PORT", mesh.archiver.ports.http)
+    monkeypatch.setattr(settings, "DAPR_GRPC_PORT", mesh.archiver.ports.grpc)
     with DaprClient(f"127.0.0.1:{mesh.archiver.ports.grpc}") as client:
         resp = client.invoke_method("inference", "models", data=b"{}", http_verb="POST")
-    assert [m["id"] for m in json.loads(resp.data)["data"]] == ["demo-glm"]
+    assert [m["id"] for m in json.loads(resp.data)["data"]] == ["demo-glm", "all-MiniLM-L6-v2"]

@@ -78,10 +78,21 @@ def start_app(
     """Start ``python -m module`` (if given) and its daprd; wait until both are ready."""
     logs = backing.workdir / "logs"
     ports = SidecarPorts.allocate()
+    app_port = free_port() if module is not None else None
+    # daprd first, as in Kubernetes: its outbound API is up before the app listens,
+    # and it waits for the app's port before delivering anything.
+    sidecar = start_daprd(
+        app_id,
+        resources=backing.resources,
+        config=backing.config,
+        log_path=logs / f"daprd-{app_id}.log",
+        ports=ports,
+        app_port=app_port,
+        app_protocol=protocol,
+    )
+    stack.callback(sidecar.stop)
     app_proc = None
-    app_port = None
     if module is not None:
-        app_port = free_port()
         prefix = f"AUTOGLM_{app_id.upper()}_"
         app_env = dict(
             os.environ,
@@ -95,17 +106,7 @@ def start_app(
             app_id, [sys.executable, "-m", module], logs / f"{app_id}.log", env=app_env
         ).start()
         stack.callback(app_proc.stop)
-        app_proc.wait_until(lambda: port_open(app_port), 180, f"{app_id} listening")
-    sidecar = start_daprd(
-        app_id,
-        resources=backing.resources,
-        config=backing.config,
-        log_path=logs / f"daprd-{app_id}.log",
-        ports=ports,
-        app_port=app_port,
-        app_protocol=protocol,
-    )
-    stack.callback(sidecar.stop)
+        app_proc.wait_until(lambda: port_open(app_port or 0), 180, f"{app_id} listening")
     wait_sidecar_ready(sidecar, ports)
     return AppUnderTest(app_id, app_proc, sidecar, ports, app_port)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -180,6 +181,10 @@ class Sidecar:
                 item["etag"] = etag
         resp = self._request("POST", f"/v1.0/state/{store}", json_body=[item])
         if resp.status_code >= 300:
+            # state.redis reports a create-only write to an existing key as a failed
+            # conditional script ("failed to set key"), not as an ETag mismatch.
+            if create_only and etag is None and "failed to set key" in resp.text:
+                raise ConflictError(f"state {key}: already exists", code="already_exists")
             raise self._dapr_error(resp, f"state {key}")
 
     def delete_state(self, key: str, etag: str | None = None, store: str = STATESTORE) -> None:
@@ -201,6 +206,24 @@ class Sidecar:
         return {str(k): str(v) for k, v in data.items()}
 
     # -- health ----------------------------------------------------------------------
+    def wait_outbound(self, timeout: float = 60.0) -> None:
+        """Block until the sidecar's outbound API (state, secrets, invoke) answers.
+
+        daprd and the app start together; an app that needs a secret before it can
+        listen waits here instead of failing on the race."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self._http.get("/v1.0/healthz/outbound", timeout=2.0).status_code == 204:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        raise UnavailableError(
+            f"Dapr sidecar at {self.base_url} not up after {timeout:.0f}s",
+            code="sidecar_unavailable",
+        )
+
     def healthy(self) -> bool:
         try:
             return self._http.get("/v1.0/healthz", timeout=2.0).status_code == 204

@@ -38,6 +38,7 @@ def main() -> int:
         verify = None
     else:
         try:
+            sidecar.wait_outbound()
             public_key = sidecar.get_secret("vault", settings.signing_secret)["public-key"]
         except (AutoGLMError, KeyError) as exc:
             log.error(

@@ -140,6 +140,16 @@ class AutoGLMEngine:
         if not specs:
             raise InvalidRequestError("no model configured", param="model")
         self.default_model = specs[0].id
+        #: Requests for embeddings that name no model go to the first encoder configured.
+        self.default_embedding_model = next(
+            (
+                s.id
+                for s in specs
+                if (s.path / "config.json").is_file()
+                and adapter_for(model_type_of(s.path)).kind == "embed"
+            ),
+            None,
+        )
         self.registry = ModelRegistry(specs, self._load, memory_budget_mb * 1024 * 1024)
         for spec in specs:
             if spec.priority:
@@ -290,7 +300,7 @@ class AutoGLMEngine:
 
     # -- embeddings ------------------------------------------------------------------
     def embed(self, texts: list[str], model: str | None = None) -> tuple[list[list[float]], int]:
-        loaded = self.get(model, kind="embed")
+        loaded = self.get(model or self.default_embedding_model, kind="embed")
         assert loaded.embedder is not None
         return loaded.embedder.embed(texts)
 

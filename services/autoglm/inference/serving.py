@@ -110,7 +110,7 @@ class InferenceService:
         def work() -> str:
             request = parse(EmbedRequest, body)
             vectors, tokens = self.engine.embed(request.input, request.model)
-            model = request.model or self.engine.get(request.model, kind="embed").model_id
+            model = request.model or self.engine.default_embedding_model or ""
             return EmbedResult(model=model, data=vectors, prompt_tokens=tokens).model_dump_json()
 
         return self._reply("embed", None, work)
