@@ -6,7 +6,6 @@ stopped when the session ends. A missing binary fails the test loudly with how t
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -15,13 +14,9 @@ from pathlib import Path
 import httpx
 
 from autoglm.devstack.backing import DEV_VAULT_TOKEN, seed_vault, start_redis, start_vault
-from autoglm.devstack.processes import ManagedProcess, free_port, port_open
-from autoglm.devstack.sidecars import (
-    SidecarPorts,
-    render_components,
-    start_daprd,
-    wait_sidecar_ready,
-)
+from autoglm.devstack.multiapp import AppEntry, launch
+from autoglm.devstack.processes import ManagedProcess, free_port
+from autoglm.devstack.sidecars import SidecarPorts, render_components, start_daprd
 
 
 @dataclass
@@ -78,36 +73,43 @@ def start_app(
     """Start ``python -m module`` (if given) and its daprd; wait until both are ready."""
     logs = backing.workdir / "logs"
     ports = SidecarPorts.allocate()
-    app_port = free_port() if module is not None else None
-    # daprd first, as in Kubernetes: its outbound API is up before the app listens,
-    # and it waits for the app's port before delivering anything.
-    sidecar = start_daprd(
-        app_id,
-        resources=backing.resources,
-        config=backing.config,
-        log_path=logs / f"daprd-{app_id}.log",
-        ports=ports,
-        app_port=app_port,
-        app_protocol=protocol,
-    )
-    stack.callback(sidecar.stop)
-    app_proc = None
-    if module is not None:
-        prefix = f"AUTOGLM_{app_id.upper()}_"
-        app_env = dict(
-            os.environ,
-            PYTHONUNBUFFERED="1",
-            DAPR_HTTP_PORT=str(ports.http),
-            DAPR_GRPC_PORT=str(ports.grpc),
-            **{f"{prefix}PORT": str(app_port)},
-            **(env or {}),
+    if module is None:
+        sidecar = start_daprd(
+            app_id,
+            resources=backing.resources,
+            config=backing.config,
+            log_path=logs / f"daprd-{app_id}.log",
+            ports=ports,
         )
-        app_proc = ManagedProcess(
-            app_id, [sys.executable, "-m", module], logs / f"{app_id}.log", env=app_env
-        ).start()
-        stack.callback(app_proc.stop)
-        app_proc.wait_until(lambda: port_open(app_port or 0), 180, f"{app_id} listening")
-    wait_sidecar_ready(sidecar, ports)
+        stack.callback(sidecar.stop)
+        return AppUnderTest(app_id, None, sidecar, ports)
+    app_port = free_port()
+    entry = AppEntry(
+        app_id,
+        app_port,
+        protocol,
+        ports,
+        [sys.executable, "-m", module],
+        env={
+            "PYTHONUNBUFFERED": "1",
+            f"AUTOGLM_{app_id.upper()}_PORT": str(app_port),
+            **(env or {}),
+        },
+    )
+    started: list[ManagedProcess] = []
+    try:
+        sidecar, app_proc = launch(
+            entry,
+            backing.resources,
+            backing.config,
+            logs,
+            Path.cwd(),
+            app_log=logs / f"{app_id}.log",
+            started=started,
+        )
+    finally:
+        for proc in started:
+            stack.callback(proc.stop)
     return AppUnderTest(app_id, app_proc, sidecar, ports, app_port)
 
 

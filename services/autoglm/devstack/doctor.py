@@ -52,7 +52,6 @@ CHECKS = [
         "make install",
     ),
     Check("daprd", _binary("daprd", "--version"), "make tools"),
-    Check("dapr CLI", _binary("dapr", "--version"), "make tools"),
     Check("vault", _binary("vault", "version"), "make tools"),
     Check(
         "redis-server",

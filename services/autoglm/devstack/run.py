@@ -1,4 +1,5 @@
-"""``autoglm dev up`` (``make run``): backing services, demo model, then ``dapr run -f``.
+"""``autoglm dev up`` (``make run``): backing services, demo models, then every app of
+``dapr.yaml`` with its daprd (Multi-App Run, see ``multiapp.py``).
 
 Stays in the foreground; Ctrl-C or SIGTERM stops the apps, their sidecars and whatever
 backing service this command started (services that were already running are left alone).
@@ -6,7 +7,6 @@ backing service this command started (services that were already running are lef
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -14,7 +14,8 @@ import time
 import httpx
 
 from autoglm.devstack.backing import DEV_VAULT_TOKEN, seed_vault, start_redis, start_vault
-from autoglm.devstack.layout import DATA_DIR, MODELS_DIR, REPO_ROOT, TOOLS_BIN, tool
+from autoglm.devstack.layout import DATA_DIR, MODELS_DIR, REPO_ROOT
+from autoglm.devstack.multiapp import launch, read_run_file
 from autoglm.devstack.processes import ManagedProcess, StartupError, port_open
 
 REDIS_PORT = 6379
@@ -49,32 +50,21 @@ def run_dev_stack() -> int:
         public_key = init_demo_models(MODELS_DIR)
         seed_vault(f"http://127.0.0.1:{VAULT_PORT}", public_key, DEV_VAULT_TOKEN)
         _say("Vault seeded with dev secrets under secret/autoglm/")
-        _say("starting gateway, inference and archiver with their daprd sidecars")
-        env = dict(os.environ, DAPR_RUNTIME_PATH=str(TOOLS_BIN.parent / "dapr-runtime"))
-        apps = ManagedProcess(
-            "dapr-run",
-            [
-                str(tool("dapr")),
-                "run",
-                "-f",
-                str(REPO_ROOT / "dapr.yaml"),
-                "--runtime-path",
-                str(TOOLS_BIN.parent / "dapr-runtime"),
-            ],
-            None,
-            env=env,
-            cwd=REPO_ROOT,
-        ).start()
-        started.append(apps)
+        _say("starting gateway, inference and archiver, each with its daprd sidecar")
+        run_file = read_run_file(REPO_ROOT / "dapr.yaml")
+        for entry in run_file.apps:
+            _say(f"  {entry.app_id}: app port {entry.app_port}, daprd http {entry.ports.http}")
+            launch(entry, run_file.resources, run_file.config, logs, REPO_ROOT, started=started)
+        apps = [p for p in started if p.name in {a.app_id for a in run_file.apps}]
         deadline = time.monotonic() + 300
-        while not stop.is_set() and time.monotonic() < deadline and apps.alive():
+        while not stop.is_set() and time.monotonic() < deadline and all(a.alive() for a in apps):
             try:
                 if httpx.get(f"{GATEWAY_URL}/readyz", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             stop.wait(1)
-        if apps.alive() and not stop.is_set():
+        if all(a.alive() for a in apps) and not stop.is_set():
             _say(f"ready: gateway at {GATEWAY_URL}")
             _say(
                 "try:\n  curl -s " + GATEWAY_URL + "/v1/chat/completions "
@@ -83,8 +73,11 @@ def run_dev_stack() -> int:
                 '"content":"Hello"}],"max_tokens":16}\''
             )
             _say("Ctrl-C stops everything")
-        while not stop.is_set() and apps.alive():
+        while not stop.is_set() and all(a.alive() for a in apps):
             stop.wait(1)
+        for proc in started:
+            if not proc.alive() and not stop.is_set():
+                _say(f"{proc.name} exited; last log lines:\n{proc.log_tail(20)}")
         return 0 if stop.is_set() else 1
     except StartupError as exc:
         _say(f"start failed: {exc}")
