@@ -63,23 +63,23 @@ class BatchKV:
     def length(self) -> int:
         return 0 if self.mask is None else int(self.mask.shape[1])
 
-    def add(self, layers: LayerKV) -> None:
-        """Append one sequence (its own cache, batch size 1) as the last row."""
+    def add(self, layers: LayerKV, mask: torch.Tensor | None = None) -> None:
+        """Append sequences as new rows: ``layers`` hold ``n`` rows, left-padded to a
+        common length, with their ``[n, tokens]`` mask (default: one unpadded row)."""
         new_len = int(layers[0][0].shape[2])
-        device = layers[0][0].device
-        new_mask = torch.ones((1, new_len), dtype=torch.long, device=device)
+        if mask is None:
+            mask = torch.ones((1, new_len), dtype=torch.long, device=layers[0][0].device)
         if self.cache is None or self.mask is None:
             self.cache = cache_from_layers(layers)
-            self.mask = new_mask
+            self.mask = mask
             return
         grow = max(0, new_len - self.length)
         pad_new = max(0, self.length - new_len)
         for layer, (keys, values) in zip(_layers(self.cache), layers, strict=True):
             layer.keys = torch.cat([_left_pad(layer.keys, grow), _left_pad(keys, pad_new)])
             layer.values = torch.cat([_left_pad(layer.values, grow), _left_pad(values, pad_new)])
-        mask = torch.nn.functional.pad(self.mask, (grow, 0))
-        new_mask = torch.nn.functional.pad(new_mask, (pad_new, 0))
-        self.mask = torch.cat([mask, new_mask])
+        old = torch.nn.functional.pad(self.mask, (grow, 0))
+        self.mask = torch.cat([old, torch.nn.functional.pad(mask, (pad_new, 0))])
 
     def remove(self, keep: list[int]) -> None:
         """Keep only the rows in ``keep`` (in order); trim all-padding columns."""

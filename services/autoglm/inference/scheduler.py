@@ -25,7 +25,13 @@ import torch
 from autoglm.core.errors import AutoGLMError, DeadlineExceededError, OverloadedError
 from autoglm.core.schemas import FinishReason, GenerateRequest, GenerateResult
 from autoglm.inference.detokenizer import IncrementalText
-from autoglm.inference.kvcache import BatchKV, PrefixCache, cache_from_layers, cache_layers
+from autoglm.inference.kvcache import (
+    BatchKV,
+    LayerKV,
+    PrefixCache,
+    cache_from_layers,
+    cache_layers,
+)
 from autoglm.inference.sampling import make_generator, sample
 
 log = logging.getLogger(__name__)
@@ -216,10 +222,14 @@ class Scheduler:
             self.on_step(stats)
 
     def _admit(self) -> None:
-        while len(self._running) < self.max_batch_size:
+        """Move waiting requests into the batch. Prompts with a cached prefix are
+        prefilled one by one (each from its own prefix); all others together, as one
+        left-padded forward pass."""
+        fresh: list[_Sequence] = []
+        while len(self._running) + len(fresh) < self.max_batch_size:
             with self._cv:
                 if not self._waiting:
-                    return
+                    break
                 handle, prompt_ids = self._waiting.popleft()
             if handle.cancelled:
                 handle._finish(self._result(handle, "", [], "cancelled", len(prompt_ids)), None)
@@ -227,38 +237,77 @@ class Scheduler:
             if time.monotonic() > handle.submitted + self.request_timeout_s:
                 handle._finish(None, DeadlineExceededError("request waited too long in queue"))
                 continue
-            seq = _Sequence(
-                handle=handle,
-                prompt_ids=prompt_ids,
-                generator=make_generator(handle.request.sampling.seed, self.device),
-                text=(
-                    IncrementalText(self.tokenizer, handle.request.sampling.stop)
-                    if handle.streaming or handle.request.sampling.stop
-                    else None
-                ),
-                deadline=handle.submitted + self.request_timeout_s,
+            fresh.append(
+                _Sequence(
+                    handle=handle,
+                    prompt_ids=prompt_ids,
+                    generator=make_generator(handle.request.sampling.seed, self.device),
+                    text=(
+                        IncrementalText(self.tokenizer, handle.request.sampling.stop)
+                        if handle.streaming or handle.request.sampling.stop
+                        else None
+                    ),
+                    deadline=handle.submitted + self.request_timeout_s,
+                )
             )
-            logits, layers = self._prefill(prompt_ids)
-            seq.cached = len(prompt_ids)
-            self._running.append(seq)
-            self._batch.add(layers)
-            reason = self._accept(seq, logits)
+        misses = []
+        for seq in fresh:
+            reused, prefix = (
+                self.prefix_cache.lookup(seq.prompt_ids) if self.prefix_cache else (0, None)
+            )
+            if prefix is None:
+                misses.append(seq)
+                continue
+            cache = cache_from_layers(prefix)
+            ids = torch.tensor([seq.prompt_ids[reused:]], device=self.device)
+            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self._join([seq], cache_layers(out.past_key_values), None, out.logits[:, -1])
+        if misses:
+            self._prefill_together(misses)
+
+    def _prefill_together(self, seqs: list[_Sequence]) -> None:
+        width = max(len(s.prompt_ids) for s in seqs)
+        pad = int(self.tokenizer.pad_token_id or 0)
+        ids = torch.tensor(
+            [[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in seqs],
+            device=self.device,
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in seqs],
+            device=self.device,
+        )
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+        from transformers import DynamicCache
+
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=DynamicCache(),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self._join(seqs, cache_layers(out.past_key_values), mask, out.logits[:, -1])
+
+    def _join(
+        self,
+        seqs: list[_Sequence],
+        layers: LayerKV,
+        mask: torch.Tensor | None,
+        logits: torch.Tensor,
+    ) -> None:
+        """Add prefilled sequences to the batch and take their first token."""
+        start = len(self._running)
+        for seq in seqs:
+            seq.cached = len(seq.prompt_ids)
+        self._running.extend(seqs)
+        self._batch.add(layers, mask)
+        done = {}
+        for j, seq in enumerate(seqs):
+            reason = self._accept(seq, logits[j])
             if reason:
-                self._retire({len(self._running) - 1: reason})
-
-    def _prefill(self, prompt_ids: list[int]) -> tuple[torch.Tensor, Any]:
-        """Run the prompt (minus any cached prefix); return last logits and its KV."""
-        reused, layers = (0, None)
-        if self.prefix_cache is not None:
-            reused, layers = self.prefix_cache.lookup(prompt_ids)
-        cache = cache_from_layers(layers) if layers else None
-        ids = torch.tensor([prompt_ids[reused:]], device=self.device)
-        if cache is None:
-            from transformers import DynamicCache
-
-            cache = DynamicCache()
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1], cache_layers(out.past_key_values)
+                done[start + j] = reason
+        self._retire(done)
 
     def _decode_step(self) -> int:
         assert self._batch.cache is not None
