@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Build the project's Go-based tools from source into $REPO/.tools/bin/.
+#
+#   tools/build.sh [daprd|vault|dapr|all]...     (default: all = daprd vault)
+#
+#   daprd  slim Dapr sidecar runtime (tools/daprd, github.com/dapr/dapr)
+#   vault  HashiCorp Vault server    (tools/vault, github.com/hashicorp/vault)
+#   dapr   Dapr CLI                  (tools/dapr-cli, github.com/dapr/cli); not
+#          part of `all`: the module proxy does not serve its source (tools/dapr-cli/go.mod)
+#
+# Needs only Go (>= the `go` line of each wrapper's go.mod) and the Go module
+# proxy. Versions are pinned in tools/versions.env. Idempotent: each binary
+# gets a stamp file .tools/bin/.<name>.version (name, version and a sha256 of
+# the wrapper's go.mod/go.sum/*.go, the build flags and the Go version); when
+# the stamp matches and the binary exists nothing is rebuilt.
+#
+# Environment:
+#   TOOLS_BIN_DIR     output directory        (default: $REPO/.tools/bin)
+#   TOOLS_BUILD_JOBS  go build -p             (default: 2)
+#   TOOLS_FORCE=1     rebuild even if up to date
+set -euo pipefail
+
+TOOLS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$TOOLS_DIR/.." && pwd)
+BIN_DIR=${TOOLS_BIN_DIR:-$REPO/.tools/bin}
+JOBS=${TOOLS_BUILD_JOBS:-2}
+FORCE=${TOOLS_FORCE:-0}
+
+# shellcheck source=versions.env
+. "$TOOLS_DIR/versions.env"
+
+export GOFLAGS=-mod=mod
+export GOTOOLCHAIN=local
+# Static, pure-Go binaries (as upstream releases); no C compiler needed.
+export CGO_ENABLED=0
+
+die() {
+	echo "tools/build.sh: error: $*" >&2
+	exit 1
+}
+
+usage() {
+	sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+command -v go >/dev/null 2>&1 || die "'go' not found in PATH; install Go (see the go line of tools/*/go.mod for the minimum version)"
+GO_VERSION=$(go env GOVERSION)
+
+# Fail early, with a clear message, if the wrapper's go.mod needs a newer Go
+# than the installed one (GOTOOLCHAIN=local forbids downloading a toolchain).
+check_go_version() {
+	local dir=$1 req have
+	req=$(awk '$1 == "go" { print $2; exit }' "$dir/go.mod")
+	have=${GO_VERSION#go}
+	have=${have%% *}
+	if [[ -n $req && "$(printf '%s\n%s\n' "$req" "$have" | sort -V | head -n1)" != "$req" ]]; then
+		die "$(basename "$dir")/go.mod requires Go >= $req but $GO_VERSION is installed (GOTOOLCHAIN=local)"
+	fi
+}
+
+# The version in versions.env must be the one required by the wrapper's go.mod.
+check_pin() {
+	local dir=$1 module=$2 version=$3
+	if ! grep -Eq "^[[:space:]]*(require[[:space:]]+)?${module//./\\.}[[:space:]]+v${version//./\\.}([[:space:]]|$)" "$dir/go.mod"; then
+		die "$dir/go.mod does not require $module v$version (pinned in tools/versions.env); update one of them"
+	fi
+}
+
+# stamp NAME VERSION DIR FLAGS... -> one line identifying the build inputs.
+stamp() {
+	local name=$1 version=$2 dir=$3
+	shift 3
+	local sum f files=(go.mod)
+	[[ -f $dir/go.sum ]] && files+=(go.sum)
+	for f in "$dir"/*.go; do
+		[[ -e $f ]] && files+=("${f##*/}")
+	done
+	sum=$(
+		{
+			(cd "$dir" && sha256sum "${files[@]}")
+			printf '%s\n' "$GO_VERSION" "$@"
+		} | sha256sum | cut -d' ' -f1
+	)
+	printf '%s %s sha256:%s\n' "$name" "$version" "$sum"
+}
+
+# build NAME VERSION DIR PACKAGE LDFLAGS [EXTRA_STAMP_INPUT]
+build() {
+	local name=$1 version=$2 dir=$3 pkg=$4 ldflags=$5 extra=${6:-}
+	local out="$BIN_DIR/$name" stampfile="$BIN_DIR/.$name.version"
+	local flags=(-p "$JOBS" -trimpath -ldflags "-s -w $ldflags")
+
+	check_go_version "$dir"
+	mkdir -p "$BIN_DIR"
+
+	if [[ $FORCE != 1 && -x $out && -f $stampfile ]] &&
+		[[ "$(cat "$stampfile")" == "$(stamp "$name" "$version" "$dir" "CGO_ENABLED=$CGO_ENABLED" "${flags[@]}" "$pkg" "$extra")" ]]; then
+		echo "$name $version up to date"
+		return 0
+	fi
+
+	echo "building $name $version (first build takes several minutes)..."
+	local start=$SECONDS log tmp="$out.tmp.$$"
+	log=$(mktemp)
+	# shellcheck disable=SC2064
+	trap "rm -f '$tmp' '$log'" EXIT
+	if ! (cd "$dir" && go build "${flags[@]}" -o "$tmp" "$pkg") 2>&1 | tee "$log" >&2; then
+		if grep -q '403 Forbidden' "$log"; then
+			echo "tools/build.sh: the Go module proxy refused (403) a module version $name needs; see the lines above" >&2
+		fi
+		die "building $name $version failed"
+	fi
+	mv -f "$tmp" "$out"
+	rm -f "$log"
+	trap - EXIT
+	# Stamp computed after the build: with -mod=mod go may have filled in go.sum.
+	stamp "$name" "$version" "$dir" "CGO_ENABLED=$CGO_ENABLED" "${flags[@]}" "$pkg" "$extra" >"$stampfile"
+	echo "built $out ($name $version) in $((SECONDS - start))s, $(du -h "$out" | cut -f1)"
+}
+
+build_daprd() {
+	local dir="$TOOLS_DIR/daprd"
+	check_pin "$dir" github.com/dapr/dapr "$DAPR_VERSION"
+	build daprd "$DAPR_VERSION" "$dir" . \
+		"-X github.com/dapr/dapr/pkg/buildinfo.version=$DAPR_VERSION -X github.com/dapr/dapr/pkg/buildinfo.gitversion=v$DAPR_VERSION -X github.com/dapr/dapr/pkg/buildinfo.gitcommit=$DAPR_GIT_COMMIT"
+}
+
+VAULT_SDK_SRC="$REPO/.tools/src/vault-sdk"
+VAULT_SDK_DESC="github.com/hashicorp/vault/sdk v$VAULT_SDK_VERSION, RestorePolicy from v$VAULT_SDK_RESTOREPOLICY_FROM, ActivationFunc(ctx, req)"
+
+# tools/vault/go.mod replaces github.com/hashicorp/vault/sdk with
+# .tools/src/vault-sdk: the published sdk v$VAULT_SDK_VERSION with the two API
+# differences of vault 1.21.x's (unpublished) in-repo sdk applied. See the
+# comment in tools/vault/go.mod.
+prepare_vault_sdk() {
+	local marker="$VAULT_SDK_SRC/.prepared"
+	if [[ -f $marker && "$(cat "$marker")" == "$VAULT_SDK_DESC" ]]; then
+		return 0
+	fi
+	echo "preparing $VAULT_SDK_SRC ($VAULT_SDK_DESC)"
+	local modcache base restore_from tmpd
+	modcache=$(go env GOMODCACHE)
+	tmpd=$(mktemp -d)
+	(cd "$tmpd" && go mod download "github.com/hashicorp/vault/sdk@v$VAULT_SDK_VERSION" \
+		"github.com/hashicorp/vault/sdk@v$VAULT_SDK_RESTOREPOLICY_FROM") ||
+		die "could not download github.com/hashicorp/vault/sdk"
+	rmdir "$tmpd"
+	base="$modcache/github.com/hashicorp/vault/sdk@v$VAULT_SDK_VERSION"
+	restore_from="$modcache/github.com/hashicorp/vault/sdk@v$VAULT_SDK_RESTOREPOLICY_FROM"
+
+	rm -rf "$VAULT_SDK_SRC"
+	mkdir -p "$(dirname "$VAULT_SDK_SRC")"
+	cp -R "$base" "$VAULT_SDK_SRC"
+	chmod -R u+w "$VAULT_SDK_SRC"
+	cp "$restore_from/helper/keysutil/lock_manager.go" "$VAULT_SDK_SRC/helper/keysutil/lock_manager.go"
+	sed -i.orig 's/ActivationFunc func(context.Context, \*logical.Request, string) error/ActivationFunc func(context.Context, *logical.Request) error/' \
+		"$VAULT_SDK_SRC/framework/backend.go"
+	rm -f "$VAULT_SDK_SRC/framework/backend.go.orig"
+	grep -q 'ActivationFunc func(context.Context, \*logical.Request) error' "$VAULT_SDK_SRC/framework/backend.go" ||
+		die "patching vault sdk framework/backend.go failed"
+	grep -q 'force bool) (string, error)' "$VAULT_SDK_SRC/helper/keysutil/lock_manager.go" ||
+		die "patching vault sdk helper/keysutil/lock_manager.go failed"
+	printf '%s\n' "$VAULT_SDK_DESC" >"$marker"
+}
+
+build_vault() {
+	local dir="$TOOLS_DIR/vault"
+	check_pin "$dir" github.com/hashicorp/vault "$VAULT_VERSION"
+	prepare_vault_sdk
+	# The version string itself is embedded from vault's version/VERSION file.
+	build vault "$VAULT_VERSION" "$dir" github.com/hashicorp/vault \
+		"-X github.com/hashicorp/vault/version.BuildDate=$VAULT_BUILD_DATE" "$VAULT_SDK_DESC"
+}
+
+build_dapr_cli() {
+	local dir="$TOOLS_DIR/dapr-cli"
+	check_pin "$dir" github.com/dapr/cli "$DAPR_CLI_VERSION"
+	build dapr "$DAPR_CLI_VERSION" "$dir" github.com/dapr/cli \
+		"-X main.version=$DAPR_CLI_VERSION -X main.apiVersion=$DAPR_CLI_API_VERSION"
+}
+
+targets=("$@")
+[[ ${#targets[@]} -gt 0 ]] || targets=(all)
+
+# Serialise concurrent invocations (2-core machines; same output files).
+if command -v flock >/dev/null 2>&1; then
+	mkdir -p "$BIN_DIR"
+	exec 9>"$BIN_DIR/.build.lock"
+	if ! flock -n 9; then
+		echo "waiting for another tools/build.sh to finish..."
+		flock 9
+	fi
+fi
+
+for t in "${targets[@]}"; do
+	case $t in
+	daprd) build_daprd ;;
+	vault) build_vault ;;
+	dapr | dapr-cli) build_dapr_cli ;;
+	all)
+		build_daprd
+		build_vault
+		;;
+	-h | --help | help)
+		usage
+		exit 0
+		;;
+	*)
+		usage >&2
+		die "unknown target '$t'"
+		;;
+	esac
+done
