@@ -8,10 +8,16 @@ Same model, same prompts, same ``max_tokens``, greedy, one process:
 * ``engine@C``       — AutoGLMEngine with C requests in flight; requests arrive
   staggered, join the running batch between steps and leave when done.
 
+Each setting runs ``--repeat`` times and the run with the median tokens/s is
+reported, since one run of a few seconds on a shared 2-core machine is noisy. The
+prefix cache is cleared before every engine run, so no run is served from an
+earlier run's identical prompts.
+
 It also measures the prefix cache: time to first token of turn 5 of a conversation
 against turn 1. The last line printed is a JSON object with the headline numbers.
 
     python load/bench_engine.py [--model .models/demo-glm] [--requests 32] [--max-tokens 64]
+                                [--repeat 3]
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import platform
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +49,17 @@ def prompts(n: int) -> list[str]:
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def median_run(repeat: int, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    results = sorted((run() for _ in range(repeat)), key=lambda r: float(r["tok_s"]))
+    return results[len(results) // 2]
+
+
+def clear_prefix_cache(engine: AutoGLMEngine) -> None:
+    scheduler = engine.get(None).scheduler
+    if scheduler is not None and scheduler.prefix_cache is not None:
+        scheduler.prefix_cache.clear()
 
 
 def hf_sequential(engine: AutoGLMEngine, texts: list[str], max_tokens: int) -> dict[str, Any]:
@@ -173,6 +191,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--stagger-ms", type=float, default=5.0)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per setting; median reported")
     args = ap.parse_args()
     model = Path(args.model)
     if not (model / "config.json").is_file():
@@ -188,22 +207,28 @@ def main() -> None:
         f"machine: {platform.machine()} {torch.get_num_threads()} threads, "
         f"device {engine.device}, dtype {args.dtype}, model {model}"
     )
-    hf = hf_sequential(engine, texts, args.max_tokens)
+    hf = median_run(args.repeat, lambda: hf_sequential(engine, texts, args.max_tokens))
     print(
         f"hf_sequential       {hf['tok_s']:8.1f} tok/s  p50 {hf['p50_s']:.3f}s  "
         f"p99 {hf['p99_s']:.3f}s"
     )
-    static = static_batch(engine, texts, args.max_tokens)
+    static = median_run(args.repeat, lambda: static_batch(engine, texts, args.max_tokens))
     print(f"static_batch@{args.requests:<3}    {static['tok_s']:8.1f} tok/s  (ceiling)")
     runs = {}
     for c in (1, 8, 32):
-        r = engine_run(engine, texts, args.max_tokens, c, args.stagger_ms / 1000)
+
+        def one_run(c: int = c) -> dict[str, Any]:
+            clear_prefix_cache(engine)
+            return engine_run(engine, texts, args.max_tokens, c, args.stagger_ms / 1000)
+
+        r = median_run(args.repeat, one_run)
         runs[c] = r
         print(
             f"engine@{c:<3}          {r['tok_s']:8.1f} tok/s  p50 {r['p50_s']:.3f}s  "
             f"p99 {r['p99_s']:.3f}s  ttft p50 {r['ttft_p50_s'] * 1000:.1f}ms "
             f"p99 {r['ttft_p99_s'] * 1000:.1f}ms"
         )
+    clear_prefix_cache(engine)
     prefix = prefix_cache_ttft(engine)
     print(
         f"prefix cache        ttft turn1 {prefix['ttft_turn1_s'] * 1000:.1f}ms  "

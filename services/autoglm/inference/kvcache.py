@@ -140,6 +140,11 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
     def put(self, tokens: list[int], layers: LayerKV) -> None:
         if len(tokens) < self.min_tokens or self.max_bytes <= 0:
             return
