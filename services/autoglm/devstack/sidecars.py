@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import httpx
 import yaml
 
-from autoglm.devstack.layout import COMPONENTS_DIR, tool
+from autoglm.devstack.layout import COMPONENTS_DIR, DATA_DIR, REPO_ROOT, tool
 from autoglm.devstack.processes import ManagedProcess, free_port
 
 
@@ -45,7 +44,11 @@ def render_components(
                     item["value"] = overrides[item["name"]]
         (resources / src.name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
     config = dst / "config.yaml"
-    shutil.copy(COMPONENTS_DIR / "configuration" / "autoglm.yaml", config)
+    doc = yaml.safe_load((COMPONENTS_DIR / "configuration" / "autoglm.yaml").read_text())
+    doc["spec"]["nameResolution"]["configuration"]["connectionString"] = str(
+        dst / "nameresolution.db"
+    )
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
     return resources, config
 
 
@@ -72,7 +75,14 @@ def start_daprd(
         str(ports.internal_grpc),
         "--metrics-port",
         str(ports.metrics),
+        # Every listener on loopback only (metrics default to 0.0.0.0).
         "--dapr-listen-addresses",
+        "127.0.0.1",
+        "--dapr-internal-grpc-listen-address",
+        "127.0.0.1",
+        "--dapr-public-listen-address",
+        "127.0.0.1",
+        "--metrics-listen-address",
         "127.0.0.1",
         "--resources-path",
         str(resources),
@@ -82,7 +92,9 @@ def start_daprd(
     ]
     if app_port is not None:
         argv += ["--app-port", str(app_port), "--app-protocol", app_protocol]
-    proc = ManagedProcess(f"daprd-{app_id}", argv, log_path).start()
+    # cwd = repo root, so relative paths in components/ resolve as in `make run`.
+    (DATA_DIR / "dapr").mkdir(parents=True, exist_ok=True)
+    proc = ManagedProcess(f"daprd-{app_id}", argv, log_path, cwd=REPO_ROOT).start()
     proc.wait_until(
         lambda: (
             httpx.get(f"http://127.0.0.1:{ports.http}/v1.0/healthz/outbound", timeout=1).status_code
