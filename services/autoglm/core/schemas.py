@@ -132,6 +132,9 @@ class SnapshotEvent(Payload):
     messages: list[ChatMessage]
     model: str | None = None
     created: float = Field(default_factory=time.time)
+    # Write now, regardless of the autosave policy (client disconnected mid-stream,
+    # publisher shutting down).
+    flush: bool = False
 
 
 class AuditEvent(Payload):
