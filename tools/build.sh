@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Build the project's Go-based tools from source into $REPO/.tools/bin/.
 #
-#   tools/build.sh [daprd|vault|dapr|all]...     (default: all = daprd vault)
+#   tools/build.sh [daprd|vault|kustomize|dapr|all]...  (default: all = daprd vault kustomize)
 #
-#   daprd  slim Dapr sidecar runtime (tools/daprd, github.com/dapr/dapr)
-#   vault  HashiCorp Vault server    (tools/vault, github.com/hashicorp/vault)
-#   dapr   Dapr CLI                  (tools/dapr-cli, github.com/dapr/cli); not
-#          part of `all`: the module proxy does not serve its source (tools/dapr-cli/go.mod)
+#   daprd      slim Dapr sidecar runtime (tools/daprd, github.com/dapr/dapr)
+#   vault      HashiCorp Vault server    (tools/vault, github.com/hashicorp/vault)
+#   kustomize  renders k8s/ for the k8s tests (tools/kustomize, sigs.k8s.io/kustomize/kustomize/v5)
+#   dapr       Dapr CLI                  (tools/dapr-cli, github.com/dapr/cli); not
+#              part of `all`: the module proxy does not serve its source (tools/dapr-cli/go.mod)
 #
 # Needs only Go (>= the `go` line of each wrapper's go.mod) and the Go module
 # proxy. Versions are pinned in tools/versions.env. Idempotent: each binary
@@ -40,7 +41,7 @@ die() {
 }
 
 usage() {
-	sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 command -v go >/dev/null 2>&1 || die "'go' not found in PATH; install Go (see the go line of tools/*/go.mod for the minimum version)"
@@ -172,6 +173,13 @@ build_vault() {
 		"-X github.com/hashicorp/vault/version.BuildDate=$VAULT_BUILD_DATE" "$VAULT_SDK_DESC"
 }
 
+build_kustomize() {
+	local dir="$TOOLS_DIR/kustomize"
+	check_pin "$dir" sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
+	# `kustomize version` prints the module version from the build info; no ldflags needed.
+	build kustomize "$KUSTOMIZE_VERSION" "$dir" sigs.k8s.io/kustomize/kustomize/v5 ""
+}
+
 build_dapr_cli() {
 	local dir="$TOOLS_DIR/dapr-cli"
 	check_pin "$dir" github.com/dapr/cli "$DAPR_CLI_VERSION"
@@ -196,10 +204,12 @@ for t in "${targets[@]}"; do
 	case $t in
 	daprd) build_daprd ;;
 	vault) build_vault ;;
+	kustomize) build_kustomize ;;
 	dapr | dapr-cli) build_dapr_cli ;;
 	all)
 		build_daprd
 		build_vault
+		build_kustomize
 		;;
 	-h | --help | help)
 		usage
