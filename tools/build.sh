@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build the project's Go-based tools from source into $REPO/.tools/bin/.
 #
-#   tools/build.sh [daprd|vault|kustomize|dapr|all]...  (default: all = daprd vault kustomize)
+#   tools/build.sh [daprd|vault|kustomize|crds|dapr|all]... (default: all = daprd vault kustomize crds)
 #
 #   daprd      slim Dapr sidecar runtime (tools/daprd, github.com/dapr/dapr)
 #   vault      HashiCorp Vault server    (tools/vault, github.com/hashicorp/vault)
 #   kustomize  renders k8s/ for the k8s tests (tools/kustomize, sigs.k8s.io/kustomize/kustomize/v5)
+#   crds       CRD schemas of Dapr, Istio, KEDA, prometheus-operator into .tools/crds/
 #   dapr       Dapr CLI                  (tools/dapr-cli, github.com/dapr/cli); not
 #              part of `all`: the module proxy does not serve its source (tools/dapr-cli/go.mod)
 #
@@ -41,7 +42,7 @@ die() {
 }
 
 usage() {
-	sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 command -v go >/dev/null 2>&1 || die "'go' not found in PATH; install Go (see the go line of tools/*/go.mod for the minimum version)"
@@ -180,6 +181,44 @@ build_kustomize() {
 	build kustomize "$KUSTOMIZE_VERSION" "$dir" sigs.k8s.io/kustomize/kustomize/v5 ""
 }
 
+CRDS_DIR="$REPO/.tools/crds"
+
+# Copy the CRD files the k8s tests validate against out of the modules that publish
+# them (downloaded through the module proxy, verified by the checksum database).
+fetch_crds() {
+	local desc="dapr $DAPR_VERSION keda $KEDA_VERSION prometheus-operator $PROMETHEUS_OPERATOR_VERSION istio-api $ISTIO_API_VERSION"
+	local marker="$CRDS_DIR/.version"
+	if [[ $FORCE != 1 && -f $marker && "$(cat "$marker")" == "$desc" ]]; then
+		echo "crds up to date"
+		return 0
+	fi
+	echo "fetching CRDs ($desc)"
+	local tmpd json mod dir
+	tmpd=$(mktemp -d)
+	rm -rf "$CRDS_DIR"
+	mkdir -p "$CRDS_DIR"
+	for mod in "github.com/dapr/dapr@v$DAPR_VERSION" \
+		"github.com/kedacore/keda/v2@v$KEDA_VERSION" \
+		"github.com/prometheus-operator/prometheus-operator@v$PROMETHEUS_OPERATOR_VERSION" \
+		"istio.io/api@v$ISTIO_API_VERSION"; do
+		json=$(cd "$tmpd" && go mod download -json "$mod") || die "could not download $mod (module proxy)"
+		dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<<"$json")
+		[[ -d $dir ]] || die "no module directory for $mod"
+		case $mod in
+		github.com/dapr/*) cp "$dir"/charts/dapr/crds/{components,configuration,resiliency,subscription}.yaml "$CRDS_DIR/" ;;
+		github.com/kedacore/*) cp "$dir"/config/crd/bases/keda.sh_{scaledobjects,triggerauthentications}.yaml "$CRDS_DIR/" ;;
+		github.com/prometheus-operator/*)
+			cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_{servicemonitors,podmonitors,prometheusrules}.yaml "$CRDS_DIR/"
+			;;
+		istio.io/*) cp "$dir/kubernetes/customresourcedefinitions.gen.yaml" "$CRDS_DIR/istio.yaml" ;;
+		esac
+	done
+	rmdir "$tmpd"
+	chmod -R u+w "$CRDS_DIR"
+	printf '%s\n' "$desc" >"$marker"
+	echo "CRDs in $CRDS_DIR"
+}
+
 build_dapr_cli() {
 	local dir="$TOOLS_DIR/dapr-cli"
 	check_pin "$dir" github.com/dapr/cli "$DAPR_CLI_VERSION"
@@ -205,11 +244,13 @@ for t in "${targets[@]}"; do
 	daprd) build_daprd ;;
 	vault) build_vault ;;
 	kustomize) build_kustomize ;;
+	crds) fetch_crds ;;
 	dapr | dapr-cli) build_dapr_cli ;;
 	all)
 		build_daprd
 		build_vault
 		build_kustomize
+		fetch_crds
 		;;
 	-h | --help | help)
 		usage
