@@ -10,6 +10,7 @@ import pytest
 
 from autoglm.devstack.processes import free_port
 from tests.support.stack import AppUnderTest, Backing, start_app, wait_http_ok
+from tests.support.tokens import bearer
 
 
 @dataclass
@@ -21,6 +22,10 @@ class Mesh:
     gateway_url: str
     archive_root: Path
     inference_metrics_port: int
+
+    def headers(self, tenant: str = "acme", role: str = "user") -> dict[str, str]:
+        """Authorization for ``tenant``, signed with the key seeded into Vault."""
+        return bearer(tenant, role, self.backing.secrets["jwt"])
 
 
 @pytest.fixture(scope="session")

@@ -30,20 +30,26 @@ def test_chat_completion_through_gateway_and_sidecars(mesh: Mesh) -> None:
         "max_tokens": 6,
         "temperature": 0,
     }
-    resp = httpx.post(f"{mesh.gateway_url}/v1/chat/completions", json=body, timeout=60)
+    resp = httpx.post(
+        f"{mesh.gateway_url}/v1/chat/completions", json=body, headers=mesh.headers(), timeout=60
+    )
     assert resp.status_code == 200, resp.text
     data = resp.json()
     assert data["model"] == "demo-glm"
     assert data["usage"]["completion_tokens"] >= 1
     assert data["choices"][0]["message"]["content"].strip()
     # Greedy decoding of the same model is deterministic across the whole path.
-    again = httpx.post(f"{mesh.gateway_url}/v1/chat/completions", json=body, timeout=60).json()
+    again = httpx.post(
+        f"{mesh.gateway_url}/v1/chat/completions", json=body, headers=mesh.headers(), timeout=60
+    ).json()
     assert again["choices"][0]["message"]["content"] == data["choices"][0]["message"]["content"]
 
 
 def test_bad_request_crosses_the_mesh_as_clear_400(mesh: Mesh) -> None:
     body = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
-    resp = httpx.post(f"{mesh.gateway_url}/v1/chat/completions", json=body, timeout=60)
+    resp = httpx.post(
+        f"{mesh.gateway_url}/v1/chat/completions", json=body, headers=mesh.headers(), timeout=60
+    )
     assert resp.status_code == 404
     assert "no-such-model" in resp.json()["error"]["message"]
 

@@ -1,54 +1,73 @@
+"""Gateway HTTP surface against a fake sidecar: OpenAI shapes, errors, auth, limits."""
+
 from __future__ import annotations
 
+import base64
+import struct
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
-from autoglm.core.errors import ConflictError, UnavailableError
-from autoglm.gateway.app import create_app
-from autoglm.gateway.settings import GatewaySettings
+from autoglm.core.errors import (
+    ConflictError,
+    DeadlineExceededError,
+    NotFoundError,
+    OverloadedError,
+    UnavailableError,
+)
 from tests.support.fakes import FakeSidecar
+from tests.support.tokens import bearer
+from tests.unit.gateway_fixtures import (
+    CHAT,
+    USER,
+    FakeStream,
+    _result,
+    _sse,
+    client,
+    make_client,
+    sidecar,
+    stream,
+)
 
-CHAT = {"model": "demo-glm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
-
-
-def _result(payload: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "request_id": payload["request_id"],
-        "model": "demo-glm",
-        "text": "hello",
-        "finish_reason": "length",
-        "prompt_tokens": 7,
-        "completion_tokens": 5,
-    }
-
-
-@pytest.fixture
-def sidecar() -> FakeSidecar:
-    fake = FakeSidecar()
-    fake.invoke_replies["generate"] = _result
-    fake.invoke_replies["models"] = {"data": []}
-    return fake
+__all__ = ["client", "sidecar", "stream"]  # fixtures used by name
 
 
-@pytest.fixture
-def client(sidecar: FakeSidecar) -> FlaskClient:
-    settings = GatewaySettings(max_body_bytes=4096)
-    return create_app(settings, sidecar).test_client()
-
-
+# -- chat ---------------------------------------------------------------------------
 def test_chat_completion_has_openai_shape(client: FlaskClient, sidecar: FakeSidecar) -> None:
-    resp = client.post("/v1/chat/completions", json=dict(CHAT, n=2, seed=1))
+    resp = client.post("/v1/chat/completions", json=dict(CHAT, n=2, seed=1), headers=USER)
     assert resp.status_code == 200
     body = resp.get_json()
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
     assert [c["index"] for c in body["choices"]] == [0, 1]
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
     assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 10, "total_tokens": 17}
-    seeds = [p["sampling"]["seed"] for _, _, p in sidecar.invocations]
+    seeds = [p["sampling"]["seed"] for _, m, p in sidecar.invocations if m == "generate"]
     assert seeds == [1, 2]
-    assert sidecar.invocations[0][:2] == ("inference", "generate")
+
+
+def test_chat_stream_is_sse_ending_in_done(client: FlaskClient, stream: FakeStream) -> None:
+    body = dict(CHAT, stream=True, stream_options={"include_usage": True})
+    resp = client.post("/v1/chat/completions", json=body, headers=USER)
+    assert resp.status_code == 200 and resp.mimetype == "text/event-stream"
+    events = _sse(resp)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "Hello world"
+    finals = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finals[-1] == "stop" and set(finals[:-1]) == {None}
+    assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert len({c["id"] for c in chunks}) == 1 and stream.closed == 1
+
+
+def test_stream_failure_before_first_token_keeps_http_status(
+    client: FlaskClient, stream: FakeStream
+) -> None:
+    stream.error = NotFoundError("model 'x' not found", code="model_not_found")
+    resp = client.post("/v1/chat/completions", json=dict(CHAT, stream=True), headers=USER)
+    assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "model_not_found"
 
 
 @pytest.mark.parametrize(
@@ -59,32 +78,57 @@ def test_chat_completion_has_openai_shape(client: FlaskClient, sidecar: FakeSide
         (dict(CHAT, messages=[{"role": "wizard", "content": "x"}]), "messages.0.role"),
         (dict(CHAT, bogus=1), "bogus"),
         (dict(CHAT, n=99), "n"),
+        (dict(CHAT, max_tokens=10**6), "max_tokens"),
+        (dict(CHAT, n=2, stream=True), "n"),
     ],
 )
 def test_bad_input_is_400_naming_the_field(
     client: FlaskClient, body: dict[str, Any], param: str
 ) -> None:
-    resp = client.post("/v1/chat/completions", json=body)
+    resp = client.post("/v1/chat/completions", json=body, headers=USER)
     assert resp.status_code == 400
     error = resp.get_json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error"
 
 
+def test_unsupported_penalty_is_refused_not_ignored(client: FlaskClient) -> None:
+    resp = client.post("/v1/chat/completions", json=dict(CHAT, presence_penalty=1), headers=USER)
+    assert resp.status_code == 400
+    assert "presence_penalty" in resp.get_json()["error"]["message"]
+
+
 def test_invalid_json_is_400(client: FlaskClient) -> None:
-    resp = client.post("/v1/chat/completions", data=b"{", content_type="application/json")
+    resp = client.post(
+        "/v1/chat/completions", data=b"{", content_type="application/json", headers=USER
+    )
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_json"
 
 
 def test_oversized_body_is_413(client: FlaskClient) -> None:
-    resp = client.post("/v1/chat/completions", data=b"x" * 10_000, content_type="application/json")
+    resp = client.post(
+        "/v1/chat/completions",
+        data=b"x" * 10_000,
+        content_type="application/json",
+        headers=USER,
+    )
     assert resp.status_code == 413 and "error" in resp.get_json()
 
 
-def test_upstream_errors_keep_their_status(client: FlaskClient, sidecar: FakeSidecar) -> None:
-    sidecar.invoke_replies["generate"] = UnavailableError("inference down")
-    resp = client.post("/v1/chat/completions", json=CHAT)
-    assert resp.status_code == 503
-    assert resp.get_json()["error"]["message"] == "inference down"
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (UnavailableError("inference down"), 503),
+        (OverloadedError("queue full"), 503),
+        (DeadlineExceededError("too slow"), 504),
+    ],
+)
+def test_upstream_errors_keep_their_status(
+    client: FlaskClient, sidecar: FakeSidecar, error: Exception, status: int
+) -> None:
+    sidecar.invoke_replies["generate"] = error
+    resp = client.post("/v1/chat/completions", json=CHAT, headers=USER)
+    assert resp.status_code == status
+    assert resp.get_json()["error"]["message"] == str(error)
 
 
 def test_unexpected_exception_is_generic_500(client: FlaskClient, sidecar: FakeSidecar) -> None:
@@ -92,7 +136,8 @@ def test_unexpected_exception_is_generic_500(client: FlaskClient, sidecar: FakeS
         raise RuntimeError("/secret/path leaked?")
 
     sidecar.invoke_replies["generate"] = boom
-    resp = client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "rid-1"})
+    headers = dict(USER, **{"x-request-id": "rid-1"})
+    resp = client.post("/v1/chat/completions", json=CHAT, headers=headers)
     assert resp.status_code == 500
     assert "/secret/path" not in resp.get_data(as_text=True)
     assert "rid-1" in resp.get_json()["error"]["message"]
@@ -100,7 +145,7 @@ def test_unexpected_exception_is_generic_500(client: FlaskClient, sidecar: FakeS
 
 
 def test_unknown_route_is_openai_404(client: FlaskClient) -> None:
-    resp = client.get("/v1/nope")
+    resp = client.get("/v1/nope", headers=USER)
     assert resp.status_code == 404 and resp.get_json()["error"]["type"] == "not_found_error"
 
 
@@ -110,3 +155,151 @@ def test_readyz_reports_failing_dependency(client: FlaskClient, sidecar: FakeSid
     resp = client.get("/readyz")
     assert resp.status_code == 503
     assert resp.get_json()["checks"]["statestore"] == "weird"
+
+
+# -- auth and rbac ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}],
+)
+def test_every_api_route_needs_credentials(client: FlaskClient, headers: dict[str, str]) -> None:
+    for method, path in [
+        ("post", "/v1/chat/completions"),
+        ("get", "/v1/models"),
+        ("post", "/v1/sessions"),
+        ("get", "/v1/jobs/job-1"),
+        ("get", "/v1/attachments/a1"),
+    ]:
+        resp = getattr(client, method)(path, json={}, headers=headers)
+        assert resp.status_code == 401, path
+        assert resp.get_json()["error"]["type"] == "authentication_error"
+
+
+def test_model_admin_needs_admin_role(client: FlaskClient, sidecar: FakeSidecar) -> None:
+    sidecar.invoke_replies["load_model"] = {"model": "demo-glm", "state": "ready"}
+    assert client.post("/v1/models/demo-glm/load", headers=USER).status_code == 403
+    resp = client.post("/v1/models/demo-glm/load", headers=bearer("ops", "admin"))
+    assert resp.status_code == 200 and resp.get_json()["state"] == "ready"
+    assert ("inference", "load_model", {"model": "demo-glm"}) in sidecar.invocations
+
+
+def test_dapr_callbacks_need_the_app_token_when_set(
+    sidecar: FakeSidecar, stream: FakeStream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APP_API_TOKEN", "s3cret")
+    client = make_client(sidecar, stream)
+    assert client.get("/dapr/subscribe").status_code == 401
+    assert client.get("/dapr/subscribe", headers={"dapr-api-token": "s3cret"}).status_code == 200
+
+
+# -- other OpenAI endpoints -----------------------------------------------------------
+def test_models_list_and_get(client: FlaskClient) -> None:
+    listing = client.get("/v1/models", headers=USER).get_json()
+    assert listing["object"] == "list" and listing["data"][0]["id"] == "demo-glm"
+    assert client.get("/v1/models/demo-glm", headers=USER).get_json()["object"] == "model"
+    resp = client.get("/v1/models/other", headers=USER)
+    assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "model_not_found"
+
+
+def test_embeddings_float_and_base64(client: FlaskClient, sidecar: FakeSidecar) -> None:
+    sidecar.invoke_replies["embed"] = lambda p: {
+        "model": "mini",
+        "data": [[0.5, -1.0] for _ in p["input"]],
+        "prompt_tokens": 4,
+    }
+    body = {"model": "mini", "input": ["a", "b"]}
+    plain = client.post("/v1/embeddings", json=body, headers=USER).get_json()
+    assert [d["index"] for d in plain["data"]] == [0, 1]
+    assert plain["data"][0]["embedding"] == [0.5, -1.0] and plain["usage"]["prompt_tokens"] == 4
+    packed = client.post(
+        "/v1/embeddings", json=dict(body, encoding_format="base64"), headers=USER
+    ).get_json()
+    raw = base64.b64decode(packed["data"][1]["embedding"])
+    assert struct.unpack("<2f", raw) == (0.5, -1.0)
+
+
+def test_completions_batch_and_stream(client: FlaskClient, sidecar: FakeSidecar) -> None:
+    body = {"model": "demo-glm", "prompt": ["a", "b"], "max_tokens": 4}
+    resp = client.post("/v1/completions", json=body, headers=USER).get_json()
+    assert resp["object"] == "text_completion" and [c["index"] for c in resp["choices"]] == [0, 1]
+    assert resp["usage"]["prompt_tokens"] == 14
+    prompts = [p["prompt"] for _, m, p in sidecar.invocations if m == "generate"]
+    assert prompts == ["a", "b"]
+    streamed = client.post(
+        "/v1/completions", json={"model": "demo-glm", "prompt": "a", "stream": True}, headers=USER
+    )
+    events = _sse(streamed)
+    assert events[-1] == "[DONE]"
+    assert "".join(e["choices"][0]["text"] for e in events[:-1]) == "Hello world"
+
+
+# -- content filter -------------------------------------------------------------------
+def test_content_filter_blocks_input_and_cuts_output(
+    sidecar: FakeSidecar, stream: FakeStream
+) -> None:
+    client = make_client(sidecar, stream, blocked_terms=["forbidden", "world"])
+    bad = dict(CHAT, messages=[{"role": "user", "content": "say FORBIDDEN things"}])
+    resp = client.post("/v1/chat/completions", json=bad, headers=USER)
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "content_filter"
+
+    sidecar.invoke_replies["generate"] = lambda p: _result(p, "hello world again")
+    choice = client.post("/v1/chat/completions", json=CHAT, headers=USER).get_json()["choices"][0]
+    assert choice["finish_reason"] == "content_filter"
+    assert "world" not in choice["message"]["content"]
+
+    events = _sse(client.post("/v1/chat/completions", json=dict(CHAT, stream=True), headers=USER))
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+    assert "world" not in text and events[-2]["choices"][0]["finish_reason"] == "content_filter"
+    assert stream.closed == 1  # generation cancelled upstream
+
+
+# -- response cache and rate limits -----------------------------------------------------
+def test_deterministic_requests_are_cached_when_enabled(
+    sidecar: FakeSidecar, stream: FakeStream
+) -> None:
+    client = make_client(sidecar, stream, response_cache_enabled=True)
+    body = dict(CHAT, temperature=0, seed=3)
+    first = client.post("/v1/chat/completions", json=body, headers=USER)
+    second = client.post("/v1/chat/completions", json=body, headers=USER)
+    assert first.headers["x-autoglm-cache"] == "miss" and second.headers["x-autoglm-cache"] == "hit"
+    assert first.get_json() == second.get_json()
+    assert sum(1 for _, m, _ in sidecar.invocations if m == "generate") == 1
+    sampled = client.post("/v1/chat/completions", json=dict(CHAT, temperature=0.7), headers=USER)
+    assert sampled.headers["x-autoglm-cache"] == "miss"
+
+
+def test_rate_limit_is_429_with_retry_after(sidecar: FakeSidecar, stream: FakeStream) -> None:
+    client = make_client(sidecar, stream, rate_limit_requests_per_min=2)
+    codes = [client.get("/v1/models", headers=USER).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    resp = client.get("/v1/models", headers=USER)
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert resp.get_json()["error"]["code"] == "rate_limited"
+    # Another tenant has its own budget.
+    assert client.get("/v1/models", headers=bearer("other")).status_code == 200
+
+
+# -- audit and openapi ------------------------------------------------------------------
+def test_one_audit_event_per_request_with_pii_masked(
+    client: FlaskClient, sidecar: FakeSidecar
+) -> None:
+    client.get("/v1/sessions/jane.doe@example.com", headers=USER)
+    client.get("/healthz")
+    audits = [p for t, p in sidecar.published if t == "audit"]
+    assert len(audits) == 1
+    event = audits[0]
+    assert event["tenant"] == "acme" and event["role"] == "user" and event["status"] == 404
+    assert "jane.doe@example.com" not in event["resource"]
+    assert event["action"] == "GET /v1/sessions/<session_id>"
+
+
+def test_openapi_describes_every_route(client: FlaskClient) -> None:
+    doc = client.get("/openapi.json").get_json()
+    rules = {
+        r.rule.replace("<", "{").replace(">", "}")
+        for r in client.application.url_map.iter_rules()
+        if r.rule.startswith("/v1/") or r.rule in ("/healthz", "/readyz")
+    }
+    assert rules <= set(doc["paths"])
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert "429" in chat["responses"] and "requestBody" in chat

@@ -17,31 +17,46 @@ class AutoGLMError(Exception):
     type: ClassVar[str] = "server_error"
     default_code: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None, param: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        details: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.param = param
+        # Machine-readable facts a caller acts on (e.g. the offset an upload resumes from),
+        # so it never has to parse ``message``.
+        self.details = dict(details or {})
 
     def to_payload(self) -> dict[str, Any]:
         """The structured form sent over Dapr and (wrapped in ``error``) to HTTP clients."""
-        return {
+        payload: dict[str, Any] = {
             "message": self.message,
             "type": self.type,
             "code": self.code,
             "param": self.param,
             "status": self.status,
         }
+        if self.details:
+            payload["details"] = self.details
+        return payload
 
     @staticmethod
     def from_payload(payload: dict[str, Any]) -> AutoGLMError:
         """Rebuild the error raised on the other side of a sidecar."""
         status = int(payload.get("status", 500))
         cls = _BY_STATUS.get(status, InternalError)
+        details = payload.get("details")
         return cls(
             str(payload.get("message", "upstream error")),
             code=payload.get("code"),
             param=payload.get("param"),
+            details=details if isinstance(details, dict) else None,
         )
 
 

@@ -11,6 +11,7 @@ from gunicorn.app.base import BaseApplication
 from autoglm.core.logging import configure_logging
 from autoglm.core.settings import SettingsError, load_settings
 from autoglm.core.sidecar import Sidecar
+from autoglm.core.tracing import configure_tracing
 from autoglm.gateway.app import create_app
 from autoglm.gateway.settings import GatewaySettings
 
@@ -41,6 +42,7 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         configure_logging("gateway", self.settings.log_level)
+        configure_tracing("gateway")  # in the worker: exporter threads do not survive fork
         return create_app(self.settings, Sidecar())
 
 

@@ -1,21 +1,90 @@
-"""Flask application factory for the gateway."""
+"""Flask application factory for the gateway: wires services to their routers."""
 
 from __future__ import annotations
 
 from flask import Flask
 
 from autoglm.core.sidecar import SidecarAPI
+from autoglm.gateway.attachments.api_router import attachments_blueprint
+from autoglm.gateway.audit import install_audit
 from autoglm.gateway.errors import register_error_handlers
+from autoglm.gateway.guards import install_guards
 from autoglm.gateway.health import health_blueprint
+from autoglm.gateway.inference_client import InferenceClient, StreamFn
+from autoglm.gateway.jobs.api_router import jobs_blueprint
+from autoglm.gateway.jobs.store import JobStore
 from autoglm.gateway.openai.chat.api_router import chat_blueprint
 from autoglm.gateway.openai.chat.serving import ChatCompletionService
+from autoglm.gateway.openai.completions.api_router import completions_blueprint
+from autoglm.gateway.openai.completions.serving import CompletionService
+from autoglm.gateway.openai.embeddings.api_router import embeddings_blueprint
+from autoglm.gateway.openai.embeddings.serving import EmbeddingService
+from autoglm.gateway.openai.models.api_router import models_blueprint
+from autoglm.gateway.openai.models.serving import ModelService
+from autoglm.gateway.openapi import openapi_blueprint
+from autoglm.gateway.request_tracing import install_tracing
+from autoglm.gateway.response_cache import ResponseCache
+from autoglm.gateway.security.auth import Authenticator
+from autoglm.gateway.security.content_filter import ContentFilter
+from autoglm.gateway.security.ratelimit import RateLimiter
+from autoglm.gateway.sessions.api_router import sessions_blueprint
+from autoglm.gateway.sessions.store import SessionStore
 from autoglm.gateway.settings import GatewaySettings
 
 
-def create_app(settings: GatewaySettings, sidecar: SidecarAPI) -> Flask:
+def create_app(
+    settings: GatewaySettings, sidecar: SidecarAPI, stream_fn: StreamFn | None = None
+) -> Flask:
     app = Flask("autoglm.gateway")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    install_tracing(app)
     register_error_handlers(app)
+    install_audit(app, sidecar, trust_forwarded=settings.trust_forwarded_for)
+    install_guards(
+        app,
+        Authenticator(
+            sidecar,
+            store=settings.secret_store,
+            secret_name=settings.jwt_secret,
+            api_keys_secret=settings.api_keys_secret,
+            ttl_s=settings.auth_cache_ttl_s,
+        ),
+        RateLimiter(
+            sidecar,
+            requests_per_min=settings.rate_limit_requests_per_min,
+            tokens_per_min=settings.rate_limit_tokens_per_min,
+        ),
+    )
+
+    client_options = {"stream_fn": stream_fn} if stream_fn else {}
+    inference = InferenceClient(
+        sidecar,
+        app_id=settings.inference_app_id,
+        timeout_s=settings.request_timeout_s,
+        **client_options,
+    )
+    content_filter = ContentFilter(settings.blocked_terms, settings.blocked_patterns)
+    sessions = SessionStore(sidecar, archiver_app_id=settings.archiver_app_id)
+    cache = (
+        ResponseCache(
+            sidecar,
+            max_entries=settings.response_cache_entries,
+            ttl_s=settings.response_cache_ttl_s,
+        )
+        if settings.response_cache_enabled
+        else None
+    )
+    chat = ChatCompletionService(inference, sessions, content_filter, cache, settings)
+
     app.register_blueprint(health_blueprint(sidecar, settings))
-    app.register_blueprint(chat_blueprint(ChatCompletionService(sidecar, settings)))
+    app.register_blueprint(openapi_blueprint())
+    app.register_blueprint(chat_blueprint(chat))
+    app.register_blueprint(
+        completions_blueprint(CompletionService(inference, content_filter, settings))
+    )
+    app.register_blueprint(embeddings_blueprint(EmbeddingService(inference)))
+    app.register_blueprint(models_blueprint(ModelService(inference)))
+    app.register_blueprint(sessions_blueprint(sessions))
+    app.register_blueprint(jobs_blueprint(JobStore(sidecar, ttl_s=settings.job_ttl_s), chat))
+    app.register_blueprint(attachments_blueprint(sidecar, archiver_app_id=settings.archiver_app_id))
     return app

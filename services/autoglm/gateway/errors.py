@@ -13,7 +13,7 @@ import uuid
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from autoglm.core.errors import AutoGLMError, InternalError
+from autoglm.core.errors import AutoGLMError, InternalError, RateLimitError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ def error_response(exc: AutoGLMError) -> Response:
     status = payload.pop("status")
     resp = jsonify({"error": payload})
     resp.status_code = status
+    if isinstance(exc, RateLimitError) and "retry_after" in exc.details:
+        resp.headers["Retry-After"] = str(exc.details["retry_after"])
     return resp
 
 

@@ -14,11 +14,42 @@ class GatewaySettings(AppSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
-    #: Dapr app id of the inference app, reached by service invocation.
-    inference_app_id: str = "inference"
-    default_model: str = "demo-glm"
-    request_timeout_s: float = Field(default=120.0, gt=0)
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    max_n: int = Field(default=8, ge=1)
     workers: int = Field(default=1, ge=1)
     threads: int = Field(default=16, ge=1)
+    #: Serve HTTPS directly (running without a mesh); both files or neither.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    #: Dapr app ids reached by service invocation.
+    inference_app_id: str = "inference"
+    archiver_app_id: str = "archiver"
+    request_timeout_s: float = Field(default=120.0, gt=0)
+
+    # -- limits
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_n: int = Field(default=8, ge=1)
+    default_max_tokens: int = Field(default=128, ge=1)
+    max_tokens_limit: int = Field(default=4096, ge=1)
+    #: Per tenant, shared by all replicas through the state store; 0 = unlimited.
+    rate_limit_requests_per_min: int = Field(default=600, ge=0)
+    rate_limit_tokens_per_min: int = Field(default=0, ge=0)
+
+    # -- security
+    #: Secret store name and entries (Vault via Dapr) holding JWT keys and API-key hashes.
+    secret_store: str = "vault"
+    jwt_secret: str = "jwt"
+    api_keys_secret: str = "api-keys"
+    #: Keys are re-read after this long, so rotation needs no restart.
+    auth_cache_ttl_s: float = Field(default=60.0, gt=0)
+    #: Trust X-Forwarded-For for the audit's client ip (only behind a trusted proxy).
+    trust_forwarded_for: bool = False
+    blocked_terms: list[str] = Field(default_factory=list)
+    blocked_patterns: list[str] = Field(default_factory=list)
+
+    # -- response cache (deterministic requests only)
+    response_cache_enabled: bool = False
+    response_cache_ttl_s: int = Field(default=300, ge=1)
+    response_cache_entries: int = Field(default=1024, ge=1)
+
+    #: How long finished job records are kept.
+    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)

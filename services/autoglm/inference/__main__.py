@@ -12,6 +12,7 @@ from autoglm.core.lifecycle import on_shutdown
 from autoglm.core.logging import configure_logging
 from autoglm.core.settings import SettingsError, load_settings
 from autoglm.core.sidecar import Sidecar
+from autoglm.core.tracing import configure_tracing
 from autoglm.inference.app import build_app
 from autoglm.inference.engine import AutoGLMEngine
 from autoglm.inference.metrics import InferenceMetrics
@@ -32,6 +33,7 @@ def main() -> int:
         log.error(str(exc))
         return 2
     configure_logging("inference", settings.log_level)
+    configure_tracing("inference")
     sidecar = Sidecar()
     if settings.trust_unsigned:
         log.warning("trust_unsigned is on: model signatures are NOT checked")

@@ -8,7 +8,6 @@ which a caller reaches through its own daprd with ``dapr-app-id: inference`` met
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import grpc
 from cloudevents.sdk.event import v1
@@ -19,6 +18,7 @@ from dapr.ext.grpc import App
 from autoglm.core.pubsub import event_data
 from autoglm.core.schemas import PUBSUB, REQUESTS_TOPIC
 from autoglm.core.streaming import STREAM_METHOD, STREAM_SERVICE
+from autoglm.core.tracing import event_carrier, grpc_carrier, server_span
 from autoglm.inference.serving import InferenceService
 
 
@@ -33,34 +33,42 @@ def build_app(service: InferenceService) -> App:
 
     @app.method("generate")
     def generate(request: InvokeMethodRequest) -> str:
-        return service.generate(request.data)
+        with server_span("generate", grpc_carrier(request.metadata)):
+            return service.generate(request.data)
 
     @app.method("embed")
     def embed(request: InvokeMethodRequest) -> str:
-        return service.embed(request.data)
+        with server_span("embed", grpc_carrier(request.metadata)):
+            return service.embed(request.data)
 
     @app.method("models")
     def models(request: InvokeMethodRequest) -> str:
-        return service.models(request.data)
+        with server_span("models", grpc_carrier(request.metadata)):
+            return service.models(request.data)
 
     @app.method("health")
     def health(request: InvokeMethodRequest) -> str:
-        return service.health(request.data)
+        with server_span("health", grpc_carrier(request.metadata)):
+            return service.health(request.data)
 
     @app.method("load_model")
     def load_model(request: InvokeMethodRequest) -> str:
-        return service.load_model(request.data, _caller(request))
+        with server_span("load_model", grpc_carrier(request.metadata)):
+            return service.load_model(request.data, _caller(request))
 
     @app.method("unload_model")
     def unload_model(request: InvokeMethodRequest) -> str:
-        return service.unload_model(request.data, _caller(request))
+        with server_span("unload_model", grpc_carrier(request.metadata)):
+            return service.unload_model(request.data, _caller(request))
 
     @app.subscribe(PUBSUB, REQUESTS_TOPIC, dead_letter_topic=f"{REQUESTS_TOPIC}.deadletter")
     def on_request(event: v1.Event) -> TopicEventResponse:
-        return TopicEventResponse(service.on_request_event(event_data(event.Data())).value)
+        with server_span(f"{REQUESTS_TOPIC} process", event_carrier(event)):
+            return TopicEventResponse(service.on_request_event(event_data(event.Data())).value)
 
-    def generate_stream(body: bytes, _context: Any) -> Iterator[bytes]:
-        return service.stream(body)
+    def generate_stream(body: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        with server_span("generate_stream", grpc_carrier(dict(context.invocation_metadata()))):
+            yield from service.stream(body)
 
     handler = grpc.method_handlers_generic_handler(
         STREAM_SERVICE,

@@ -61,6 +61,8 @@ class RequestHandle:
         self._error: AutoGLMError | None = None
         self.cancelled = False
         self.streaming = False
+        #: Sequences in the batch when this one joined it (for traces and metrics).
+        self.batch_size_at_join = 0
 
     # scheduler side
     def _emit(self, text: str) -> None:
@@ -301,6 +303,8 @@ class Scheduler:
         for seq in seqs:
             seq.cached = len(seq.prompt_ids)
         self._running.extend(seqs)
+        for seq in seqs:
+            seq.handle.batch_size_at_join = len(self._running)
         self._batch.add(layers, mask)
         done = {}
         for j, seq in enumerate(seqs):

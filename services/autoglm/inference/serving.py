@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from opentelemetry import trace
+
 from autoglm.core.errors import (
     AutoGLMError,
     InternalError,
@@ -76,6 +78,16 @@ class InferenceService:
         result = handle.result(self.engine.request_timeout_s + 5)
         if handle.ttft is not None:
             self.metrics.ttft.labels(result.model).observe(handle.ttft)
+        trace.get_current_span().set_attributes(
+            {
+                "gen_ai.request.model": result.model,
+                "gen_ai.usage.input_tokens": result.prompt_tokens,
+                "gen_ai.usage.output_tokens": result.completion_tokens,
+                "gen_ai.response.finish_reasons": [result.finish_reason],
+                "autoglm.batch_size": handle.batch_size_at_join,
+                "autoglm.ttft_ms": round((handle.ttft or 0.0) * 1000, 2),
+            }
+        )
         return result
 
     def generate(self, body: bytes) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
-from autoglm.gateway.openai.chat.serving import ChatCompletionService
+from autoglm.gateway.guards import require
+from autoglm.gateway.openai.chat.serving import CACHE_HEADER, ChatCompletionService
+from autoglm.gateway.security.rbac import Action
+from autoglm.gateway.sse import sse_response
 
 
 def chat_blueprint(service: ChatCompletionService) -> Blueprint:
@@ -12,7 +15,15 @@ def chat_blueprint(service: ChatCompletionService) -> Blueprint:
 
     @bp.post("/v1/chat/completions")
     def create_chat_completion() -> Response:
+        principal = require(Action.INFERENCE)
         chat_request = service.parse(request.get_data())
-        return jsonify(service.create(chat_request).to_json())
+        g.model = chat_request.model  # for the audit event
+        if chat_request.stream:
+            return sse_response(service.open_stream(principal.tenant, chat_request))
+        outcome = service.create(principal.tenant, chat_request)
+        resp = jsonify(outcome.body)
+        if service.cache is not None:
+            resp.headers[CACHE_HEADER] = "hit" if outcome.cached else "miss"
+        return resp
 
     return bp

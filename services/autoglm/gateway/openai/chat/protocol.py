@@ -6,16 +6,18 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from autoglm.core.schemas import ChatMessage, FinishReason
+from autoglm.gateway.openai.protocol import OpenAIRequest, StreamOptions, Usage
 
 
-class ChatCompletionRequest(BaseModel):
-    # Unknown fields are refused with their name rather than silently ignored.
-    model_config = ConfigDict(extra="forbid")
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
 
-    model: str = Field(min_length=1)
+
+class ChatCompletionRequest(OpenAIRequest):
+    model: str = Field(min_length=1, max_length=128)
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -26,9 +28,10 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
-    user: str | None = Field(default=None, max_length=256)
-    #: Extension: append this turn to a server-side session.
-    session_id: str | None = None
+    stream_options: StreamOptions | None = None
+    #: Extension: continue this server-side session (its history is prepended and the
+    #: turn is appended to it).
+    session_id: str | None = Field(default=None, min_length=1, max_length=128)
 
     @property
     def stop_list(self) -> list[str]:
@@ -49,14 +52,8 @@ class ChatCompletionChoice(BaseModel):
     logprobs: None = None
 
 
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
 class ChatCompletionResponse(BaseModel):
-    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    id: str = Field(default_factory=completion_id)
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
@@ -66,3 +63,26 @@ class ChatCompletionResponse(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+class ChoiceDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChoiceDelta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One SSE ``data:`` event of a streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None

@@ -1,0 +1,68 @@
+"""One audit event per API request, published to the ``audit`` topic.
+
+Events hold who did what to which resource and how it ended; never bodies. Paths can
+carry personal data (ids chosen by clients), so the resource is masked like any
+other free text.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, g, request
+from opentelemetry import trace
+
+from autoglm.core.errors import AutoGLMError
+from autoglm.core.schemas import AUDIT_TOPIC, AuditEvent
+from autoglm.core.sidecar import SidecarAPI
+from autoglm.gateway.security.masking import mask_pii
+
+log = logging.getLogger(__name__)
+
+#: Probes and Dapr callbacks are not API requests.
+_SKIP_PREFIXES = ("/healthz", "/readyz", "/dapr/")
+
+
+def install_audit(app: Flask, sidecar: SidecarAPI, *, trust_forwarded: bool) -> None:
+    @app.before_request
+    def _start() -> None:
+        g.started = time.monotonic()
+
+    @app.after_request
+    def _publish(resp: Response) -> Response:
+        if request.path.startswith(_SKIP_PREFIXES):
+            return resp
+        principal = g.get("principal")
+        event = AuditEvent(
+            tenant=principal.tenant if principal else "_anonymous",
+            user=principal.subject if principal else None,
+            role=principal.role if principal else None,
+            action=f"{request.method} {request.url_rule.rule if request.url_rule else '-'}",
+            resource=mask_pii(request.path),
+            model=g.get("model"),
+            client_ip=_client_ip(trust_forwarded),
+            status=resp.status_code,
+            latency_ms=round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 2),
+            trace_id=_trace_id(),
+            request_id=g.get("request_id"),
+        )
+        try:
+            sidecar.publish(AUDIT_TOPIC, event.model_dump(mode="json"))
+        except AutoGLMError as exc:
+            log.error("audit event not published", extra={"reason": exc.message})
+        return resp
+
+
+def _client_ip(trust_forwarded: bool) -> str | None:
+    # Behind Istio's ingress the peer is the proxy; X-Forwarded-For is trusted only
+    # when configured, since a direct client can forge it.
+    forwarded = request.headers.get("X-Forwarded-For") if trust_forwarded else None
+    if forwarded:
+        return forwarded.split(",")[0].strip()
+    return request.remote_addr
+
+
+def _trace_id() -> str | None:
+    ctx = trace.get_current_span().get_span_context()
+    return f"{ctx.trace_id:032x}" if ctx.is_valid else None

@@ -1,0 +1,63 @@
+"""Authentication, rate limiting and authorization at the HTTP edge.
+
+Every route except health, the OpenAPI document and Dapr's own callbacks needs a valid
+bearer token; ``require`` then checks the route's action against the caller's role.
+Dapr callbacks (``/dapr/...``) come from the local sidecar: when ``APP_API_TOKEN`` is
+set (as daprd's ``--app-api-token`` counterpart) they must carry it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+
+from flask import Flask, Response, g, request
+
+from autoglm.core.errors import AuthenticationError, AutoGLMError
+from autoglm.gateway.security.auth import Authenticator
+from autoglm.gateway.security.principal import Principal
+from autoglm.gateway.security.ratelimit import RateLimiter
+from autoglm.gateway.security.rbac import Action, authorize
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+DAPR_PREFIX = "/dapr/"
+
+
+def install_guards(app: Flask, authenticator: Authenticator, limiter: RateLimiter) -> None:
+    app_token = os.environ.get("APP_API_TOKEN")
+
+    @app.before_request
+    def _authenticate() -> None:
+        if request.path in PUBLIC_PATHS:
+            return
+        if request.path.startswith(DAPR_PREFIX):
+            sent = request.headers.get("dapr-api-token", "")
+            if app_token and not hmac.compare_digest(sent, app_token):
+                raise AuthenticationError("missing or wrong dapr-api-token")
+            return
+        principal = authenticator.authenticate(request.headers.get("Authorization"))
+        g.principal = principal
+        limiter.check_request(principal.tenant)
+
+    @app.after_request
+    def _count_tokens(resp: Response) -> Response:
+        # Token budgets are charged after the fact, from the usage the client sees
+        # (streams are charged by requests only).
+        principal = g.get("principal")
+        if principal is None or resp.status_code != 200 or resp.mimetype != "application/json":
+            return resp
+        usage = (resp.get_json(silent=True) or {}).get("usage")
+        if isinstance(usage, dict) and usage.get("total_tokens"):
+            with contextlib.suppress(AutoGLMError):  # accounting must not fail the request
+                limiter.record_tokens(principal.tenant, int(usage["total_tokens"]))
+        return resp
+
+
+def require(action: Action) -> Principal:
+    """The authenticated caller, if its role may perform ``action``."""
+    principal: Principal | None = g.get("principal")
+    if principal is None:
+        raise AuthenticationError("authentication required")
+    authorize(principal, action)
+    return principal

@@ -1,0 +1,114 @@
+"""Async jobs: recorded in the state store, sent to ``inference.requests``, completed
+from ``inference.results``.
+
+The record is saved before the request is published and the 202 is sent only after
+both, so an accepted job is never lost. Results arrive at least once; a job that is no
+longer ``queued`` ignores a redelivered result, so completion happens exactly once.
+The request id carries the tenant (``{tenant}:{job id}``; ``:`` appears in neither) so a result finds its
+tenant-scoped record without a second index.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from autoglm.core.errors import AutoGLMError, NotFoundError
+from autoglm.core.pubsub import Ack
+from autoglm.core.schemas import (
+    REQUESTS_TOPIC,
+    RESULTS_TOPIC,
+    GenerateRequest,
+    InferenceRequestEvent,
+    InferenceResultEvent,
+    parse,
+)
+from autoglm.core.sidecar import SidecarAPI
+from autoglm.gateway.jobs.protocol import JobRecord
+from autoglm.gateway.openai.chat.protocol import (
+    ChatCompletionChoice,
+    ChatCompletionMessage,
+    ChatCompletionResponse,
+)
+from autoglm.gateway.openai.protocol import Usage
+
+log = logging.getLogger(__name__)
+
+
+def job_key(tenant: str, job_id: str) -> str:
+    return f"job:{tenant}:{job_id}"
+
+
+class JobStore:
+    def __init__(self, sidecar: SidecarAPI, *, ttl_s: int) -> None:
+        self.sidecar = sidecar
+        self.ttl_s = ttl_s
+
+    def submit(self, tenant: str, request: GenerateRequest) -> JobRecord:
+        job = JobRecord(tenant=tenant, model=request.model or "")
+        self.sidecar.save_state(
+            job_key(tenant, job.id), job.model_dump(mode="json"), create_only=True, ttl_s=self.ttl_s
+        )
+        event = InferenceRequestEvent(
+            request_id=f"{tenant}:{job.id}", reply_topic=RESULTS_TOPIC, request=request
+        )
+        try:
+            self.sidecar.publish(REQUESTS_TOPIC, event.model_dump(mode="json"))
+        except AutoGLMError:
+            # Not accepted after all: remove the record so it does not sit queued forever.
+            self.sidecar.delete_state(job_key(tenant, job.id))
+            raise
+        return job
+
+    def get(self, tenant: str, job_id: str) -> JobRecord:
+        entry = self.sidecar.get_state(job_key(tenant, job_id))
+        if entry is None:
+            raise NotFoundError(f"job {job_id!r} not found", param="job_id")
+        return JobRecord.model_validate(entry.value)
+
+    def on_result(self, body: bytes) -> Ack:
+        try:
+            event = parse(InferenceResultEvent, body)
+        except AutoGLMError:
+            log.warning("malformed inference result dropped")
+            return Ack.DROP
+        tenant, _, job_id = event.request_id.rpartition(":")
+        if not tenant or not job_id.startswith("job-"):
+            return Ack.SUCCESS  # another publisher's request, not a gateway job
+        key = job_key(tenant, job_id)
+        try:
+            entry = self.sidecar.get_state(key)
+            if entry is None:
+                log.info("result for an unknown job ignored", extra={"job_id": job_id})
+                return Ack.SUCCESS
+            job = JobRecord.model_validate(entry.value)
+            if job.status != "queued":
+                return Ack.SUCCESS  # redelivered duplicate
+            job.completed = int(time.time())
+            if event.result is not None:
+                r = event.result
+                job.status, job.model = "completed", r.model
+                job.result = ChatCompletionResponse(
+                    id=f"chatcmpl-{job_id}",
+                    model=r.model,
+                    choices=[
+                        ChatCompletionChoice(
+                            index=0,
+                            message=ChatCompletionMessage(content=r.text),
+                            finish_reason=r.finish_reason,
+                        )
+                    ],
+                    usage=Usage.of(r.prompt_tokens, r.completion_tokens),
+                ).to_json()
+            else:
+                error = dict(event.error or {"message": "unknown error"})
+                error.pop("status", None)
+                job.status, job.error = "failed", error
+            self.sidecar.save_state(
+                key, job.model_dump(mode="json"), etag=entry.etag, ttl_s=self.ttl_s
+            )
+        except AutoGLMError as exc:
+            # ETag race with a concurrent delivery, or the store is down: try again.
+            log.warning("job result not stored; will be redelivered", extra={"reason": exc.message})
+            return Ack.RETRY
+        return Ack.SUCCESS

@@ -1,0 +1,114 @@
+"""Text completions: each prompt (times ``n``) is one generation on the raw prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from autoglm.core.errors import AutoGLMError, InvalidRequestError
+from autoglm.core.schemas import GenerateRequest, GenerateResult, SamplingParams, parse
+from autoglm.gateway import sse
+from autoglm.gateway.inference_client import InferenceClient
+from autoglm.gateway.openai.completions.protocol import (
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+)
+from autoglm.gateway.openai.protocol import Usage
+from autoglm.gateway.openai.streaming import TokenStream
+from autoglm.gateway.security.content_filter import ContentFilter
+from autoglm.gateway.settings import GatewaySettings
+
+
+class CompletionService:
+    def __init__(
+        self, inference: InferenceClient, content_filter: ContentFilter, settings: GatewaySettings
+    ) -> None:
+        self.inference = inference
+        self.filter = content_filter
+        self.settings = settings
+
+    def parse(self, body: bytes) -> CompletionRequest:
+        request = parse(CompletionRequest, body)
+        if len(request.prompts) * request.n > self.settings.max_n:
+            raise InvalidRequestError(
+                f"prompts times n must be at most {self.settings.max_n}", param="n"
+            )
+        if request.max_tokens > self.settings.max_tokens_limit:
+            raise InvalidRequestError(
+                f"max_tokens must be at most {self.settings.max_tokens_limit}", param="max_tokens"
+            )
+        if request.stream and len(request.prompts) * request.n > 1:
+            raise InvalidRequestError("stream supports one prompt with n=1", param="stream")
+        for prompt in request.prompts:
+            self.filter.check_input(prompt)
+        return request
+
+    def _generate(self, request: CompletionRequest, prompt: str, i: int) -> GenerateRequest:
+        return GenerateRequest(
+            model=request.model,
+            prompt=prompt,
+            sampling=SamplingParams(
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                seed=None if request.seed is None else request.seed + i,
+                stop=request.stop_list,
+            ),
+        )
+
+    def create(self, request: CompletionRequest) -> CompletionResponse:
+        choices: list[CompletionChoice] = []
+        prompt_tokens, completion_tokens, model = 0, 0, request.model
+        for prompt in request.prompts:
+            for i in range(request.n):
+                result = self.inference.generate(self._generate(request, prompt, i))
+                text, finish = self._filtered(result)
+                choices.append(
+                    CompletionChoice(
+                        index=len(choices),
+                        text=(prompt + text) if request.echo else text,
+                        finish_reason=finish,
+                    )
+                )
+                if i == 0:
+                    prompt_tokens += result.prompt_tokens
+                completion_tokens += result.completion_tokens
+                model = result.model
+        return CompletionResponse(
+            model=model, choices=choices, usage=Usage.of(prompt_tokens, completion_tokens)
+        )
+
+    def open_stream(self, request: CompletionRequest) -> Iterator[bytes]:
+        stream = TokenStream.open(
+            self.inference, self._generate(request, request.prompts[0], 0), self.filter
+        )
+        return self._sse(request, stream)
+
+    def _sse(self, request: CompletionRequest, stream: TokenStream) -> Iterator[bytes]:
+        head = CompletionResponse(model=request.model, choices=[])
+
+        def chunk(text: str, finish: str | None) -> bytes:
+            choice = CompletionChoice(index=0, text=text, finish_reason=finish)  # type: ignore[arg-type]
+            body = head.model_copy(update={"choices": [choice]})
+            return sse.event(body.model_dump(mode="json"))
+
+        try:
+            if request.echo:
+                yield chunk(request.prompts[0], None)
+            for delta in stream:
+                yield chunk(delta, None)
+            yield chunk("", stream.finish_reason)
+            if request.stream_options and request.stream_options.include_usage:
+                usage = head.model_copy(update={"choices": [], "usage": Usage.of(*stream.usage)})
+                yield sse.event(usage.model_dump(mode="json"))
+            yield sse.DONE
+        except AutoGLMError as exc:
+            yield sse.error_event(exc)
+        finally:
+            stream.close()
+
+    def _filtered(self, result: GenerateResult) -> tuple[str, str]:
+        cut = self.filter.first_violation(result.text)
+        if cut is None:
+            return result.text, result.finish_reason
+        return result.text[:cut], "content_filter"

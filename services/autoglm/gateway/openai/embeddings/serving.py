@@ -1,0 +1,49 @@
+"""Embeddings through inference's ``embed`` method."""
+
+from __future__ import annotations
+
+import base64
+import struct
+
+from autoglm.core.errors import InvalidRequestError
+from autoglm.core.schemas import EmbedRequest, parse
+from autoglm.gateway.inference_client import InferenceClient
+from autoglm.gateway.openai.embeddings.protocol import (
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+)
+
+MAX_INPUTS = 2048
+
+
+class EmbeddingService:
+    def __init__(self, inference: InferenceClient) -> None:
+        self.inference = inference
+
+    def parse(self, body: bytes) -> EmbeddingRequest:
+        request = parse(EmbeddingRequest, body)
+        if len(request.texts) > MAX_INPUTS:
+            raise InvalidRequestError(f"input may hold at most {MAX_INPUTS} texts", param="input")
+        return request
+
+    def create(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        result = self.inference.embed(EmbedRequest(model=request.model, input=request.texts))
+        return EmbeddingResponse(
+            model=result.model,
+            data=[
+                EmbeddingData(index=i, embedding=_encode(v, request.encoding_format))
+                for i, v in enumerate(result.data)
+            ],
+            usage=EmbeddingUsage(
+                prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens
+            ),
+        )
+
+
+def _encode(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "float":
+        return vector
+    # OpenAI's base64 format: little-endian float32.
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

@@ -1,0 +1,38 @@
+"""Model listing and admin load/unload, from inference's registry."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from autoglm.core.errors import NotFoundError
+from autoglm.gateway.inference_client import InferenceClient
+from autoglm.gateway.openai.models.protocol import ModelCard, ModelList
+
+
+class ModelService:
+    def __init__(self, inference: InferenceClient) -> None:
+        self.inference = inference
+        # Models configured but never loaded have no load time; report process start.
+        self._started = int(time.time())
+
+    def _card(self, entry: dict[str, Any]) -> ModelCard:
+        return ModelCard(
+            id=str(entry["id"]),
+            created=int(entry.get("created", self._started)),
+            kind=entry.get("kind"),
+            state=entry.get("state"),
+        )
+
+    def list(self) -> ModelList:
+        return ModelList(data=[self._card(e) for e in self.inference.models()])
+
+    def get(self, model_id: str) -> ModelCard:
+        for entry in self.inference.models():
+            if entry["id"] == model_id:
+                return self._card(entry)
+        raise NotFoundError(f"model {model_id!r} not found", param="model", code="model_not_found")
+
+    def manage(self, model_id: str, action: str) -> dict[str, Any]:
+        self.get(model_id)
+        return self.inference.manage(f"{action}_model", model_id)

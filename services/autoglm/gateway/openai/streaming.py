@@ -1,0 +1,79 @@
+"""One streamed generation as the OpenAI endpoints consume it: text deltas cut at the
+content filter, then the finish reason and token counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from autoglm.core.errors import AutoGLMError
+from autoglm.core.schemas import FinishReason, GenerateRequest, GenerateResult, parse
+from autoglm.gateway.inference_client import InferenceClient
+from autoglm.gateway.security.content_filter import ContentFilter
+
+
+class TokenStream:
+    def __init__(
+        self,
+        first: dict[str, Any] | None,
+        frames: Iterator[dict[str, Any]],
+        content_filter: ContentFilter,
+    ) -> None:
+        self._first = first
+        self._frames = frames
+        self._filter = content_filter
+        self.text = ""
+        self.finish_reason: FinishReason = "stop"
+        self.result: GenerateResult | None = None
+
+    @classmethod
+    def open(
+        cls, inference: InferenceClient, request: GenerateRequest, content_filter: ContentFilter
+    ) -> TokenStream:
+        """Start the generation and wait for its first frame, so that an unknown model
+        or an overloaded engine still fails with a proper HTTP status, not mid-stream."""
+        frames = inference.stream(request)
+        try:
+            first = next(frames, None)
+        except AutoGLMError:
+            _close(frames)
+            raise
+        return cls(first, frames, content_filter)
+
+    def __iter__(self) -> Iterator[str]:
+        """Non-empty text deltas; stops early when the filter cuts the output."""
+        pending = [self._first] if self._first else []
+        for frame in _chain(pending, self._frames):
+            if "result" in frame:
+                self.result = parse(GenerateResult, frame["result"])
+                self.finish_reason = self.result.finish_reason
+                continue
+            delta = str(frame.get("delta", ""))
+            cut = self._filter.first_violation(self.text + delta)
+            if cut is not None:
+                delta = (self.text + delta)[len(self.text) : cut]
+                self.finish_reason = "content_filter"
+            self.text += delta
+            if delta:
+                yield delta
+            if cut is not None:
+                return
+
+    @property
+    def usage(self) -> tuple[int, int]:
+        return (self.result.prompt_tokens, self.result.completion_tokens) if self.result else (0, 0)
+
+    def close(self) -> None:
+        """Closing the upstream stream cancels the generation in the engine."""
+        _close(self._frames)
+
+
+def _chain(head: list[dict[str, Any]], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    yield from head
+    yield from rest
+
+
+def _close(frames: Iterator[dict[str, Any]]) -> None:
+    close = getattr(frames, "close", None)
+    if close is not None:
+        close()

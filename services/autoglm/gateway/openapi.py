@@ -1,0 +1,218 @@
+"""``GET /openapi.json``: the OpenAPI 3.1 document, generated from the same pydantic
+models the routes validate with, so it cannot drift from what the gateway accepts."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel
+
+from autoglm.gateway.jobs.protocol import JobRecord
+from autoglm.gateway.openai.chat.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+)
+from autoglm.gateway.openai.completions.protocol import CompletionRequest, CompletionResponse
+from autoglm.gateway.openai.embeddings.protocol import EmbeddingRequest, EmbeddingResponse
+from autoglm.gateway.openai.models.protocol import ModelCard, ModelList
+from autoglm.gateway.openai.protocol import ErrorResponse
+from autoglm.gateway.sessions.protocol import CreateSessionRequest, SessionRecord
+
+_ERRORS = {
+    400: "Invalid request (the message names the field)",
+    401: "Missing or invalid credentials",
+    403: "The caller's role may not do this",
+    404: "Not found (also for another tenant's resources)",
+    409: "Conflict: concurrent change or wrong upload offset",
+    413: "Body too large",
+    422: "Refused content (type, checksum)",
+    429: "Rate limited; see Retry-After",
+    503: "A dependency is unavailable or overloaded",
+    504: "Timed out",
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    summary: str
+    response: type[BaseModel] | None
+    body: type[BaseModel] | None = None
+    status: int = 200
+    stream: type[BaseModel] | None = None
+    raw_body: bool = False
+    params: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    public: bool = False
+
+
+ROUTES = (
+    Route("get", "/healthz", "Liveness", None, public=True),
+    Route(
+        "get", "/readyz", "Readiness: sidecar, state store and inference answer", None, public=True
+    ),
+    Route(
+        "post",
+        "/v1/chat/completions",
+        "Chat completion (stream=true: server-sent events)",
+        ChatCompletionResponse,
+        ChatCompletionRequest,
+        stream=ChatCompletionChunk,
+    ),
+    Route(
+        "post",
+        "/v1/completions",
+        "Text completion (stream=true: server-sent events)",
+        CompletionResponse,
+        CompletionRequest,
+        stream=CompletionResponse,
+    ),
+    Route("post", "/v1/embeddings", "Embeddings", EmbeddingResponse, EmbeddingRequest),
+    Route("get", "/v1/models", "List models", ModelList),
+    Route("get", "/v1/models/{model_id}", "One model", ModelCard, params=(("model_id", "path"),)),
+    Route(
+        "post",
+        "/v1/models/{model_id}/load",
+        "Load a model (admin)",
+        None,
+        params=(("model_id", "path"),),
+    ),
+    Route(
+        "post",
+        "/v1/models/{model_id}/unload",
+        "Unload a model (admin)",
+        None,
+        params=(("model_id", "path"),),
+    ),
+    Route(
+        "post", "/v1/sessions", "Create a session", SessionRecord, CreateSessionRequest, status=201
+    ),
+    Route(
+        "get",
+        "/v1/sessions/{session_id}",
+        "Read a session (restored from the archive if lost)",
+        SessionRecord,
+        params=(("session_id", "path"),),
+    ),
+    Route(
+        "delete",
+        "/v1/sessions/{session_id}",
+        "Delete a session",
+        None,
+        params=(("session_id", "path"),),
+    ),
+    Route(
+        "post",
+        "/v1/jobs",
+        "Submit an async chat completion",
+        JobRecord,
+        ChatCompletionRequest,
+        status=202,
+    ),
+    Route(
+        "get", "/v1/jobs/{job_id}", "Job status and result", JobRecord, params=(("job_id", "path"),)
+    ),
+    Route("post", "/v1/attachments", "Start an upload", None, status=201),
+    Route(
+        "put",
+        "/v1/attachments/{attachment_id}",
+        "Upload the chunk at offset",
+        None,
+        raw_body=True,
+        params=(("attachment_id", "path"), ("offset", "query")),
+    ),
+    Route(
+        "get",
+        "/v1/attachments/{attachment_id}",
+        "Download a finished attachment",
+        None,
+        params=(("attachment_id", "path"),),
+    ),
+)
+
+
+def build_document() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    error_ref = ref(ErrorResponse)
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        content: dict[str, Any] = {
+            "application/json": {
+                "schema": ref(route.response) if route.response else {"type": "object"}
+            }
+        }
+        if route.stream is not None:
+            content["text/event-stream"] = {
+                "schema": {"type": "string"},
+                "x-event-schema": ref(route.stream),
+            }
+        op: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": route.method + re.sub(r"[^A-Za-z0-9]+", "_", route.path),
+            "responses": {str(route.status): {"description": "OK", "content": content}},
+        }
+        if not route.public:
+            op["security"] = [{"bearer": []}]
+            for status, text in _ERRORS.items():
+                op["responses"][str(status)] = {
+                    "description": text,
+                    "content": {"application/json": {"schema": error_ref}},
+                }
+        if route.body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(route.body)}},
+            }
+        elif route.raw_body:
+            op["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            }
+        if route.params:
+            op["parameters"] = [
+                {
+                    "name": name,
+                    "in": where,
+                    "required": True,
+                    "schema": {"type": "integer", "minimum": 0}
+                    if where == "query"
+                    else {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"},
+                }
+                for name, where in route.params
+            ]
+        paths.setdefault(route.path, {})[route.method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "AutoGLM Mesh gateway", "version": "1.0.0"},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "JWT or API key"}
+            },
+        },
+    }
+
+
+def openapi_blueprint() -> Blueprint:
+    bp = Blueprint("openapi", __name__)
+    document = build_document()
+
+    @bp.get("/openapi.json")
+    def openapi() -> Response:
+        return jsonify(document)
+
+    return bp

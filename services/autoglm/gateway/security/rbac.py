@@ -1,0 +1,44 @@
+"""Role-based access: which role may do what, and tenant ownership.
+
+``user`` works on inference and on its own tenant's sessions, jobs and attachments;
+``service`` (other Dapr apps) does the same for the tenant in its token; ``admin`` may
+do everything, including model load/unload and reading any tenant's audit.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from autoglm.core.errors import PermissionDeniedError
+from autoglm.gateway.security.principal import Principal, Role
+
+
+class Action(enum.StrEnum):
+    INFERENCE = "inference"
+    MODELS_READ = "models.read"
+    MODELS_ADMIN = "models.admin"
+    SESSIONS = "sessions"
+    JOBS = "jobs"
+    ATTACHMENTS = "attachments"
+    AUDIT_READ = "audit.read"
+
+
+_TENANT_WORK = frozenset(
+    {Action.INFERENCE, Action.MODELS_READ, Action.SESSIONS, Action.JOBS, Action.ATTACHMENTS}
+)
+PERMISSIONS: dict[Role, frozenset[Action]] = {
+    "admin": frozenset(Action),
+    "user": _TENANT_WORK,
+    "service": _TENANT_WORK,
+}
+
+
+def can_access(principal: Principal, owner_tenant: str) -> bool:
+    return principal.role == "admin" or principal.tenant == owner_tenant
+
+
+def authorize(principal: Principal, action: Action, *, owner_tenant: str | None = None) -> None:
+    if action not in PERMISSIONS[principal.role]:
+        raise PermissionDeniedError(f"role {principal.role!r} may not perform {action.value!r}")
+    if owner_tenant is not None and not can_access(principal, owner_tenant):
+        raise PermissionDeniedError(f"tenant {principal.tenant!r} may not access this resource")

@@ -1,0 +1,36 @@
+"""HTTP routes for ``/v1/sessions``. Keys are scoped by the caller's tenant, so another
+tenant's session id is simply not found."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from autoglm.core.schemas import parse
+from autoglm.gateway.guards import require
+from autoglm.gateway.security.rbac import Action
+from autoglm.gateway.sessions.protocol import CreateSessionRequest
+from autoglm.gateway.sessions.store import SessionStore
+
+
+def sessions_blueprint(store: SessionStore) -> Blueprint:
+    bp = Blueprint("sessions", __name__)
+
+    @bp.post("/v1/sessions")
+    def create_session() -> tuple[Response, int]:
+        principal = require(Action.SESSIONS)
+        body = parse(CreateSessionRequest, request.get_data() or b"{}")
+        return jsonify(store.create(principal.tenant, body).to_json()), 201
+
+    @bp.get("/v1/sessions/<session_id>")
+    def get_session(session_id: str) -> Response:
+        principal = require(Action.SESSIONS)
+        record, _ = store.get(principal.tenant, session_id)
+        return jsonify(record.to_json())
+
+    @bp.delete("/v1/sessions/<session_id>")
+    def delete_session(session_id: str) -> Response:
+        principal = require(Action.SESSIONS)
+        store.delete(principal.tenant, session_id)
+        return jsonify({"id": session_id, "object": "session.deleted", "deleted": True})
+
+    return bp

@@ -1,0 +1,136 @@
+"""Sessions in the Dapr state store, with first-write-wins updates and archive restore.
+
+Every write carries the ETag read with the record, so two concurrent turns on one
+session cannot both land: the second gets ``ConflictError`` (409) and nothing is lost.
+Each change is published to ``session.snapshots`` for the archiver's autosave. A
+record missing from the state store (say Redis was flushed) is restored from the
+archiver's newest snapshot on read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from autoglm.core.errors import AutoGLMError, ConflictError, NotFoundError
+from autoglm.core.schemas import SNAPSHOTS_TOPIC, ChatMessage, SnapshotEvent
+from autoglm.core.sidecar import SidecarAPI
+from autoglm.gateway.sessions.protocol import CreateSessionRequest, SessionRecord
+
+log = logging.getLogger(__name__)
+
+#: Written in place of a deleted session so a read does not resurrect it from the archive.
+_TOMBSTONE = {"deleted": True}
+
+
+def session_key(tenant: str, session_id: str) -> str:
+    return f"session:{tenant}:{session_id}"
+
+
+class SessionStore:
+    def __init__(self, sidecar: SidecarAPI, *, archiver_app_id: str = "archiver") -> None:
+        self.sidecar = sidecar
+        self.archiver_app_id = archiver_app_id
+
+    def create(self, tenant: str, request: CreateSessionRequest) -> SessionRecord:
+        record = SessionRecord(
+            tenant=tenant, model=request.model, messages=request.messages, metadata=request.metadata
+        )
+        if request.id:
+            record.id = request.id
+        try:
+            self.sidecar.save_state(
+                session_key(tenant, record.id), record.to_json(), create_only=True
+            )
+        except ConflictError:
+            raise ConflictError(f"session {record.id!r} already exists", param="id") from None
+        self._snapshot(record)
+        return record
+
+    def get(self, tenant: str, session_id: str) -> tuple[SessionRecord, str | None]:
+        """The record and its ETag; restored from the archive when the store lost it."""
+        entry = self.sidecar.get_state(session_key(tenant, session_id))
+        if entry is not None:
+            if entry.value == _TOMBSTONE:
+                raise self._not_found(session_id)
+            return SessionRecord.model_validate(entry.value), entry.etag
+        record = self._restore(tenant, session_id)
+        # ConflictError: another replica restored it first; read theirs below.
+        with contextlib.suppress(ConflictError):
+            self.sidecar.save_state(
+                session_key(tenant, session_id), record.to_json(), create_only=True
+            )
+        entry = self.sidecar.get_state(session_key(tenant, session_id))
+        if entry is None or entry.value == _TOMBSTONE:
+            raise self._not_found(session_id)
+        return SessionRecord.model_validate(entry.value), entry.etag
+
+    def append(
+        self,
+        record: SessionRecord,
+        etag: str | None,
+        messages: list[ChatMessage],
+        *,
+        flush: bool = False,
+    ) -> SessionRecord:
+        """Append ``messages`` if nobody changed the session since it was read."""
+        updated = record.model_copy(
+            update={
+                "messages": [*record.messages, *messages],
+                "version": record.version + 1,
+                "updated": int(time.time()),
+            }
+        )
+        try:
+            self.sidecar.save_state(
+                session_key(record.tenant, record.id), updated.to_json(), etag=etag
+            )
+        except ConflictError:
+            raise ConflictError(
+                f"session {record.id!r} was changed by another request while this one ran; "
+                "read it again and retry",
+                code="session_conflict",
+            ) from None
+        self._snapshot(updated, flush=flush)
+        return updated
+
+    def delete(self, tenant: str, session_id: str) -> None:
+        self.get(tenant, session_id)  # 404 for unknown ids, as for any other read
+        self.sidecar.save_state(session_key(tenant, session_id), _TOMBSTONE)
+
+    def _restore(self, tenant: str, session_id: str) -> SessionRecord:
+        try:
+            snap = self.sidecar.invoke(
+                self.archiver_app_id, "restore", {"tenant": tenant, "session_id": session_id}
+            )
+        except NotFoundError:
+            raise self._not_found(session_id) from None
+        log.info("session restored from archive", extra={"session_id": session_id})
+        return SessionRecord(
+            id=session_id,
+            tenant=tenant,
+            version=int(snap["version"]),
+            model=snap.get("model"),
+            messages=[ChatMessage.model_validate(m) for m in snap["messages"]],
+        )
+
+    def _snapshot(self, record: SessionRecord, flush: bool = False) -> None:
+        event = SnapshotEvent(
+            tenant=record.tenant,
+            session_id=record.id,
+            version=record.version,
+            messages=record.messages,
+            model=record.model,
+            flush=flush,
+        )
+        try:
+            self.sidecar.publish(SNAPSHOTS_TOPIC, event.model_dump(mode="json"))
+        except AutoGLMError as exc:
+            # The record itself is durable in the state store; the next change carries
+            # the full history to the archive again.
+            log.warning("snapshot not published", extra={"reason": exc.message})
+
+    @staticmethod
+    def _not_found(session_id: str) -> NotFoundError:
+        return NotFoundError(f"session {session_id!r} not found", param="session_id")

@@ -1,0 +1,32 @@
+"""Server-sent events as the OpenAI streaming API writes them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response, stream_with_context
+
+from autoglm.core.errors import AutoGLMError
+
+DONE = b"data: [DONE]\n\n"
+
+
+def event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def error_event(exc: AutoGLMError) -> bytes:
+    """A failure after the 200 header went out: the OpenAI clients raise on it."""
+    payload = exc.to_payload()
+    payload.pop("status")
+    return event({"error": payload})
+
+
+def sse_response(body: Iterator[bytes]) -> Response:
+    resp = Response(stream_with_context(body), mimetype="text/event-stream")
+    # Proxies (Istio/Envoy, nginx) must pass each event through at once.
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["X-Accel-Buffering"] = "no"
+    return resp

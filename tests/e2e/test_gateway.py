@@ -1,0 +1,118 @@
+"""The gateway as OpenAI clients see it: the official ``openai`` package, changing only
+``base_url`` and ``api_key``, against the real mesh (daprd, Redis, Vault, models)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import Mesh
+
+
+@pytest.fixture(scope="module")
+def client(mesh: Mesh) -> openai.OpenAI:
+    token = mesh.headers()["Authorization"].removeprefix("Bearer ")
+    return openai.OpenAI(base_url=f"{mesh.gateway_url}/v1", api_key=token, max_retries=0)
+
+
+def test_chat_completion_with_openai_client(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="demo-glm",
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=6,
+        temperature=0,
+    )
+    assert reply.object == "chat.completion" and reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage is not None and reply.usage.completion_tokens >= 1
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_streamed_chat_matches_the_unstreamed_text(client: openai.OpenAI) -> None:
+    args = {
+        "model": "demo-glm",
+        "messages": [{"role": "user", "content": "Tell me about sockets"}],
+        "max_tokens": 12,
+        "temperature": 0,
+    }
+    whole = client.chat.completions.create(**args)  # type: ignore[call-overload]
+    chunks = list(
+        client.chat.completions.create(**args, stream=True, stream_options={"include_usage": True})  # type: ignore[call-overload]
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == whole.choices[0].finish_reason
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_completions_embeddings_and_models(client: openai.OpenAI) -> None:
+    completion = client.completions.create(model="demo-glm", prompt="Once upon", max_tokens=4)
+    assert completion.object == "text_completion" and completion.choices[0].text is not None
+    emb = client.embeddings.create(model="all-MiniLM-L6-v2", input=["a cat", "a dog"])
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) == 384
+    ids = {m.id for m in client.models.list()}
+    assert {"demo-glm", "all-MiniLM-L6-v2"} <= ids
+    assert client.models.retrieve("demo-glm").id == "demo-glm"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+def test_wrong_api_key_is_401(mesh: Mesh) -> None:
+    bad = openai.OpenAI(base_url=f"{mesh.gateway_url}/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_session_keeps_history_across_turns(mesh: Mesh, client: openai.OpenAI) -> None:
+    session = httpx.post(
+        f"{mesh.gateway_url}/v1/sessions",
+        json={"messages": [{"role": "system", "content": "You are terse."}]},
+        headers=mesh.headers(),
+        timeout=30,
+    ).json()
+    for question in ("What is a socket?", "And a thread?"):
+        client.chat.completions.create(
+            model="demo-glm",
+            messages=[{"role": "user", "content": question}],
+            max_tokens=5,
+            extra_body={"session_id": session["id"]},
+        )
+    record = httpx.get(
+        f"{mesh.gateway_url}/v1/sessions/{session['id']}", headers=mesh.headers(), timeout=30
+    ).json()
+    assert [m["role"] for m in record["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
+    assert record["messages"][3]["content"] == "And a thread?"
+    other = httpx.get(
+        f"{mesh.gateway_url}/v1/sessions/{session['id']}",
+        headers=mesh.headers("globex"),
+        timeout=30,
+    )
+    assert other.status_code == 404
+
+
+def test_async_job_completes_through_pubsub(mesh: Mesh) -> None:
+    body = {"model": "demo-glm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    resp = httpx.post(f"{mesh.gateway_url}/v1/jobs", json=body, headers=mesh.headers(), timeout=30)
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
+    deadline = time.monotonic() + 60
+    job = resp.json()
+    while job["status"] == "queued" and time.monotonic() < deadline:
+        time.sleep(0.3)
+        job = httpx.get(
+            f"{mesh.gateway_url}/v1/jobs/{job_id}", headers=mesh.headers(), timeout=30
+        ).json()
+    assert job["status"] == "completed", job
+    assert job["result"]["choices"][0]["message"]["role"] == "assistant"
+    assert job["result"]["usage"]["completion_tokens"] >= 1

@@ -1,0 +1,100 @@
+"""Shared pieces of the gateway unit tests: a fake sidecar set up with JWT keys, a fake
+inference stream, and a Flask test client over both."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from autoglm.core.errors import NotFoundError
+from autoglm.gateway.app import create_app
+from autoglm.gateway.settings import GatewaySettings
+from tests.support.fakes import FakeSidecar
+from tests.support.tokens import JWT_SECRET, bearer
+
+CHAT = {"model": "demo-glm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+USER = bearer("acme")
+
+
+def _result(payload: dict[str, Any], text: str = "hello") -> dict[str, Any]:
+    return {
+        "request_id": payload["request_id"],
+        "model": "demo-glm",
+        "text": text,
+        "finish_reason": "length",
+        "prompt_tokens": 7,
+        "completion_tokens": 5,
+    }
+
+
+def _frames(deltas: list[str]) -> Iterator[dict[str, Any]]:
+    for d in deltas:
+        yield {"delta": d}
+    yield {
+        "result": {
+            "request_id": "r",
+            "model": "demo-glm",
+            "text": "".join(deltas),
+            "finish_reason": "stop",
+            "prompt_tokens": 3,
+            "completion_tokens": len(deltas),
+        }
+    }
+
+
+class FakeStream:
+    """Stands in for the daprd gRPC stream proxy (``InferenceClient.stream_fn``)."""
+
+    def __init__(self) -> None:
+        self.deltas = ["Hel", "lo", " world"]
+        self.error: Exception | None = None
+        self.closed = 0
+
+    def __call__(self, payload: dict[str, Any], app_id: str, timeout: float) -> Iterator[Any]:
+        if self.error:
+            raise self.error
+        return self._run()
+
+    def _run(self) -> Iterator[dict[str, Any]]:
+        try:
+            yield from _frames(self.deltas)
+        finally:
+            self.closed += 1
+
+
+@pytest.fixture
+def sidecar() -> FakeSidecar:
+    fake = FakeSidecar()
+    fake.secrets["jwt"] = dict(JWT_SECRET)
+    fake.secrets["api-keys"] = {}
+    fake.invoke_replies["generate"] = _result
+    fake.invoke_replies["restore"] = NotFoundError("no snapshot")
+    fake.invoke_replies["models"] = {
+        "data": [{"id": "demo-glm", "state": "ready", "kind": "generate", "created": 1}]
+    }
+    return fake
+
+
+@pytest.fixture
+def stream() -> FakeStream:
+    return FakeStream()
+
+
+def make_client(sidecar: FakeSidecar, stream: FakeStream, **settings: Any) -> FlaskClient:
+    options: dict[str, Any] = {"max_body_bytes": 4096}
+    options.update(settings)
+    return create_app(GatewaySettings(**options), sidecar, stream_fn=stream).test_client()
+
+
+@pytest.fixture
+def client(sidecar: FakeSidecar, stream: FakeStream) -> FlaskClient:
+    return make_client(sidecar, stream)
+
+
+def _sse(resp: Any) -> list[Any]:
+    events = [line[6:] for line in resp.get_data(as_text=True).splitlines() if line]
+    return [e if e == "[DONE]" else json.loads(e) for e in events]

@@ -1,0 +1,234 @@
+"""Sessions, jobs and attachments through the gateway, against a fake sidecar;
+including tenant isolation on every such route."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from autoglm.core.errors import ConflictError, NotFoundError
+from tests.support.fakes import FakeSidecar
+from tests.support.tokens import bearer
+from tests.unit.gateway_fixtures import (
+    CHAT,
+    USER,
+    FakeStream,
+    _result,
+    _sse,
+    make_client,
+    sidecar,
+    stream,
+)
+
+__all__ = ["sidecar", "stream"]  # fixtures used by name
+
+OTHER = bearer("globex")
+
+
+@pytest.fixture
+def client(sidecar: FakeSidecar, stream: FakeStream) -> FlaskClient:
+    return make_client(sidecar, stream)
+
+
+def _turn(content: str, session_id: str, **extra: Any) -> dict[str, Any]:
+    return dict(
+        CHAT, messages=[{"role": "user", "content": content}], session_id=session_id, **extra
+    )
+
+
+def test_session_turns_are_appended_in_order(client: FlaskClient, sidecar: FakeSidecar) -> None:
+    created = client.post(
+        "/v1/sessions", json={"messages": [{"role": "system", "content": "be brief"}]}, headers=USER
+    )
+    assert created.status_code == 201
+    sid = created.get_json()["id"]
+    for word in ("one", "two"):
+        assert (
+            client.post("/v1/chat/completions", json=_turn(word, sid), headers=USER).status_code
+            == 200
+        )
+    record = client.get(f"/v1/sessions/{sid}", headers=USER).get_json()
+    assert record["id"] == sid and record["version"] == 3
+    assert [(m["role"], m["content"]) for m in record["messages"]] == [
+        ("system", "be brief"),
+        ("user", "one"),
+        ("assistant", "hello"),
+        ("user", "two"),
+        ("assistant", "hello"),
+    ]
+    # The second turn's prompt carried the whole history.
+    last_prompt = [p for _, m, p in sidecar.invocations if m == "generate"][-1]["messages"]
+    assert [m["content"] for m in last_prompt] == ["be brief", "one", "hello", "two"]
+    # Every change went to the archiver's topic with its version.
+    versions = [p["version"] for t, p in sidecar.published if t == "session.snapshots"]
+    assert versions == [1, 2, 3]
+
+
+def test_streamed_turn_is_appended(client: FlaskClient) -> None:
+    sid = client.post("/v1/sessions", json={}, headers=USER).get_json()["id"]
+    events = _sse(
+        client.post("/v1/chat/completions", json=_turn("hi", sid, stream=True), headers=USER)
+    )
+    assert events[-1] == "[DONE]"
+    messages = client.get(f"/v1/sessions/{sid}", headers=USER).get_json()["messages"]
+    assert messages[-1] == {"role": "assistant", "content": "Hello world"}
+
+
+def test_concurrent_turn_is_409_and_nothing_is_lost(
+    client: FlaskClient, sidecar: FakeSidecar
+) -> None:
+    sid = client.post("/v1/sessions", json={}, headers=USER).get_json()["id"]
+    key = f"session:acme:{sid}"
+
+    def racing(payload: dict[str, Any]) -> dict[str, Any]:
+        # Another replica appends a turn while this generation runs.
+        value, _ = sidecar.state[key]
+        sidecar.save_state(key, dict(value, messages=[{"role": "user", "content": "other"}]))
+        return _result(payload)
+
+    sidecar.invoke_replies["generate"] = racing
+    resp = client.post("/v1/chat/completions", json=_turn("mine", sid), headers=USER)
+    assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "session_conflict"
+    stored = client.get(f"/v1/sessions/{sid}", headers=USER).get_json()["messages"]
+    assert stored == [{"role": "user", "content": "other"}]
+
+
+def test_duplicate_session_id_is_409(client: FlaskClient) -> None:
+    assert client.post("/v1/sessions", json={"id": "s1"}, headers=USER).status_code == 201
+    assert client.post("/v1/sessions", json={"id": "s1"}, headers=USER).status_code == 409
+
+
+def test_lost_session_is_restored_from_the_archive(
+    client: FlaskClient, sidecar: FakeSidecar
+) -> None:
+    sidecar.invoke_replies["restore"] = lambda p: {
+        "tenant": p["tenant"],
+        "session_id": p["session_id"],
+        "version": 4,
+        "model": "demo-glm",
+        "messages": [{"role": "user", "content": "remember me"}],
+    }
+    record = client.get("/v1/sessions/s-old", headers=USER).get_json()
+    assert record["version"] == 4 and record["messages"][0]["content"] == "remember me"
+    assert "session:acme:s-old" in sidecar.state  # written back to the state store
+    assert ("archiver", "restore", {"tenant": "acme", "session_id": "s-old"}) in sidecar.invocations
+
+
+def test_deleted_session_is_not_resurrected(client: FlaskClient, sidecar: FakeSidecar) -> None:
+    sidecar.invoke_replies["restore"] = NotFoundError("no such session")
+    sid = client.post("/v1/sessions", json={}, headers=USER).get_json()["id"]
+    assert client.delete(f"/v1/sessions/{sid}", headers=USER).get_json()["deleted"] is True
+    sidecar.invoke_replies["restore"] = lambda p: {"version": 1, "messages": []}
+    assert client.get(f"/v1/sessions/{sid}", headers=USER).status_code == 404
+    assert client.get("/v1/sessions/never", headers=USER).status_code == 200  # restorable id
+
+
+def test_jobs_complete_once_from_results(client: FlaskClient, sidecar: FakeSidecar) -> None:
+    resp = client.post("/v1/jobs", json=CHAT, headers=USER)
+    assert resp.status_code == 202
+    job = resp.get_json()
+    assert job["status"] == "queued" and "tenant" not in job
+    topic, event = (
+        sidecar.published[-2] if sidecar.published[-1][0] == "audit" else sidecar.published[-1]
+    )
+    assert topic == "inference.requests" and event["reply_topic"] == "inference.results"
+    assert event["request_id"] == f"acme:{job['id']}"
+
+    result = {"request_id": event["request_id"], "result": _result(event["request"])}
+    envelope = {"data": result, "topic": "inference.results"}
+    for _ in range(2):  # at-least-once delivery: the duplicate changes nothing
+        ack = client.post("/dapr/events/inference-results", json=envelope).get_json()
+        assert ack == {"status": "SUCCESS"}
+    done = client.get(f"/v1/jobs/{job['id']}", headers=USER).get_json()
+    assert done["status"] == "completed"
+    assert done["result"]["choices"][0]["message"]["content"] == "hello"
+    assert done["result"]["usage"]["total_tokens"] == 12
+
+
+def test_failed_job_carries_the_error(client: FlaskClient, sidecar: FakeSidecar) -> None:
+    job = client.post("/v1/jobs", json=CHAT, headers=USER).get_json()
+    error = {
+        "message": "model 'x' not found",
+        "type": "not_found_error",
+        "code": "model_not_found",
+        "param": None,
+        "status": 404,
+    }
+    client.post(
+        "/dapr/events/inference-results",
+        json={"data": {"request_id": f"acme:{job['id']}", "error": error}},
+    )
+    failed = client.get(f"/v1/jobs/{job['id']}", headers=USER).get_json()
+    assert failed["status"] == "failed" and failed["error"]["code"] == "model_not_found"
+    assert "status" not in failed["error"]
+
+
+def test_malformed_result_is_dropped_to_dead_letter(client: FlaskClient) -> None:
+    ack = client.post("/dapr/events/inference-results", json={"data": {"nope": 1}}).get_json()
+    assert ack == {"status": "DROP"}
+
+
+def test_gateway_subscribes_to_results_with_dead_letter(client: FlaskClient) -> None:
+    subs = client.get("/dapr/subscribe").get_json()
+    assert subs == [
+        {
+            "pubsubname": "pubsub",
+            "topic": "inference.results",
+            "route": "/dapr/events/inference-results",
+            "deadLetterTopic": "inference.results.deadletter",
+        }
+    ]
+
+
+def test_tenant_isolation_on_sessions_jobs_and_attachments(
+    client: FlaskClient, sidecar: FakeSidecar
+) -> None:
+    sidecar.invoke_replies["restore"] = NotFoundError("no such session")
+    sid = client.post("/v1/sessions", json={}, headers=USER).get_json()["id"]
+    job = client.post("/v1/jobs", json=CHAT, headers=USER).get_json()["id"]
+    # Another tenant sees nothing and changes nothing.
+    assert client.get(f"/v1/sessions/{sid}", headers=OTHER).status_code == 404
+    assert client.delete(f"/v1/sessions/{sid}", headers=OTHER).status_code == 404
+    assert (
+        client.post("/v1/chat/completions", json=_turn("x", sid), headers=OTHER).status_code == 404
+    )
+    assert client.get(f"/v1/jobs/{job}", headers=OTHER).status_code == 404
+    assert client.get(f"/v1/sessions/{sid}", headers=USER).get_json()["version"] == 1
+    # Attachments: the archiver is always asked with the caller's own tenant.
+    sidecar.invoke_replies["attachment_get"] = NotFoundError("attachment not found")
+    assert client.get("/v1/attachments/a1", headers=OTHER).status_code == 404
+    assert sidecar.invocations[-1][2]["tenant"] == "globex"
+    # An admin may read any tenant's resources only through admin routes; the tenant
+    # in a user's body is ignored in favour of the token's.
+    sidecar.invoke_replies["attachment_start"] = lambda p: {"id": "a2", "offset": 0}
+    client.post("/v1/attachments", json={"tenant": "acme", "filename": "f.txt"}, headers=OTHER)
+    assert sidecar.invocations[-1][2]["tenant"] == "globex"
+
+
+def test_attachment_upload_proxies_chunks_and_offsets(
+    client: FlaskClient, sidecar: FakeSidecar
+) -> None:
+    sidecar.invoke_replies["attachment_put"] = lambda p: {
+        "id": p["id"],
+        "offset": p["offset"] + 3,
+        "complete": False,
+    }
+    resp = client.put("/v1/attachments/a1?offset=0", data=b"abc", headers=USER)
+    assert resp.status_code == 200 and resp.headers["Upload-Offset"] == "3"
+    assert sidecar.invocations[-1][2]["data"] == "YWJj"
+    assert client.put("/v1/attachments/a1", data=b"abc", headers=USER).status_code == 400
+    sidecar.invoke_replies["attachment_put"] = ConflictError("expected offset 3")
+    assert client.put("/v1/attachments/a1?offset=9", data=b"x", headers=USER).status_code == 409
+    sidecar.invoke_replies["attachment_get"] = {
+        "id": "a1",
+        "filename": "a.txt",
+        "mime_type": "text/plain",
+        "sha256": "ab",
+        "data": "YWJj",
+    }
+    got = client.get("/v1/attachments/a1", headers=USER)
+    assert got.data == b"abc" and got.mimetype == "text/plain"
+    assert json.loads(json.dumps(dict(got.headers)))["x-autoglm-sha256"] == "ab"
