@@ -1,70 +1,107 @@
+"""Snapshot layout, atomic writes, audit files and disk faults of the archiver."""
+
 from __future__ import annotations
 
 import errno
 import gzip
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from autoglm.archiver import atomic
-from autoglm.archiver.archive import Archive
-from autoglm.archiver.serving import ArchiverService
-from autoglm.core.pubsub import Ack
-from autoglm.core.schemas import SnapshotEvent
+from autoglm.archiver.audit import AuditLog
+from autoglm.archiver.codec import Cipher, Codec
+from autoglm.archiver.settings import ArchiverSettings
+from autoglm.archiver.snapshots import SessionState, SnapshotStore
+from autoglm.core.schemas import ChatMessage
 
-SNAP = {
-    "tenant": "acme",
-    "session_id": "s1",
-    "version": 3,
-    "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
-}
+KEY = Cipher(bytes(range(32)))
+MESSAGES = (ChatMessage(role="user", content="hi"), ChatMessage(role="assistant", content="yo"))
 
 
-def test_snapshot_layout_and_checksum(tmp_path: Path) -> None:
-    archive = Archive(tmp_path)
-    path = archive.write_snapshot(SnapshotEvent.model_validate(SNAP))
+def store(root: Path, *, max_keep: int = 10, compression: str = "gzip") -> SnapshotStore:
+    settings = ArchiverSettings(root=root)
+    codec = Codec(compression, False, lambda: KEY)  # type: ignore[arg-type]
+    return SnapshotStore(root, codec, settings.model_dump(mode="json"), max_keep)
+
+
+def state(version: int, messages: tuple[ChatMessage, ...] = MESSAGES) -> SessionState:
+    return SessionState("acme", "s1", version, messages, model="demo-glm")
+
+
+def test_layout_metadata_and_config(tmp_path: Path) -> None:
+    path = store(tmp_path).write(state(3), "flush")
     shard = hashlib.md5(b"acme").hexdigest()[:2]
     assert path == tmp_path / "sessions" / shard / "acme" / "s1" / "00000003"
+    assert sorted(p.name for p in path.iterdir()) == ["config.yaml", "context.bin", "metadata.json"]
     meta = json.loads((path / "metadata.json").read_text())
     context = (path / "context.bin").read_bytes()
     assert meta["sha256"] == hashlib.sha256(context).hexdigest()
-    assert json.loads(gzip.decompress(context)) == SNAP["messages"]
-    assert meta["version"] == 3 and meta["steps"] == 2
+    assert meta["version"] == 3 and meta["steps"] == 2 and meta["model"] == "demo-glm"
+    assert meta["trigger"] == "flush" and meta["settings_digest"].startswith("sha256:")
+    assert json.loads(gzip.decompress(context))["messages"][0] == {"role": "user", "content": "hi"}
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    assert config["root"] == str(tmp_path) and config["autosave"]["max_keep"] == 10
 
 
-def test_duplicate_delivery_writes_once(tmp_path: Path) -> None:
-    service = ArchiverService(Archive(tmp_path))
-    body = json.dumps(SNAP).encode()
-    assert service.on_snapshot(body) is Ack.SUCCESS
-    meta = next(tmp_path.rglob("metadata.json"))
-    first = meta.read_text()
-    assert service.on_snapshot(body) is Ack.SUCCESS
-    assert meta.read_text() == first
-    assert len(list(tmp_path.rglob("metadata.json"))) == 1
+def test_rewriting_a_version_is_a_no_op(tmp_path: Path) -> None:
+    snapshots = store(tmp_path)
+    path = snapshots.write(state(1), "flush")
+    before = (path / "metadata.json").read_bytes()
+    snapshots.write(state(1, (ChatMessage(role="user", content="other"),)), "flush")
+    assert (path / "metadata.json").read_bytes() == before
 
 
-def test_disk_full_is_retried_not_acknowledged(
+def test_rotation_keeps_newest_max_keep(tmp_path: Path) -> None:
+    snapshots = store(tmp_path, max_keep=2)
+    for v in range(1, 5):
+        snapshots.write(state(v), "steps")
+    assert snapshots.versions("acme", "s1") == [3, 4]
+
+
+def test_restore_verifies_sha256_and_falls_back(tmp_path: Path) -> None:
+    snapshots = store(tmp_path)
+    snapshots.write(state(1), "flush")
+    newest = snapshots.write(state(2), "flush")
+    (newest / "context.bin").write_bytes(b"tampered")
+    latest = snapshots.latest("acme", "s1")
+    assert latest is not None and latest.version == 1
+    with pytest.raises(Exception, match="checksum"):
+        snapshots.read("acme", "s1", 2)
+
+
+def test_crash_between_write_and_rename_leaves_nothing_restorable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full(*_a: object, **_k: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    snapshots = store(tmp_path)
+    snapshots.write(state(1), "flush")
 
-    monkeypatch.setattr("autoglm.archiver.archive.atomic_write", full)
-    service = ArchiverService(Archive(tmp_path))
-    assert service.on_snapshot(json.dumps(SNAP).encode()) is Ack.RETRY
-    assert not list(tmp_path.rglob("metadata.json"))
+    def crash(*_a: object) -> None:
+        raise OSError(errno.EIO, "power lost")
+
+    monkeypatch.setattr(atomic.os, "rename", crash)
+    with pytest.raises(OSError):
+        snapshots.write(state(2), "flush")
+    assert snapshots.versions("acme", "s1") == [1]
+    latest = snapshots.latest("acme", "s1")
+    assert latest is not None and latest.version == 1
+    assert [p.name for p in snapshots.session_dir("acme", "s1").iterdir()] == ["00000001"]
 
 
-def test_path_traversal_in_ids_is_dropped(tmp_path: Path) -> None:
-    service = ArchiverService(Archive(tmp_path / "root"))
-    evil = dict(SNAP, session_id="../../etc")
-    assert service.on_snapshot(json.dumps(evil).encode()) is Ack.DROP
-    assert not (tmp_path / "etc").exists()
+def test_half_written_temp_dir_is_never_a_version(tmp_path: Path) -> None:
+    snapshots = store(tmp_path)
+    snapshots.write(state(1), "flush")
+    torn = snapshots.session_dir("acme", "s1") / ".00000002.deadbeef.tmp"
+    torn.mkdir()
+    (torn / "context.bin").write_bytes(b"partial")
+    assert snapshots.versions("acme", "s1") == [1]
 
 
-def test_crash_before_rename_leaves_old_file(
+def test_crash_before_rename_keeps_old_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / "f.json"
@@ -80,17 +117,27 @@ def test_crash_before_rename_leaves_old_file(
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_write_boundary_errors_propagate_and_leave_no_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    def fail(*_a: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(atomic, "write_fsync", fail)
+    snapshots = store(tmp_path)
+    with pytest.raises(OSError) as err:
+        snapshots.write(state(1), "flush")
+    assert err.value.errno == code
+    assert snapshots.versions("acme", "s1") == []
+
+
 def test_audit_appends_per_tenant_and_day(tmp_path: Path) -> None:
-    service = ArchiverService(Archive(tmp_path))
-    event = {
-        "tenant": "t1",
-        "action": "chat",
-        "resource": "/v1/chat/completions",
-        "status": 200,
-        "latency_ms": 3.5,
-        "time": 0,
-    }
-    assert service.on_audit(json.dumps(dict(event, request_id="a")).encode()) is Ack.SUCCESS
-    assert service.on_audit(json.dumps(dict(event, request_id="b")).encode()) is Ack.SUCCESS
+    from autoglm.core.schemas import AuditEvent
+
+    audit = AuditLog(tmp_path)
+    event = {"tenant": "t1", "action": "chat", "resource": "/v1/x", "status": 200}
+    for rid in ("a", "b"):
+        audit.append(AuditEvent(**event, latency_ms=1.0, time=0, request_id=rid))  # type: ignore[arg-type]
     lines = (tmp_path / "audit" / "t1" / "1970-01-01.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and json.loads(lines[0])["action"] == "chat"
+    assert [json.loads(line)["request_id"] for line in lines] == ["a", "b"]

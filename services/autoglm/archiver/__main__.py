@@ -1,19 +1,62 @@
-"""``python -m autoglm.archiver``: serve snapshot and audit subscriptions over gRPC."""
+"""``python -m autoglm.archiver``: serve snapshots, attachments and audit over gRPC.
+
+SIGTERM/SIGINT stop the gRPC server, then every dirty session is written before exit
+(graceful drain); what cannot be written stays staged and is reloaded on the next start.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import sys
+import threading
 
 from autoglm.archiver.app import build_app
-from autoglm.archiver.archive import Archive
+from autoglm.archiver.attachments import AttachmentStore
+from autoglm.archiver.audit import AuditLog
+from autoglm.archiver.autosave import Autosaver, tick_seconds
+from autoglm.archiver.bloom import BloomFilter
+from autoglm.archiver.codec import Cipher, Codec
+from autoglm.archiver.metrics import ArchiverMetrics, Readiness
+from autoglm.archiver.retention import Retention, RetentionScheduler
 from autoglm.archiver.serving import ArchiverService
+from autoglm.archiver.sessions import SessionArchive
 from autoglm.archiver.settings import ArchiverSettings
+from autoglm.archiver.snapshots import SnapshotStore
+from autoglm.archiver.staging import Staging
+from autoglm.core.errors import AutoGLMError
 from autoglm.core.lifecycle import on_shutdown
 from autoglm.core.logging import configure_logging
 from autoglm.core.settings import SettingsError, load_settings
+from autoglm.core.sidecar import Sidecar
 
 log = logging.getLogger("autoglm.archiver")
+
+
+class ArchiveKey:
+    """The archive key from the secret store (Vault via Dapr), fetched on first use."""
+
+    def __init__(self, sidecar: Sidecar, settings: ArchiverSettings) -> None:
+        self.sidecar = sidecar
+        self.settings = settings
+        self._cipher: Cipher | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Cipher:
+        with self._lock:
+            if self._cipher is None:
+                s = self.settings
+                secret = self.sidecar.get_secret(s.secret_store, s.encryption_secret)
+                try:
+                    key = base64.b64decode(secret[s.encryption_key_field], validate=True)
+                    self._cipher = Cipher(key)
+                except (KeyError, binascii.Error, ValueError) as exc:
+                    raise AutoGLMError(
+                        f"secret {s.encryption_secret!r} has no valid "
+                        f"{s.encryption_key_field!r} (base64 of 32 bytes): {exc}"
+                    ) from None
+            return self._cipher
 
 
 def main() -> int:
@@ -25,11 +68,70 @@ def main() -> int:
         return 2
     configure_logging("archiver", settings.log_level)
     settings.root.mkdir(parents=True, exist_ok=True)
-    app = build_app(ArchiverService(Archive(settings.root)))
+    sidecar = Sidecar()
+    cipher = ArchiveKey(sidecar, settings)
+    if settings.needs_key:
+        try:
+            sidecar.wait_outbound()
+            cipher()
+        except AutoGLMError as exc:
+            log.error("cannot read the archive encryption key", extra={"reason": exc.message})
+            return 3
+    policy = settings.autosave
+    metrics = ArchiverMetrics()
+    readiness = Readiness(metrics)
+    store = SnapshotStore(
+        settings.root,
+        Codec(policy.compression, policy.encrypt, cipher),
+        settings.model_dump(mode="json"),
+        policy.max_keep,
+    )
+    sessions = SessionArchive(
+        store,
+        Staging(settings.root, Codec(policy.compression, policy.encrypt, cipher)),
+        policy,
+        BloomFilter(settings.bloom_capacity, settings.bloom_error_rate),
+        metrics,
+        readiness,
+        head_cache=settings.head_cache,
+    )
+    recovered = sessions.load()
+    service = ArchiverService(
+        sessions,
+        AttachmentStore(settings.root, sidecar, settings.attachments),
+        AuditLog(settings.root),
+        metrics,
+        readiness,
+        settings.root / ".probe",
+    )
+    autosaver = Autosaver(sessions.flush_due, policy.batch_size, tick_seconds(policy))
+    autosaver.start()
+    retention = RetentionScheduler(
+        Retention(
+            settings.root / "audit",
+            settings.retention,
+            Codec(settings.retention.compression, settings.retention.encrypt, cipher),
+            metrics,
+        ),
+        settings.retention.interval_seconds,
+    )
+    if settings.retention.enabled:
+        retention.start()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port, settings.host)
+    app = build_app(service)
     on_shutdown(app.stop)
-    log.info("archiver listening", extra={"port": settings.port, "root": str(settings.root)})
+    log.info(
+        "archiver listening",
+        extra={"port": settings.port, "root": str(settings.root), "recovered": recovered},
+    )
     app.run(settings.port, listen_address=settings.host)
-    log.info("archiver stopped")
+    # The server is stopped: no new events. Write every dirty session before exiting.
+    retention.stop()
+    autosaver.stop()
+    written = sessions.flush_all("shutdown")
+    log.info("archiver stopped", extra={"drained": written, "left_staged": sessions.dirty_count})
+    sidecar.close()
     return 0
 
 

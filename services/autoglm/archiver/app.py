@@ -1,12 +1,14 @@
-"""The Dapr edge of the archiver app: one decorator per topic, nothing else."""
+"""The Dapr edge of the archiver app: one decorator per method and topic, nothing else."""
 
 from __future__ import annotations
 
 from cloudevents.sdk.event import v1
+from dapr.clients.grpc._request import InvokeMethodRequest
 from dapr.clients.grpc._response import TopicEventResponse
 from dapr.ext.grpc import App
 
 from autoglm.archiver.serving import ArchiverService
+from autoglm.core import archive_protocol as proto
 from autoglm.core.pubsub import event_data
 from autoglm.core.schemas import AUDIT_TOPIC, PUBSUB, SNAPSHOTS_TOPIC
 
@@ -22,4 +24,25 @@ def build_app(service: ArchiverService) -> App:
     def on_audit(event: v1.Event) -> TopicEventResponse:
         return TopicEventResponse(service.on_audit(event_data(event.Data())).value)
 
+    @app.method(proto.RESTORE)
+    def restore(request: InvokeMethodRequest) -> str:
+        return service.restore(request.data)
+
+    @app.method(proto.ATTACHMENT_START)
+    def attachment_start(request: InvokeMethodRequest) -> str:
+        return service.attachment_start(request.data)
+
+    @app.method(proto.ATTACHMENT_PUT)
+    def attachment_put(request: InvokeMethodRequest) -> str:
+        return service.attachment_put(request.data)
+
+    @app.method(proto.ATTACHMENT_GET)
+    def attachment_get(request: InvokeMethodRequest) -> str:
+        return service.attachment_get(request.data)
+
+    @app.method(proto.HEALTH)
+    def health(request: InvokeMethodRequest) -> str:
+        return service.health(request.data)
+
+    app.register_health_check(service.check_health)  # type: ignore[no-untyped-call]
     return app

@@ -111,6 +111,26 @@ class RateLimitError(AutoGLMError):
     type = "rate_limit_error"
     default_code = "rate_limited"
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        details: dict[str, Any] | None = None,
+        retry_after: int | None = None,
+    ):
+        super().__init__(message, code=code, param=param, details=details)
+        if retry_after is not None:
+            # Kept in ``details`` so that it survives the trip across a sidecar.
+            self.details["retry_after"] = retry_after
+
+    @property
+    def retry_after(self) -> int | None:
+        """Seconds until a retry may succeed (the HTTP ``Retry-After`` header)."""
+        value = self.details.get("retry_after")
+        return int(value) if value is not None else None
+
 
 class InternalError(AutoGLMError):
     """An unexpected failure; the message must not carry internals."""

@@ -1,0 +1,97 @@
+"""Retention of rolled daily files (the audit archive), run by an internal scheduler.
+
+An internal thread rather than a Dapr ``bindings.cron`` component: the job needs the
+archive volume, which only the archiver mounts, and it keeps working where no binding
+component is deployed. Every ``interval_seconds`` it:
+
+* compresses ``{day}.jsonl`` files older than ``compress_after_days`` to
+  ``{day}.jsonl.gz`` (or ``.zst``), AES-GCM sealed as ``....enc`` when ``encrypt`` is on,
+  written atomically before the original is removed;
+* deletes files (raw or compressed) older than ``delete_after_days``.
+
+Today's file is never touched: it is still being appended to.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import threading
+from pathlib import Path
+
+from autoglm.archiver.atomic import atomic_write, fsync_dir
+from autoglm.archiver.codec import Codec
+from autoglm.archiver.metrics import ArchiverMetrics
+from autoglm.archiver.settings import RetentionPolicy
+
+log = logging.getLogger(__name__)
+
+_DAILY = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl(\.gz|\.zst)?(\.enc)?$")
+_SUFFIX = {"gzip": ".gz", "zstd": ".zst", "none": ""}
+
+
+class Retention:
+    def __init__(
+        self, base: Path, policy: RetentionPolicy, codec: Codec, metrics: ArchiverMetrics
+    ) -> None:
+        self.base = base
+        self.policy = policy
+        self.codec = codec
+        self.metrics = metrics
+
+    def run(self, today: dt.date | None = None) -> dict[str, int]:
+        """One pass; returns how many files were compressed and deleted."""
+        today = today or dt.datetime.now(dt.UTC).date()
+        done = {"compressed": 0, "deleted": 0}
+        for path in sorted(self.base.glob("*/*")):
+            match = _DAILY.match(path.name)
+            if match is None or not path.is_file():
+                continue
+            age = (today - dt.date.fromisoformat(match.group(1))).days
+            if age > self.policy.delete_after_days:
+                path.unlink()
+                fsync_dir(path.parent)
+                done["deleted"] += 1
+            elif age > self.policy.compress_after_days and not (match.group(2) or match.group(3)):
+                done["compressed"] += self._compress(path)
+        for action, count in done.items():
+            self.metrics.retention.labels(action).inc(count)
+        return done
+
+    def _compress(self, path: Path) -> bool:
+        aad = f"audit:{path.parent.name}/{path.name}".encode()
+        blob, info = self.codec.encode(path.read_bytes(), aad)
+        target = path.with_name(
+            path.name + _SUFFIX[info.compression] + (".enc" if info.encrypted else "")
+        )
+        if target == path:
+            return False  # compression "none" without encryption: nothing to change
+        atomic_write(target, blob)
+        path.unlink()
+        fsync_dir(path.parent)
+        return True
+
+
+class RetentionScheduler:
+    def __init__(self, retention: Retention, interval_s: float) -> None:
+        self.retention = retention
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                done = self.retention.run()
+                log.info("retention pass", extra=done)
+            except OSError as exc:
+                log.error("retention pass failed", extra={"reason": str(exc)})
+            if self._stop.wait(self.interval_s):
+                return

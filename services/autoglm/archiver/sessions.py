@@ -1,0 +1,223 @@
+"""Session archive: accepts snapshot events, keeps dirty sessions, restores versions.
+
+An accepted event is durable before it is acknowledged (``Staging``); the autosave
+policy decides when it becomes a snapshot version. Restores prefer the in-memory newest
+state, and the Bloom filter answers for ids that were never archived.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+
+from autoglm.archiver.autosave import Dirty, trigger
+from autoglm.archiver.bloom import BloomFilter
+from autoglm.archiver.metrics import ArchiverMetrics, Readiness
+from autoglm.archiver.settings import AutosavePolicy
+from autoglm.archiver.snapshots import SessionState, SnapshotStore
+from autoglm.archiver.staging import Staging
+from autoglm.archiver.versions import reconcile
+from autoglm.core.errors import NotFoundError
+from autoglm.core.schemas import SnapshotEvent
+
+log = logging.getLogger(__name__)
+
+_STRIPES = 64
+
+
+class SessionArchive:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        staging: Staging,
+        policy: AutosavePolicy,
+        bloom: BloomFilter,
+        metrics: ArchiverMetrics,
+        readiness: Readiness,
+        *,
+        head_cache: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.staging = staging
+        self.policy = policy
+        self.bloom = bloom
+        self.metrics = metrics
+        self.readiness = readiness
+        self.head_cache = head_cache
+        self.clock = clock
+        # Striped locks: one session's events, flushes and restores are serialised,
+        # different sessions proceed in parallel, and the lock table stays bounded.
+        self._locks = [threading.RLock() for _ in range(_STRIPES)]
+        self._guard = threading.Lock()  # protects the two maps below
+        self._dirty: dict[str, Dirty] = {}
+        self._heads: OrderedDict[str, tuple[SessionState, float]] = OrderedDict()
+
+    def _lock(self, key: str) -> threading.RLock:
+        return self._locks[zlib.crc32(key.encode()) % _STRIPES]
+
+    # -- start-up ----------------------------------------------------------------------
+    def load(self) -> int:
+        """Seed the Bloom filter from disk and reload staged sessions (due at once)."""
+        for key in self.store.session_keys():
+            self.bloom.add(key)
+        now = self.clock()
+        count = 0
+        for state in self.staging.load_all():
+            self.bloom.add(state.key)
+            with self._guard:
+                self._dirty[state.key] = Dirty(state, now, now, None, flush=True)
+            count += 1
+        self.metrics.dirty.set(len(self._dirty))
+        return count
+
+    # -- events ------------------------------------------------------------------------
+    def accept(self, event: SnapshotEvent) -> str:
+        """Apply ``event``; returns ``accepted``, ``duplicate`` or ``merged``. Raises
+        ``ConflictError`` for a refused stale write and ``OSError`` if it is not durable."""
+        key = f"{event.tenant}/{event.session_id}"
+        with self._lock(key):
+            current = self._current(event.tenant, event.session_id)
+            outcome = reconcile(
+                current, event, lambda v: self._archived(event.tenant, event.session_id, v)
+            )
+            now = self.clock()
+            if outcome.kind != "duplicate":
+                self.staging.put(outcome.state)
+                self.bloom.add(key)
+                with self._guard:
+                    dirty = self._dirty.get(key)
+                    if dirty is None:
+                        head = self._heads.pop(key, None)
+                        dirty = Dirty(outcome.state, now, now, head[1] if head else None, 0)
+                        self._dirty[key] = dirty
+                    dirty.state = outcome.state
+                    dirty.last_event = now
+                    dirty.steps += 1
+                self.metrics.dirty.set(len(self._dirty))
+            with self._guard:
+                dirty = self._dirty.get(key)
+                if dirty is not None and event.flush:
+                    dirty.flush = True
+            if dirty is not None and (event.flush or not self.policy.enabled):
+                self._snapshot(key, "flush" if event.flush else "write_through")
+            return outcome.kind
+
+    def _current(self, tenant: str, session_id: str) -> SessionState | None:
+        key = f"{tenant}/{session_id}"
+        with self._guard:
+            dirty = self._dirty.get(key)
+            if dirty is not None:
+                return dirty.state
+            head = self._heads.get(key)
+            if head is not None:
+                self._heads.move_to_end(key)
+                return head[0]
+        if key not in self.bloom:
+            return None
+        state = self.store.latest(tenant, session_id)
+        if state is not None:
+            self._remember(state, None)
+        return state
+
+    def _archived(self, tenant: str, session_id: str, version: int) -> SessionState | None:
+        try:
+            return self.store.read(tenant, session_id, version)
+        except NotFoundError:
+            return None
+
+    def _remember(self, state: SessionState, snapped_at: float | None) -> None:
+        if self.head_cache == 0:
+            return
+        with self._guard:
+            self._heads[state.key] = (state, snapped_at or self.clock())
+            self._heads.move_to_end(state.key)
+            while len(self._heads) > self.head_cache:
+                self._heads.popitem(last=False)
+
+    # -- snapshots ---------------------------------------------------------------------
+    def _snapshot(self, key: str, why: str) -> None:
+        """Write ``key``'s dirty state as a version; caller holds the session lock."""
+        with self._guard:
+            dirty = self._dirty.get(key)
+        if dirty is None:
+            return
+        state = dirty.state
+        try:
+            self.store.write(state, why)
+            self.staging.remove(state)
+        except OSError as exc:
+            self.readiness.failed("snapshot", exc)
+            raise
+        with self._guard:
+            if self._dirty.get(key) is dirty:
+                del self._dirty[key]
+        self._remember(state, self.clock())
+        self.metrics.snapshots.labels(why).inc()
+        self.metrics.dirty.set(len(self._dirty))
+        self.readiness.succeeded()
+
+    def flush_due(self) -> int:
+        """One flush cycle: up to ``batch_size`` due sessions, oldest dirty first. A disk
+        error ends the cycle; the sessions stay dirty (and staged) for the next one."""
+        now = self.clock()
+        with self._guard:
+            due = sorted(
+                (d.since, key, why)
+                for key, d in self._dirty.items()
+                if (why := trigger(d, now, self.policy)) is not None
+            )[: self.policy.batch_size]
+        written = 0
+        for _since, key, why in due:
+            with self._lock(key):
+                try:
+                    self._snapshot(key, why)
+                except OSError:
+                    return written
+            written += 1
+        return written
+
+    def flush_all(self, why: str = "shutdown") -> int:
+        """Write every dirty session now (graceful drain); failures stay staged on disk."""
+        written = 0
+        for key in list(self._dirty):
+            with self._lock(key):
+                try:
+                    self._snapshot(key, why)
+                    written += 1
+                except OSError:
+                    log.error("session left staged for the next start", extra={"session": key})
+        return written
+
+    @property
+    def dirty_count(self) -> int:
+        return len(self._dirty)
+
+    # -- restore -----------------------------------------------------------------------
+    def restore(self, tenant: str, session_id: str, version: int | None = None) -> SessionState:
+        key = f"{tenant}/{session_id}"
+        with self._lock(key):
+            with self._guard:
+                dirty = self._dirty.get(key)
+                head = self._heads.get(key)
+            for known in (dirty.state if dirty else None, head[0] if head else None):
+                if known is not None and version in (None, known.version):
+                    self.metrics.restores.labels("memory").inc()
+                    return known
+            if key not in self.bloom:
+                self.metrics.restores.labels("bloom_miss").inc()
+                raise NotFoundError(f"session {session_id!r} not found", param="session_id")
+            if version is not None:
+                state = self.store.read(tenant, session_id, version)
+            else:
+                found = self.store.latest(tenant, session_id)
+                if found is None:
+                    self.metrics.restores.labels("not_found").inc()
+                    raise NotFoundError(f"session {session_id!r} not found", param="session_id")
+                state = found
+            self.metrics.restores.labels("disk").inc()
+            return state

@@ -1,0 +1,191 @@
+"""Versioned session snapshots on disk.
+
+Layout (one directory per version, created complete by a single rename)::
+
+    {root}/sessions/{md5(tenant)[:2]}/{tenant}/{session}/{version:08d}/
+        context.bin    history (JSON), compressed, AES-GCM sealed when encryption is on
+        metadata.json  time, version, steps, model, sha256 of context.bin, settings digest
+        config.yaml    the effective settings that produced it
+
+A crash mid-write leaves only a hidden temp directory that readers never pick. Reads
+verify the sha256 before the bytes are used; rotation deletes old versions only after
+the new one is durable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autoglm.archiver import paths
+from autoglm.archiver.atomic import atomic_dir, fsync_dir, write_file
+from autoglm.archiver.codec import Codec, CodecError, CodecInfo
+from autoglm.core.errors import InternalError, NotFoundError
+from autoglm.core.schemas import ChatMessage
+
+log = logging.getLogger(__name__)
+
+#: Temp directories older than this belong to a crashed writer and are removed.
+_STALE_TMP_S = 600.0
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """One version of a session's history, as archived."""
+
+    tenant: str
+    session_id: str
+    version: int
+    messages: tuple[ChatMessage, ...]
+    model: str | None = None
+    created: float = field(default_factory=time.time)
+    #: version -> message count for earlier versions this history extends (bounded);
+    #: how a stale append finds the base it was written against.
+    lineage: dict[int, int] = field(default_factory=dict)
+    #: Idempotency keys of stale events already merged in (bounded).
+    merged: tuple[str, ...] = ()
+    #: Set on a version created by an automatic merge.
+    merged_from: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}/{self.session_id}"
+
+    def aad(self, purpose: str) -> bytes:
+        return f"{purpose}:{self.tenant}/{self.session_id}/{self.version}".encode()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "session_id": self.session_id,
+            "version": self.version,
+            "messages": [m.model_dump() for m in self.messages],
+            "model": self.model,
+            "created": self.created,
+            "lineage": {str(k): v for k, v in self.lineage.items()},
+            "merged": list(self.merged),
+            "merged_from": self.merged_from,
+        }
+
+    @staticmethod
+    def from_json(doc: dict[str, Any]) -> SessionState:
+        return SessionState(
+            tenant=doc["tenant"],
+            session_id=doc["session_id"],
+            version=int(doc["version"]),
+            messages=tuple(ChatMessage.model_validate(m) for m in doc["messages"]),
+            model=doc.get("model"),
+            created=float(doc.get("created", 0.0)),
+            lineage={int(k): int(v) for k, v in (doc.get("lineage") or {}).items()},
+            merged=tuple(doc.get("merged") or ()),
+            merged_from=doc.get("merged_from"),
+        )
+
+
+class CorruptSnapshotError(InternalError):
+    default_code = "corrupt_snapshot"
+
+
+class SnapshotStore:
+    def __init__(self, root: Path, codec: Codec, settings: dict[str, Any], max_keep: int) -> None:
+        self.root = root
+        self.codec = codec
+        self.max_keep = max_keep
+        self._config_yaml = yaml.safe_dump(settings, sort_keys=True).encode()
+        canonical = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
+        self.settings_digest = "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+    def session_dir(self, tenant: str, session_id: str) -> Path:
+        return paths.session_dir(self.root, tenant, session_id)
+
+    def versions(self, tenant: str, session_id: str) -> list[int]:
+        """Complete versions, oldest first (temp directories are not versions)."""
+        try:
+            entries = list(self.session_dir(tenant, session_id).iterdir())
+        except FileNotFoundError:
+            return []
+        return sorted(int(p.name) for p in entries if p.name.isdigit() and p.is_dir())
+
+    def write(self, state: SessionState, trigger: str) -> Path:
+        """Store ``state`` as its version (a no-op if that version exists), then rotate."""
+        final = self.session_dir(state.tenant, state.session_id) / f"{state.version:08d}"
+        if final.is_dir():
+            return final
+        plain = json.dumps(state.to_json(), separators=(",", ":")).encode()
+        blob, info = self.codec.encode(plain, state.aad("context"))
+        metadata = {
+            "tenant": state.tenant,
+            "session_id": state.session_id,
+            "version": state.version,
+            "steps": len(state.messages),
+            "model": state.model,
+            "created": state.created,
+            "archived": time.time(),
+            "trigger": trigger,
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "size": len(blob),
+            "codec": info.to_json(),
+            "settings_digest": self.settings_digest,
+            "merged_from": state.merged_from,
+        }
+        with atomic_dir(final) as tmp:
+            write_file(tmp / "context.bin", blob)
+            write_file(tmp / "config.yaml", self._config_yaml)
+            write_file(tmp / "metadata.json", json.dumps(metadata, indent=2).encode())
+        self.rotate(state.tenant, state.session_id)
+        return final
+
+    def read(self, tenant: str, session_id: str, version: int) -> SessionState:
+        """The verified ``version``; ``NotFoundError`` if absent, ``CorruptSnapshotError``
+        if its bytes do not match the recorded sha256 or cannot be opened."""
+        vdir = self.session_dir(tenant, session_id) / f"{version:08d}"
+        try:
+            metadata = json.loads((vdir / "metadata.json").read_bytes())
+            blob = (vdir / "context.bin").read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"session {session_id!r} has no version {version}", param="version"
+            ) from None
+        if hashlib.sha256(blob).hexdigest() != metadata.get("sha256"):
+            raise CorruptSnapshotError(f"snapshot {session_id!r} v{version}: checksum mismatch")
+        aad = f"context:{tenant}/{session_id}/{version}".encode()
+        try:
+            plain = self.codec.decode(blob, CodecInfo.from_json(metadata["codec"]), aad)
+        except CodecError as exc:
+            raise CorruptSnapshotError(f"snapshot {session_id!r} v{version}: {exc}") from None
+        return SessionState.from_json(json.loads(plain))
+
+    def latest(self, tenant: str, session_id: str) -> SessionState | None:
+        """The newest version that verifies; a corrupt one is logged and skipped."""
+        for version in reversed(self.versions(tenant, session_id)):
+            try:
+                return self.read(tenant, session_id, version)
+            except CorruptSnapshotError as exc:
+                log.error("skipping unreadable snapshot", extra={"reason": exc.message})
+        return None
+
+    def rotate(self, tenant: str, session_id: str) -> None:
+        sdir = self.session_dir(tenant, session_id)
+        for version in self.versions(tenant, session_id)[: -self.max_keep]:
+            shutil.rmtree(sdir / f"{version:08d}")
+        now = time.time()
+        for tmp in sdir.glob(".*.tmp"):
+            if now - tmp.stat().st_mtime > _STALE_TMP_S:
+                shutil.rmtree(tmp, ignore_errors=True)
+        fsync_dir(sdir)
+
+    def session_keys(self) -> Iterator[str]:
+        """``tenant/session`` of every archived session (directory names only)."""
+        for tenant_dir in self.root.glob("sessions/*/*"):
+            for sdir in tenant_dir.iterdir():
+                if not sdir.name.startswith("."):
+                    yield f"{tenant_dir.name}/{sdir.name}"

@@ -1,0 +1,60 @@
+"""Accepted-but-not-yet-snapshotted session states, durable before an event is acked.
+
+The autosave policy defers snapshots, but Dapr must not be told an event succeeded while
+it lives only in memory. Each accepted event first replaces its session's staging file
+``{root}/staging/{md5(tenant)[:2]}/{tenant}/{session}.pending`` (atomic write, sealed like
+a snapshot); the file is removed once a snapshot of that version is durable, and a
+restarted archiver reloads whatever is left. One small file per dirty session, no log
+to compact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from autoglm.archiver import paths
+from autoglm.archiver.atomic import atomic_write, fsync_dir
+from autoglm.archiver.codec import Codec, CodecError, CodecInfo
+from autoglm.archiver.snapshots import SessionState
+
+log = logging.getLogger(__name__)
+
+
+class Staging:
+    def __init__(self, root: Path, codec: Codec) -> None:
+        self.dir = root / "staging"
+        self.codec = codec
+
+    def _path(self, tenant: str, session_id: str) -> Path:
+        tenant = paths.component(tenant, "tenant")
+        name = paths.component(session_id, "session_id") + ".pending"
+        return paths.inside(self.dir, paths.shard(tenant), tenant, name)
+
+    def put(self, state: SessionState) -> None:
+        plain = json.dumps(state.to_json(), separators=(",", ":")).encode()
+        blob, info = self.codec.encode(plain, state.aad("staging"))
+        header = json.dumps({"version": state.version, "codec": info.to_json()}).encode()
+        atomic_write(self._path(state.tenant, state.session_id), header + b"\n" + blob)
+
+    def remove(self, state: SessionState) -> None:
+        path = self._path(state.tenant, state.session_id)
+        path.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+
+    def load_all(self) -> Iterator[SessionState]:
+        """Every staged state; an unreadable file is logged and left for an operator."""
+        for path in sorted(self.dir.glob("*/*/*.pending")):
+            try:
+                header, blob = path.read_bytes().split(b"\n", 1)
+                meta = json.loads(header)
+                tenant, session_id = path.parent.name, path.name.removesuffix(".pending")
+                aad = f"staging:{tenant}/{session_id}/{meta['version']}".encode()
+                plain = self.codec.decode(blob, CodecInfo.from_json(meta["codec"]), aad)
+                yield SessionState.from_json(json.loads(plain))
+            except (ValueError, KeyError, CodecError) as exc:
+                log.error(
+                    "unreadable staged session", extra={"path": str(path), "reason": str(exc)}
+                )

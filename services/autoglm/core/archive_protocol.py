@@ -1,0 +1,134 @@
+"""Bodies of the archiver's service-invocation methods: one definition for both sides.
+
+The gateway builds requests with these models and reads replies with them; the archiver
+validates with the same models. Failures come back as ``{"error": {...}}`` payloads
+(``autoglm.core.errors``) and are re-raised by ``Sidecar.invoke``. A ``ConflictError``
+from ``attachment_put`` carries ``details["expected_offset"]``; one from a stale snapshot
+write carries ``details["current_version"]``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from pydantic import Field, field_validator
+
+from autoglm.core.schemas import ChatMessage, Payload
+
+ARCHIVER_APP_ID = "archiver"
+RESTORE = "restore"
+ATTACHMENT_START = "attachment_start"
+ATTACHMENT_PUT = "attachment_put"
+ATTACHMENT_GET = "attachment_get"
+HEALTH = "health"
+
+#: Ids become path components on disk: no separators, and no leading dot (``.``, ``..``
+#: and hidden temp names are never valid ids).
+SAFE_ID = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+TENANT_FIELD = Field(min_length=1, max_length=64, pattern=SAFE_ID)
+ATTACHMENT_ID = r"^att-[0-9a-f]{32}$"
+
+
+def b64decode(data: str) -> bytes:
+    """Strict base64 (invalid characters are an error, not silently skipped)."""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64") from None
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class RestoreRequest(Payload):
+    tenant: str = TENANT_FIELD
+    session_id: str = Field(min_length=1, max_length=128, pattern=SAFE_ID)
+    #: A chosen version (admin restore); the newest one when omitted.
+    version: int | None = Field(default=None, ge=1)
+
+
+class RestoreReply(Payload):
+    tenant: str
+    session_id: str
+    version: int
+    messages: list[ChatMessage]
+    model: str | None = None
+
+
+class AttachmentStartRequest(Payload):
+    tenant: str = TENANT_FIELD
+    filename: str = Field(min_length=1, max_length=255)
+    mime_type: str = Field(min_length=3, max_length=127)
+    size: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+
+class AttachmentInfo(Payload):
+    """Reply of ``attachment_start``: the upload and where it stands."""
+
+    id: str
+    filename: str
+    mime_type: str
+    size: int
+    sha256: str
+    category: str
+    offset: int
+    version: int
+    complete: bool
+
+
+class AttachmentPutRequest(Payload):
+    tenant: str = TENANT_FIELD
+    id: str = Field(min_length=1, max_length=64)
+    #: Must equal the upload's checkpoint (the next byte expected).
+    offset: int = Field(ge=0)
+    #: The chunk, base64.
+    data: str
+
+    @field_validator("data")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        b64decode(value)
+        return value
+
+
+class AttachmentPutReply(Payload):
+    id: str
+    #: The next offset expected (the upload's size once complete).
+    offset: int
+    complete: bool
+    version: int
+    #: Set once complete: the verified SHA-256 of the whole object.
+    sha256: str | None = None
+
+
+class AttachmentGetRequest(Payload):
+    tenant: str = TENANT_FIELD
+    id: str = Field(min_length=1, max_length=64)
+
+
+class AttachmentGetReply(Payload):
+    id: str
+    filename: str
+    mime_type: str
+    size: int
+    sha256: str
+    category: str
+    version: int
+    complete: bool
+    #: The object, base64.
+    data: str
+
+
+class HealthReply(Payload):
+    ready: bool
+    #: Why not ready (e.g. the last write error); ``None`` when ready.
+    reason: str | None = None
+    dirty_sessions: int

@@ -1,0 +1,276 @@
+"""Autosave triggers, staging, restore, Bloom filter and the pub/sub acks of the archiver."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autoglm.archiver import atomic
+from autoglm.archiver.attachments import AttachmentStore
+from autoglm.archiver.audit import AuditLog
+from autoglm.archiver.autosave import Autosaver, tick_seconds
+from autoglm.archiver.bloom import BloomFilter
+from autoglm.archiver.codec import Cipher, Codec
+from autoglm.archiver.metrics import ArchiverMetrics, Readiness
+from autoglm.archiver.serving import ArchiverService
+from autoglm.archiver.sessions import SessionArchive
+from autoglm.archiver.settings import ArchiverSettings, AutosavePolicy
+from autoglm.archiver.snapshots import SnapshotStore
+from autoglm.archiver.staging import Staging
+from autoglm.core.errors import AutoGLMError, NotFoundError
+from autoglm.core.pubsub import Ack
+from tests.support.fakes import FakeSidecar
+
+KEY = Cipher(os.urandom(32))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def build(
+    root: Path, clock: Callable[[], float] | None = None, encrypt: bool = False, **policy: Any
+) -> tuple[SessionArchive, ArchiverService]:
+    defaults: dict[str, Any] = {"interval_seconds": 60, "every_n_steps": 100, "idle_ms": 60_000}
+    pol = AutosavePolicy(**{**defaults, **policy, "encrypt": encrypt})
+    settings = ArchiverSettings(root=root, autosave=pol)
+    codec = Codec(pol.compression, pol.encrypt, lambda: KEY)
+    metrics = ArchiverMetrics()
+    readiness = Readiness(metrics)
+    sessions = SessionArchive(
+        SnapshotStore(root, codec, settings.model_dump(mode="json"), pol.max_keep),
+        Staging(root, codec),
+        pol,
+        BloomFilter(1000, 0.01),
+        metrics,
+        readiness,
+        clock=clock or Clock(),
+    )
+    sessions.load()
+    service = ArchiverService(
+        sessions,
+        AttachmentStore(root, FakeSidecar(), settings.attachments),
+        AuditLog(root),
+        metrics,
+        readiness,
+        root / ".probe",
+    )
+    return sessions, service
+
+
+def event(version: int, *contents: str, session: str = "s1", flush: bool = False) -> bytes:
+    messages = [{"role": "user", "content": c} for c in contents]
+    return json.dumps(
+        {
+            "tenant": "acme",
+            "session_id": session,
+            "version": version,
+            "messages": messages,
+            "flush": flush,
+        }
+    ).encode()
+
+
+def versions(sessions: SessionArchive, session: str = "s1") -> list[int]:
+    return sessions.store.versions("acme", session)
+
+
+def test_events_are_staged_not_snapshotted_until_due(tmp_path: Path) -> None:
+    sessions, service = build(tmp_path)
+    assert service.on_snapshot(event(1, "a")) is Ack.SUCCESS
+    assert versions(sessions) == [] and sessions.dirty_count == 1
+    assert list((tmp_path / "staging").rglob("s1.pending"))
+    assert sessions.flush_due() == 0
+
+
+def test_steps_trigger(tmp_path: Path) -> None:
+    sessions, service = build(tmp_path, every_n_steps=3)
+    for v in (1, 2):
+        service.on_snapshot(event(v, *"ab"[:v]))
+    assert sessions.flush_due() == 0
+    service.on_snapshot(event(3, "a", "b", "c"))
+    assert sessions.flush_due() == 1
+    assert versions(sessions) == [3] and sessions.dirty_count == 0
+    assert not list((tmp_path / "staging").rglob("*.pending"))
+
+
+def test_interval_trigger(tmp_path: Path) -> None:
+    clock = Clock()
+    sessions, service = build(tmp_path, clock, interval_seconds=10)
+    service.on_snapshot(event(1, "a"))
+    clock.now += 9
+    assert sessions.flush_due() == 0
+    clock.now += 1
+    assert sessions.flush_due() == 1 and versions(sessions) == [1]
+
+
+def test_idle_trigger(tmp_path: Path) -> None:
+    clock = Clock()
+    sessions, service = build(tmp_path, clock, idle_ms=500)
+    service.on_snapshot(event(1, "a"))
+    clock.now += 0.4
+    service.on_snapshot(event(2, "a", "b"))
+    clock.now += 0.4
+    assert sessions.flush_due() == 0  # the second event reset the idle timer
+    clock.now += 0.1
+    assert sessions.flush_due() == 1 and versions(sessions) == [2]
+
+
+def test_flush_flag_writes_before_ack(tmp_path: Path) -> None:
+    sessions, service = build(tmp_path)
+    assert service.on_snapshot(event(1, "a", flush=True)) is Ack.SUCCESS
+    assert versions(sessions) == [1]
+    meta = json.loads(next(tmp_path.rglob("metadata.json")).read_text())
+    assert meta["trigger"] == "flush"
+
+
+def test_disabled_autosave_writes_through(tmp_path: Path) -> None:
+    sessions, service = build(tmp_path, enabled=False)
+    service.on_snapshot(event(1, "a"))
+    assert versions(sessions) == [1]
+
+
+def test_signal_drain_writes_every_dirty_session(tmp_path: Path) -> None:
+    sessions, service = build(tmp_path)
+    for s in ("s1", "s2", "s3"):
+        service.on_snapshot(event(1, "a", session=s))
+    assert sessions.flush_all("shutdown") == 3
+    assert all(versions(sessions, s) == [1] for s in ("s1", "s2", "s3"))
+
+
+def test_batches_are_bounded(tmp_path: Path) -> None:
+    clock = Clock()
+    sessions, service = build(tmp_path, clock, idle_ms=1, batch_size=2)
+    for s in ("s1", "s2", "s3"):
+        service.on_snapshot(event(1, "a", session=s))
+    clock.now += 1
+    assert sessions.flush_due() == 2
+    assert sessions.flush_due() == 1
+
+
+def test_autosaver_thread_runs_cycles(tmp_path: Path) -> None:
+    sessions, service = build(tmp_path, time.monotonic, idle_ms=1)
+    service.on_snapshot(event(1, "a"))
+    saver = Autosaver(sessions.flush_due, 32, 0.01)
+    saver.start()
+    try:
+        for _ in range(200):
+            if versions(sessions) == [1]:
+                break
+            time.sleep(0.01)
+    finally:
+        saver.stop()
+    assert versions(sessions) == [1]
+    assert tick_seconds(AutosavePolicy(idle_ms=100, interval_seconds=30)) == 0.05
+
+
+def test_crash_recovery_reloads_staged_sessions(tmp_path: Path) -> None:
+    _, service = build(tmp_path, encrypt=True)
+    service.on_snapshot(event(1, "secret"))
+    assert b"secret" not in next((tmp_path / "staging").rglob("*.pending")).read_bytes()
+    # A new process (the old one was killed): staged state is due at once.
+    sessions, _ = build(tmp_path, encrypt=True)
+    assert sessions.dirty_count == 1
+    assert sessions.flush_due() == 1 and versions(sessions) == [1]
+
+
+def test_duplicate_delivery_writes_once(tmp_path: Path) -> None:
+    sessions, service = build(tmp_path)
+    body = event(1, "a", flush=True)
+    assert service.on_snapshot(body) is Ack.SUCCESS
+    assert service.on_snapshot(body) is Ack.SUCCESS
+    assert versions(sessions) == [1] and sessions.dirty_count == 0
+
+
+def test_disk_full_is_retried_then_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sessions, service = build(tmp_path)
+    real = atomic.write_fsync
+
+    def full(*_a: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "write_fsync", full)
+    assert service.on_snapshot(event(1, "a", flush=True)) is Ack.RETRY
+    assert json.loads(service.health())["ready"] is False
+    assert sessions.metrics.write_errors.labels("snapshot", "ENOSPC")._value.get() == 1
+    assert versions(sessions) == []
+    monkeypatch.setattr(atomic, "write_fsync", real)
+    assert json.loads(service.health())["ready"] is True  # the probe write succeeds
+    assert service.on_snapshot(event(1, "a", flush=True)) is Ack.SUCCESS  # redelivery
+    assert versions(sessions) == [1]
+
+
+def test_flush_cycle_keeps_sessions_dirty_on_disk_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    sessions, service = build(tmp_path, clock, idle_ms=1)
+    service.on_snapshot(event(1, "a"))
+    monkeypatch.setattr(
+        atomic.os, "rename", lambda *_a: (_ for _ in ()).throw(OSError(errno.EROFS, "ro"))
+    )
+    clock.now += 1
+    assert sessions.flush_due() == 0 and sessions.dirty_count == 1
+    assert not sessions.readiness.ready
+    monkeypatch.undo()
+    assert sessions.flush_due() == 1 and sessions.readiness.ready
+
+
+def test_invalid_and_traversal_ids_are_dropped(tmp_path: Path) -> None:
+    _, service = build(tmp_path / "root")
+    for sid in ("../../etc", "..", ".hidden"):
+        body = json.loads(event(1, "a"))
+        body["session_id"] = sid
+        assert service.on_snapshot(json.dumps(body).encode()) is Ack.DROP
+    assert not (tmp_path / "etc").exists()
+
+
+def test_restore_prefers_memory_then_disk(tmp_path: Path) -> None:
+    sessions, service = build(tmp_path)
+    service.on_snapshot(event(1, "a", flush=True))
+    service.on_snapshot(event(2, "a", "b"))  # dirty, not on disk yet
+    reply = json.loads(service.restore(b'{"tenant": "acme", "session_id": "s1"}'))
+    assert reply["version"] == 2 and [m["content"] for m in reply["messages"]] == ["a", "b"]
+    chosen = json.loads(service.restore(b'{"tenant": "acme", "session_id": "s1", "version": 1}'))
+    assert chosen["version"] == 1
+    # After a restart only disk remains.
+    sessions.flush_all()
+    _, service2 = build(tmp_path)
+    assert json.loads(service2.restore(b'{"tenant": "acme", "session_id": "s1"}'))["version"] == 2
+
+
+def test_unknown_session_is_answered_by_the_bloom_filter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions, service = build(tmp_path)
+
+    def no_disk(*_a: object) -> None:
+        raise AssertionError("disk touched")
+
+    monkeypatch.setattr(sessions.store, "latest", no_disk)
+    reply = json.loads(service.restore(b'{"tenant": "acme", "session_id": "never"}'))
+    assert reply["error"]["status"] == 404
+    with pytest.raises(NotFoundError):
+        sessions.restore("acme", "never")
+    assert isinstance(AutoGLMError.from_payload(reply["error"]), NotFoundError)
+
+
+def test_bloom_filter_has_no_false_negatives() -> None:
+    bloom = BloomFilter(1000, 0.01)
+    keys = [f"t/s{i}" for i in range(1000)]
+    for key in keys:
+        bloom.add(key)
+    assert all(k in bloom for k in keys)
+    false_positives = sum(f"t/x{i}" in bloom for i in range(10_000))
+    assert false_positives < 300
