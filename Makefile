@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install system-deps tools demo-model run test lint typecheck unit integration e2e bench clean
+.PHONY: help install system-deps tools demo-model run test lint typecheck unit integration e2e k8s bench clean
 
 help:
 	@echo "make run    install, build tools, start Redis + Vault + the three apps (foreground)"
@@ -58,6 +58,10 @@ integration: install tools
 
 e2e: install tools
 	@$(PY) -m pytest -m e2e -q
+
+# Offline validation of k8s/ (kustomize + schemas from tools/build.sh); no cluster.
+k8s: install tools
+	@$(PY) -m pytest -m k8s -q
 
 test: install tools lint typecheck
 	@$(PY) -m pytest -q
