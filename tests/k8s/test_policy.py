@@ -143,6 +143,11 @@ def test_configuration(rendered: Rendered) -> None:
     assert config["metric"]["enabled"] is True
     collector = config["tracing"]["otel"]["endpointAddress"]
     assert collector.split(".")[0] in {s["metadata"]["name"] for s in rendered.of_kind("Service")}
+    for dep in rendered.of_kind("Deployment"):
+        if dep["metadata"]["name"] != "otel-collector":
+            # The apps' own spans go to the same collector as daprd's.
+            endpoint = env_of(_app_container(dep))["OTEL_EXPORTER_OTLP_ENDPOINT"]
+            assert endpoint == f"http://{collector}"
     acl = config["accessControl"]
     assert acl["defaultAction"] == "deny"
     admin = {"/load_model", "/unload_model"}
