@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.otlp import OTLPReceiver
 from tests.support.stack import Backing, start_backing
 
 LEVELS = ("unit", "integration", "e2e", "chaos", "k8s")
@@ -49,4 +50,6 @@ def backing(
 ) -> Iterator[Backing]:
     """Real Redis + Vault (seeded) and the rendered Dapr components, for the session."""
     with ExitStack() as stack:
-        yield start_backing(tmp_path_factory.mktemp("stack"), stack, signing_public_key)
+        otlp = OTLPReceiver().start()
+        stack.callback(otlp.stop)
+        yield start_backing(tmp_path_factory.mktemp("stack"), stack, signing_public_key, otlp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -47,6 +48,31 @@ def _dev_up(_args: argparse.Namespace) -> int:
     return run_dev_stack()
 
 
+def _token(args: argparse.Namespace) -> int:
+    import hvac
+    import hvac.exceptions
+    import requests
+
+    from autoglm.devstack.backing import DEV_VAULT_TOKEN, VAULT_MOUNT, VAULT_PREFIX
+    from autoglm.gateway.security.tokens import mint_token
+
+    client = hvac.Client(url=args.vault_addr, token=args.vault_token or DEV_VAULT_TOKEN)
+    try:
+        secret = client.secrets.kv.v2.read_secret_version(
+            path=f"{VAULT_PREFIX}/jwt", mount_point=VAULT_MOUNT, raise_on_deleted_version=True
+        )["data"]["data"]
+    except (hvac.exceptions.VaultError, requests.RequestException) as exc:
+        print(f"cannot read the jwt secret from Vault at {args.vault_addr}: {exc}", file=sys.stderr)
+        print("is the dev stack running? start it with `make run`", file=sys.stderr)
+        return 1
+    token = mint_token(
+        secret, tenant=args.tenant, role=args.role, subject=args.subject, ttl_s=args.ttl
+    )
+    print(f"token for tenant {args.tenant!r}, role {args.role!r}, valid {args.ttl}s:")
+    print(token)  # alone on the last line, for $(autoglm token ... | tail -n1)
+    return 0
+
+
 def _doctor(_args: argparse.Namespace) -> int:
     from autoglm.devstack.doctor import run_doctor
 
@@ -78,6 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_parser("up", help="Redis + Vault + the three apps via `dapr run -f`").set_defaults(
         func=_dev_up
     )
+    token = sub.add_parser("token", help="mint a dev JWT from the dev Vault (last line)")
+    token.add_argument("--tenant", required=True, help="letters, digits, _ . - (max 64)")
+    token.add_argument("--role", choices=["admin", "user", "service"], default="user")
+    token.add_argument("--subject", help="the token's sub claim (default: ROLE@TENANT)")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds")
+    token.add_argument(
+        "--vault-addr", default=os.environ.get("AUTOGLM_VAULT_ADDR", "http://127.0.0.1:8200")
+    )
+    token.add_argument("--vault-token", default=os.environ.get("VAULT_TOKEN"))
+    token.set_defaults(func=_token)
     sub.add_parser("doctor", help="what is running, what is missing").set_defaults(func=_doctor)
     return parser
 

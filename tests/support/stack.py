@@ -17,6 +17,7 @@ from autoglm.devstack.backing import DEV_VAULT_TOKEN, seed_vault, start_redis, s
 from autoglm.devstack.multiapp import AppEntry, launch
 from autoglm.devstack.processes import ManagedProcess, free_port
 from autoglm.devstack.sidecars import SidecarPorts, render_components, start_daprd
+from tests.support.otlp import OTLPReceiver
 
 
 @dataclass
@@ -27,6 +28,8 @@ class Backing:
     resources: Path
     config: Path
     workdir: Path
+    #: Receives the spans of every app and daprd started on this backing.
+    otlp: OTLPReceiver
 
 
 @dataclass
@@ -43,7 +46,9 @@ class AppUnderTest:
         return f"http://127.0.0.1:{self.ports.http}"
 
 
-def start_backing(workdir: Path, stack: ExitStack, signing_public_key: bytes) -> Backing:
+def start_backing(
+    workdir: Path, stack: ExitStack, signing_public_key: bytes, otlp: OTLPReceiver
+) -> Backing:
     logs = workdir / "logs"
     redis_port, vault_port = free_port(), free_port()
     redis = start_redis(redis_port, workdir / "redis", logs / "redis.log")
@@ -57,8 +62,9 @@ def start_backing(workdir: Path, stack: ExitStack, signing_public_key: bytes) ->
         redis_addr=f"127.0.0.1:{redis_port}",
         vault_addr=vault_addr,
         vault_token=DEV_VAULT_TOKEN,
+        otlp_endpoint=otlp.endpoint,
     )
-    return Backing(redis_port, vault_addr, secrets, resources, config, workdir)
+    return Backing(redis_port, vault_addr, secrets, resources, config, workdir, otlp)
 
 
 def start_app(
@@ -92,6 +98,7 @@ def start_app(
         [sys.executable, "-m", module],
         env={
             "PYTHONUNBUFFERED": "1",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{backing.otlp.endpoint}",
             f"AUTOGLM_{app_id.upper()}_PORT": str(app_port),
             **(env or {}),
         },

@@ -30,6 +30,7 @@ from autoglm.core.lifecycle import on_shutdown
 from autoglm.core.logging import configure_logging
 from autoglm.core.settings import SettingsError, load_settings
 from autoglm.core.sidecar import Sidecar
+from autoglm.core.tracing import configure_tracing
 
 log = logging.getLogger("autoglm.archiver")
 
@@ -67,6 +68,7 @@ def main() -> int:
         log.error(str(exc))
         return 2
     configure_logging("archiver", settings.log_level)
+    configure_tracing("archiver")
     settings.root.mkdir(parents=True, exist_ok=True)
     sidecar = Sidecar()
     cipher = ArchiveKey(sidecar, settings)

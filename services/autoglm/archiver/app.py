@@ -11,6 +11,7 @@ from autoglm.archiver.serving import ArchiverService
 from autoglm.core import archive_protocol as proto
 from autoglm.core.pubsub import event_data
 from autoglm.core.schemas import AUDIT_TOPIC, PUBSUB, SNAPSHOTS_TOPIC
+from autoglm.core.tracing import event_carrier, grpc_carrier, server_span
 
 
 def build_app(service: ArchiverService) -> App:
@@ -18,27 +19,33 @@ def build_app(service: ArchiverService) -> App:
 
     @app.subscribe(PUBSUB, SNAPSHOTS_TOPIC, dead_letter_topic=f"{SNAPSHOTS_TOPIC}.deadletter")
     def on_snapshot(event: v1.Event) -> TopicEventResponse:
-        return TopicEventResponse(service.on_snapshot(event_data(event.Data())).value)
+        with server_span(f"{SNAPSHOTS_TOPIC} process", event_carrier(event)):
+            return TopicEventResponse(service.on_snapshot(event_data(event.Data())).value)
 
     @app.subscribe(PUBSUB, AUDIT_TOPIC, dead_letter_topic=f"{AUDIT_TOPIC}.deadletter")
     def on_audit(event: v1.Event) -> TopicEventResponse:
-        return TopicEventResponse(service.on_audit(event_data(event.Data())).value)
+        with server_span(f"{AUDIT_TOPIC} process", event_carrier(event)):
+            return TopicEventResponse(service.on_audit(event_data(event.Data())).value)
 
     @app.method(proto.RESTORE)
     def restore(request: InvokeMethodRequest) -> str:
-        return service.restore(request.data)
+        with server_span("restore", grpc_carrier(request.metadata)):
+            return service.restore(request.data)
 
     @app.method(proto.ATTACHMENT_START)
     def attachment_start(request: InvokeMethodRequest) -> str:
-        return service.attachment_start(request.data)
+        with server_span("attachment_start", grpc_carrier(request.metadata)):
+            return service.attachment_start(request.data)
 
     @app.method(proto.ATTACHMENT_PUT)
     def attachment_put(request: InvokeMethodRequest) -> str:
-        return service.attachment_put(request.data)
+        with server_span("attachment_put", grpc_carrier(request.metadata)):
+            return service.attachment_put(request.data)
 
     @app.method(proto.ATTACHMENT_GET)
     def attachment_get(request: InvokeMethodRequest) -> str:
-        return service.attachment_get(request.data)
+        with server_span("attachment_get", grpc_carrier(request.metadata)):
+            return service.attachment_get(request.data)
 
     @app.method(proto.HEALTH)
     def health(request: InvokeMethodRequest) -> str:

@@ -26,7 +26,12 @@ class SidecarPorts:
 
 
 def render_components(
-    dst: Path, *, redis_addr: str, vault_addr: str, vault_token: str
+    dst: Path,
+    *,
+    redis_addr: str,
+    vault_addr: str,
+    vault_token: str,
+    otlp_endpoint: str | None = None,
 ) -> tuple[Path, Path]:
     """Copy ``components/`` to ``dst`` with the given backing-service addresses.
 
@@ -48,6 +53,8 @@ def render_components(
     doc["spec"]["nameResolution"]["configuration"]["connectionString"] = str(
         dst / "nameresolution.db"
     )
+    if otlp_endpoint:
+        doc["spec"]["tracing"]["otel"]["endpointAddress"] = otlp_endpoint
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
     return resources, config
 

@@ -4,8 +4,8 @@ from ``inference.results``.
 The record is saved before the request is published and the 202 is sent only after
 both, so an accepted job is never lost. Results arrive at least once; a job that is no
 longer ``queued`` ignores a redelivered result, so completion happens exactly once.
-The request id carries the tenant (``{tenant}:{job id}``; ``:`` appears in neither) so a result finds its
-tenant-scoped record without a second index.
+The request id carries the tenant (``{tenant}:{job id}``; ``:`` appears in neither),
+so a result finds its tenant-scoped record without a second index.
 """
 
 from __future__ import annotations

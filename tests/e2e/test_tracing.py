@@ -1,0 +1,54 @@
+"""One trace end to end: the client's traceparent is continued by the gateway, both
+sidecars, the inference ``generate`` span, the audit publish and the archiver."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import httpx
+
+from tests.e2e.conftest import Mesh
+from tests.support.otlp import ReceivedSpan
+
+
+def _wait_for(mesh: Mesh, trace_id: str, done: object, timeout: float = 40) -> list[ReceivedSpan]:
+    deadline = time.monotonic() + timeout
+    spans: list[ReceivedSpan] = []
+    while time.monotonic() < deadline:
+        spans = mesh.backing.otlp.trace(trace_id)
+        if done(spans):  # type: ignore[operator]
+            return spans
+        time.sleep(0.5)
+    return spans
+
+
+def test_one_trace_from_client_to_archiver(mesh: Mesh) -> None:
+    trace_id = secrets.token_hex(16)
+    headers = dict(mesh.headers(), traceparent=f"00-{trace_id}-{secrets.token_hex(8)}-01")
+    body = {"model": "demo-glm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    resp = httpx.post(
+        f"{mesh.gateway_url}/v1/chat/completions", json=body, headers=headers, timeout=60
+    )
+    assert resp.status_code == 200, resp.text
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        names = {(s.service, s.name) for s in spans}
+        return {("inference", "generate"), ("archiver", "audit process")} <= names and any(
+            "CallLocal" in name for _, name in names
+        )
+
+    spans = _wait_for(mesh, trace_id, complete)
+    by_service: dict[str, set[str]] = {}
+    for s in spans:
+        by_service.setdefault(s.service, set()).add(s.name)
+    assert "POST /v1/chat/completions" in by_service.get("gateway", set()), by_service
+    generate = [s for s in spans if s.service == "inference" and s.name == "generate"]
+    assert generate, by_service
+    attrs = generate[0].attributes
+    assert attrs["gen_ai.usage.output_tokens"] >= 1 and attrs["autoglm.batch_size"] >= 1
+    # The gateway's daprd traced the invocation it carried to inference.
+    assert "CallLocal/inference/generate" in by_service["gateway"], by_service
+    # The audit event crossed the archiver's daprd into the archiver's handler.
+    assert "pubsub/audit" in by_service.get("archiver", set()), by_service
+    assert "audit process" in by_service["archiver"], by_service
