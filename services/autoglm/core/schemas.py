@@ -66,6 +66,9 @@ class GenerateRequest(Payload):
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     prompt: str | None = None
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    #: The caller gives up after this long (e.g. the gateway's HTTP timeout); the engine
+    #: then drops the request instead of finishing work nobody will read.
+    timeout_s: float | None = Field(default=None, gt=0, le=86400)
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:

@@ -236,7 +236,7 @@ class Scheduler:
             if handle.cancelled:
                 handle._finish(self._result(handle, "", [], "cancelled", len(prompt_ids)), None)
                 continue
-            if time.monotonic() > handle.submitted + self.request_timeout_s:
+            if time.monotonic() > handle.submitted + self._timeout(handle):
                 handle._finish(None, DeadlineExceededError("request waited too long in queue"))
                 continue
             fresh.append(
@@ -249,7 +249,7 @@ class Scheduler:
                         if handle.streaming or handle.request.sampling.stop
                         else None
                     ),
-                    deadline=handle.submitted + self.request_timeout_s,
+                    deadline=handle.submitted + self._timeout(handle),
                 )
             )
         misses = []
@@ -369,7 +369,7 @@ class Scheduler:
             if reason == "timeout":
                 seq.handle._finish(
                     None,
-                    DeadlineExceededError(f"generation exceeded {self.request_timeout_s:.0f}s"),
+                    DeadlineExceededError(f"generation exceeded {self._timeout(seq.handle):g}s"),
                 )
                 continue
             if seq.text is not None:
@@ -386,6 +386,10 @@ class Scheduler:
         keep = [i for i in range(len(self._running)) if i not in done]
         self._running = [self._running[i] for i in keep]
         self._batch.remove(keep)
+
+    def _timeout(self, handle: RequestHandle) -> float:
+        asked = handle.request.timeout_s
+        return min(asked, self.request_timeout_s) if asked else self.request_timeout_s
 
     def _result(
         self,

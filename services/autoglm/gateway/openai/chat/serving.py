@@ -195,7 +195,12 @@ class ChatCompletionService:
             seed=None if request.seed is None else request.seed + i,
             stop=request.stop_list,
         )
-        return GenerateRequest(model=request.model, messages=prompt, sampling=sampling)
+        return GenerateRequest(
+            model=request.model,
+            messages=prompt,
+            sampling=sampling,
+            timeout_s=self.settings.request_timeout_s,
+        )
 
     def _filtered(self, result: GenerateResult) -> GenerateResult:
         cut = self.filter.first_violation(result.text)

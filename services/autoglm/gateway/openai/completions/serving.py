@@ -54,6 +54,7 @@ class CompletionService:
                 seed=None if request.seed is None else request.seed + i,
                 stop=request.stop_list,
             ),
+            timeout_s=self.settings.request_timeout_s,
         )
 
     def create(self, request: CompletionRequest) -> CompletionResponse:
