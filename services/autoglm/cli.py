@@ -48,6 +48,14 @@ def _dev_up(_args: argparse.Namespace) -> int:
     return run_dev_stack()
 
 
+def _tenant(value: str) -> str:
+    from autoglm.gateway.security.principal import is_tenant
+
+    if not is_tenant(value):
+        raise argparse.ArgumentTypeError("letters, digits, '_', '.', '-' only, at most 64")
+    return value
+
+
 def _token(args: argparse.Namespace) -> int:
     import hvac
     import hvac.exceptions
@@ -105,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=_dev_up
     )
     token = sub.add_parser("token", help="mint a dev JWT from the dev Vault (last line)")
-    token.add_argument("--tenant", required=True, help="letters, digits, _ . - (max 64)")
+    token.add_argument("--tenant", required=True, type=_tenant)
     token.add_argument("--role", choices=["admin", "user", "service"], default="user")
     token.add_argument("--subject", help="the token's sub claim (default: ROLE@TENANT)")
     token.add_argument("--ttl", type=int, default=3600, help="seconds")

@@ -95,6 +95,8 @@ def seed_vault(
             "issuer": "autoglm-dev",
             "audience": "autoglm",
         },
+        # sha256-hex of an API key -> "tenant:role:subject"; none until one is issued.
+        "api-keys": {},
         "archive": {"encryption-key": base64.b64encode(secrets.token_bytes(32)).decode()},
     }
     for name, data in values.items():

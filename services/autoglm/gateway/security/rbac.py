@@ -1,8 +1,9 @@
 """Role-based access: which role may do what, and tenant ownership.
 
-``user`` works on inference and on its own tenant's sessions, jobs and attachments;
-``service`` (other Dapr apps) does the same for the tenant in its token; ``admin`` may
-do everything, including model load/unload and reading any tenant's audit.
+``user`` runs inference and works on its own tenant's sessions, jobs and attachments;
+``service`` (another Dapr app) may do the same for the tenant named in its credential
+and nothing more; ``admin`` may do everything, including model load/unload and reading
+any tenant's audit trail. Only ``admin`` crosses tenants.
 """
 
 from __future__ import annotations
@@ -34,10 +35,14 @@ PERMISSIONS: dict[Role, frozenset[Action]] = {
 
 
 def can_access(principal: Principal, owner_tenant: str) -> bool:
+    """Whether ``principal`` may see a resource of ``owner_tenant`` at all (routes answer
+    404 when not, so that other tenants' resources cannot even be probed)."""
     return principal.role == "admin" or principal.tenant == owner_tenant
 
 
 def authorize(principal: Principal, action: Action, *, owner_tenant: str | None = None) -> None:
+    """Raise ``PermissionDeniedError`` unless ``principal`` may do ``action`` (on a
+    resource of ``owner_tenant``, when given)."""
     if action not in PERMISSIONS[principal.role]:
         raise PermissionDeniedError(f"role {principal.role!r} may not perform {action.value!r}")
     if owner_tenant is not None and not can_access(principal, owner_tenant):
