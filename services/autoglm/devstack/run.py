@@ -28,6 +28,7 @@ def _say(msg: str) -> None:
 
 
 def run_dev_stack() -> int:
+    from autoglm.gateway.security.tokens import mint_token
     from autoglm.models.demo import init_demo_models
 
     logs = DATA_DIR / "logs"
@@ -48,7 +49,7 @@ def run_dev_stack() -> int:
             started.append(start_vault(VAULT_PORT, logs / "vault.log"))
         _say(f"preparing signed demo models in {MODELS_DIR}")
         public_key = init_demo_models(MODELS_DIR)
-        seed_vault(f"http://127.0.0.1:{VAULT_PORT}", public_key, DEV_VAULT_TOKEN)
+        secrets = seed_vault(f"http://127.0.0.1:{VAULT_PORT}", public_key, DEV_VAULT_TOKEN)
         _say("Vault seeded with dev secrets under secret/autoglm/")
         _say("starting gateway, inference and archiver, each with its daprd sidecar")
         run_file = read_run_file(REPO_ROOT / "dapr.yaml")
@@ -65,10 +66,15 @@ def run_dev_stack() -> int:
                 pass
             stop.wait(1)
         if all(a.alive() for a in apps) and not stop.is_set():
+            token = mint_token(secrets["jwt"], tenant="dev", role="user", ttl_s=24 * 3600)
             _say(f"ready: gateway at {GATEWAY_URL}")
             _say(
-                "try:\n  curl -s " + GATEWAY_URL + "/v1/chat/completions "
+                "try (a dev token for tenant 'dev', valid 24 h; "
+                "more with `autoglm token --tenant T --role R`):\n"
+                f"  export AUTOGLM_TOKEN={token}\n"
+                f"  curl -s {GATEWAY_URL}/v1/chat/completions "
                 "-H 'content-type: application/json' "
+                '-H "Authorization: Bearer $AUTOGLM_TOKEN" '
                 '-d \'{"model":"demo-glm","messages":[{"role":"user",'
                 '"content":"Hello"}],"max_tokens":16}\''
             )

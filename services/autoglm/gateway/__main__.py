@@ -37,6 +37,8 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             "loglevel": "warning",
         }
+        if self.settings.tls_cert_file:
+            options.update(certfile=self.settings.tls_cert_file, keyfile=self.settings.tls_key_file)
         for key, value in options.items():
             self.cfg.set(key, value)
 
