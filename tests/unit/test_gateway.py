@@ -253,6 +253,17 @@ def test_content_filter_blocks_input_and_cuts_output(
     assert stream.closed == 1  # generation cancelled upstream
 
 
+def test_blocked_term_split_across_deltas_is_never_half_sent(
+    sidecar: FakeSidecar, stream: FakeStream
+) -> None:
+    client = make_client(sidecar, stream, blocked_terms=["secretword"])
+    stream.deltas = ["here is the sec", "retw", "ord and more"]
+    events = _sse(client.post("/v1/chat/completions", json=dict(CHAT, stream=True), headers=USER))
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+    assert text == "here is the " and "sec" not in text
+    assert events[-2]["choices"][0]["finish_reason"] == "content_filter"
+
+
 # -- response cache and rate limits -----------------------------------------------------
 def test_deterministic_requests_are_cached_when_enabled(
     sidecar: FakeSidecar, stream: FakeStream

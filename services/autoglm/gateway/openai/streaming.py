@@ -11,6 +11,9 @@ from autoglm.core.schemas import FinishReason, GenerateRequest, GenerateResult, 
 from autoglm.gateway.inference_client import InferenceClient
 from autoglm.gateway.security.content_filter import ContentFilter
 
+#: Characters held back while a content filter is on: longer than any blocked term.
+HOLDBACK = 64
+
 
 class TokenStream:
     def __init__(
@@ -41,23 +44,31 @@ class TokenStream:
         return cls(first, frames, content_filter)
 
     def __iter__(self) -> Iterator[str]:
-        """Non-empty text deltas; stops early when the filter cuts the output."""
+        """Non-empty text deltas; stops early when the filter cuts the output. With a
+        filter, the last ``HOLDBACK`` characters wait for the next delta, so a blocked
+        term split across deltas is never half-sent before the cut."""
+        holdback = HOLDBACK if self._filter.enabled else 0
+        sent = 0
         pending = [self._first] if self._first else []
         for frame in _chain(pending, self._frames):
             if "result" in frame:
                 self.result = parse(GenerateResult, frame["result"])
                 self.finish_reason = self.result.finish_reason
                 continue
-            delta = str(frame.get("delta", ""))
-            cut = self._filter.first_violation(self.text + delta)
+            self.text += str(frame.get("delta", ""))
+            cut = self._filter.first_violation(self.text)
             if cut is not None:
-                delta = (self.text + delta)[len(self.text) : cut]
+                self.text = self.text[:cut]
                 self.finish_reason = "content_filter"
-            self.text += delta
-            if delta:
-                yield delta
-            if cut is not None:
+                if self.text[sent:]:
+                    yield self.text[sent:]
                 return
+            ready = len(self.text) - holdback
+            if ready > sent:
+                yield self.text[sent:ready]
+                sent = ready
+        if self.text[sent:]:
+            yield self.text[sent:]
 
     @property
     def usage(self) -> tuple[int, int]:

@@ -38,6 +38,10 @@ class ContentFilter:
             re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE) if parts else None
         )
 
+    @property
+    def enabled(self) -> bool:
+        return self._regex is not None
+
     def check_input(self, text: str) -> None:
         """Raise ``InvalidRequestError(code="content_filter")`` if ``text`` is blocked."""
         if self.first_violation(text) is not None:
