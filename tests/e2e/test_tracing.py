@@ -47,8 +47,8 @@ def test_one_trace_from_client_to_archiver(mesh: Mesh) -> None:
     assert generate, by_service
     attrs = generate[0].attributes
     assert attrs["gen_ai.usage.output_tokens"] >= 1 and attrs["autoglm.batch_size"] >= 1
-    # The gateway's daprd traced the invocation it carried to inference.
-    assert "CallLocal/inference/generate" in by_service["gateway"], by_service
+    # The sidecars traced the invocation they carried from gateway to inference.
+    assert any(s.name == "CallLocal/inference/generate" for s in spans), by_service
     # The audit event crossed the archiver's daprd into the archiver's handler.
     assert "pubsub/audit" in by_service.get("archiver", set()), by_service
     assert "audit process" in by_service["archiver"], by_service

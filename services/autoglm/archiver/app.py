@@ -9,24 +9,9 @@ from dapr.ext.grpc import App
 
 from autoglm.archiver.serving import ArchiverService
 from autoglm.core import archive_protocol as proto
-from autoglm.core.pubsub import Ack, event_data
+from autoglm.core.pubsub import event_data, topic_response
 from autoglm.core.schemas import AUDIT_TOPIC, PUBSUB, SNAPSHOTS_TOPIC
 from autoglm.core.tracing import event_carrier, grpc_carrier, server_span
-
-
-class RedeliverError(Exception):
-    """Fails the delivery call so the broker keeps the message pending.
-
-    daprd 1.18 acknowledges a gRPC app's RETRY status (it hands the component a retriable
-    error with a nil cause, which counts as success), so RETRY is answered with a failed
-    call instead; the message is then redelivered after the pub/sub component's
-    ``processingTimeout``."""
-
-
-def _respond(ack: Ack) -> TopicEventResponse:
-    if ack is Ack.RETRY:
-        raise RedeliverError("effect not durable yet; redeliver")
-    return TopicEventResponse(ack.value)
 
 
 def build_app(service: ArchiverService) -> App:
@@ -35,12 +20,12 @@ def build_app(service: ArchiverService) -> App:
     @app.subscribe(PUBSUB, SNAPSHOTS_TOPIC, dead_letter_topic=f"{SNAPSHOTS_TOPIC}.deadletter")
     def on_snapshot(event: v1.Event) -> TopicEventResponse:
         with server_span(f"{SNAPSHOTS_TOPIC} process", event_carrier(event)):
-            return _respond(service.on_snapshot(event_data(event.Data())))
+            return topic_response(service.on_snapshot(event_data(event.Data())))
 
     @app.subscribe(PUBSUB, AUDIT_TOPIC, dead_letter_topic=f"{AUDIT_TOPIC}.deadletter")
     def on_audit(event: v1.Event) -> TopicEventResponse:
         with server_span(f"{AUDIT_TOPIC} process", event_carrier(event)):
-            return _respond(service.on_audit(event_data(event.Data())))
+            return topic_response(service.on_audit(event_data(event.Data())))
 
     @app.method(proto.RESTORE)
     def restore(request: InvokeMethodRequest) -> str:

@@ -15,7 +15,7 @@ from dapr.clients.grpc._request import InvokeMethodRequest
 from dapr.clients.grpc._response import TopicEventResponse
 from dapr.ext.grpc import App
 
-from autoglm.core.pubsub import event_data
+from autoglm.core.pubsub import event_data, topic_response
 from autoglm.core.schemas import PUBSUB, REQUESTS_TOPIC
 from autoglm.core.streaming import STREAM_METHOD, STREAM_SERVICE
 from autoglm.core.tracing import event_carrier, grpc_carrier, server_span
@@ -64,7 +64,7 @@ def build_app(service: InferenceService) -> App:
     @app.subscribe(PUBSUB, REQUESTS_TOPIC, dead_letter_topic=f"{REQUESTS_TOPIC}.deadletter")
     def on_request(event: v1.Event) -> TopicEventResponse:
         with server_span(f"{REQUESTS_TOPIC} process", event_carrier(event)):
-            return TopicEventResponse(service.on_request_event(event_data(event.Data())).value)
+            return topic_response(service.on_request_event(event_data(event.Data())))
 
     def generate_stream(body: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         with server_span("generate_stream", grpc_carrier(dict(context.invocation_metadata()))):
