@@ -8,6 +8,7 @@ import time
 import httpx
 import openai
 import pytest
+import redis
 
 from tests.e2e.conftest import Mesh
 
@@ -116,3 +117,30 @@ def test_async_job_completes_through_pubsub(mesh: Mesh) -> None:
     assert job["status"] == "completed", job
     assert job["result"]["choices"][0]["message"]["role"] == "assistant"
     assert job["result"]["usage"]["completion_tokens"] >= 1
+
+
+def test_session_lost_from_the_state_store_is_restored_from_the_archive(mesh: Mesh) -> None:
+    """The state store losing a session (as after a Redis flush) is invisible to the
+    client: the gateway restores it from the archiver with identical history."""
+    url, headers = mesh.gateway_url, mesh.headers()
+    sid = httpx.post(f"{url}/v1/sessions", json={}, headers=headers, timeout=30).json()["id"]
+    for question in ("First question", "Second question"):
+        body = {
+            "model": "demo-glm",
+            "messages": [{"role": "user", "content": question}],
+            "max_tokens": 4,
+            "session_id": sid,
+        }
+        resp = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+        assert resp.status_code == 200, resp.text
+    before = httpx.get(f"{url}/v1/sessions/{sid}", headers=headers, timeout=30).json()
+
+    store = redis.Redis(port=mesh.backing.redis_port)
+    # Dapr's Redis state store keeps `<app id>||<key>`.
+    assert store.delete(f"gateway||session:acme:{sid}") == 1
+
+    after = httpx.get(f"{url}/v1/sessions/{sid}", headers=headers, timeout=30)
+    assert after.status_code == 200, after.text
+    assert after.json()["messages"] == before["messages"]
+    assert after.json()["version"] == before["version"]
+    assert store.exists(f"gateway||session:acme:{sid}")  # written back
