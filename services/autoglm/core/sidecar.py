@@ -34,14 +34,8 @@ class StateEntry:
     etag: str | None
 
 
-class SidecarAPI(Protocol):
-    """What apps need from Dapr; implemented by ``Sidecar`` and by test fakes."""
-
-    def invoke(
-        self, app_id: str, method: str, payload: dict[str, Any], timeout: float = ...
-    ) -> dict[str, Any]: ...
-
-    def publish(self, topic: str, payload: dict[str, Any], pubsub: str = ...) -> None: ...
+class StateAPI(Protocol):
+    """The state store part of ``SidecarAPI``, for code that needs only that."""
 
     def get_state(self, key: str, store: str = ...) -> StateEntry | None: ...
 
@@ -54,6 +48,16 @@ class SidecarAPI(Protocol):
         create_only: bool = ...,
         ttl_s: int | None = ...,
     ) -> None: ...
+
+
+class SidecarAPI(StateAPI, Protocol):
+    """What apps need from Dapr; implemented by ``Sidecar`` and by test fakes."""
+
+    def invoke(
+        self, app_id: str, method: str, payload: dict[str, Any], timeout: float = ...
+    ) -> dict[str, Any]: ...
+
+    def publish(self, topic: str, payload: dict[str, Any], pubsub: str = ...) -> None: ...
 
     def delete_state(self, key: str, etag: str | None = ..., store: str = ...) -> None: ...
 

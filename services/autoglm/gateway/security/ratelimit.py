@@ -17,11 +17,10 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
 
 from autoglm.core.errors import AutoGLMError, ConflictError, RateLimitError
 from autoglm.core.schemas import STATESTORE
-from autoglm.core.sidecar import StateEntry
+from autoglm.core.sidecar import StateAPI
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +31,10 @@ KEY_TTL_S = 2 * WINDOW_S
 MAX_ATTEMPTS = 8
 
 
-class StateStore(Protocol):
-    def get_state(self, key: str, store: str = ...) -> StateEntry | None: ...
-
-    def save_state(
-        self,
-        key: str,
-        value: Any,
-        etag: str | None = ...,
-        store: str = ...,
-        create_only: bool = ...,
-        ttl_s: int | None = ...,
-    ) -> None: ...
-
-
 class RateLimiter:
     def __init__(
         self,
-        state: StateStore,
+        state: StateAPI,
         *,
         requests_per_min: int,
         tokens_per_min: int,
