@@ -30,6 +30,8 @@ class Backing:
     workdir: Path
     #: Receives the spans of every app and daprd started on this backing.
     otlp: OTLPReceiver
+    #: The Redis process, for tests that stop and restart it (tests/chaos/).
+    redis: ManagedProcess | None = None
 
 
 @dataclass
@@ -64,7 +66,7 @@ def start_backing(
         vault_token=DEV_VAULT_TOKEN,
         otlp_endpoint=otlp.endpoint,
     )
-    return Backing(redis_port, vault_addr, secrets, resources, config, workdir, otlp)
+    return Backing(redis_port, vault_addr, secrets, resources, config, workdir, otlp, redis)
 
 
 def start_app(

@@ -86,7 +86,13 @@ def main() -> int:
         metrics=metrics,
         admin_callers=tuple(settings.admin_callers),
         idempotency_ttl_s=settings.idempotency_ttl_s,
+        fault_delay_s=settings.fault_delay_ms / 1000 if settings.faults_enabled else 0.0,
     )
+    if service.fault_delay_s:
+        log.warning(
+            "fault injection on: every generation is delayed",
+            extra={"delay_ms": settings.fault_delay_ms},
+        )
     app = build_app(service)
 
     def stop() -> None:

@@ -50,12 +50,15 @@ class InferenceService:
         metrics: InferenceMetrics | None = None,
         admin_callers: tuple[str, ...] = ("gateway",),
         idempotency_ttl_s: int = 86400,
+        fault_delay_s: float = 0.0,
     ) -> None:
         self.engine = engine
         self.sidecar = sidecar
         self.metrics = metrics or InferenceMetrics()
         self.admin_callers = admin_callers
         self.idempotency_ttl_s = idempotency_ttl_s
+        #: Injected latency before each generation (chaos tests only; 0 in any real run).
+        self.fault_delay_s = fault_delay_s
 
     # -- invocation ------------------------------------------------------------------
     def _reply(self, method: str, model: str | None, work: Callable[[], str]) -> str:
@@ -74,6 +77,8 @@ class InferenceService:
         return body
 
     def _generate(self, request: GenerateRequest) -> GenerateResult:
+        if self.fault_delay_s:
+            time.sleep(self.fault_delay_s)
         handle = self.engine.submit(request)
         result = handle.result(self.engine.request_timeout_s + 5)
         if handle.ttft is not None:

@@ -64,3 +64,8 @@ class InferenceSettings(AppSettings):
     admin_callers: list[str] = Field(default_factory=lambda: ["gateway"])
     #: How long processed pub/sub request ids are remembered for de-duplication.
     idempotency_ttl_s: int = Field(default=86400, ge=60)
+    #: Fault injection for the chaos tests (tests/chaos/): off unless ``faults_enabled``.
+    #: A two-step switch, so a stray delay in a deployed config alone does nothing.
+    faults_enabled: bool = False
+    #: With ``faults_enabled``: sleep this long before every generation (slow model).
+    fault_delay_ms: int = Field(default=0, ge=0, le=600_000)

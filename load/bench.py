@@ -1,0 +1,444 @@
+"""``make bench``: a fresh local stack (Redis, Vault, three apps, each behind its own
+daprd, all on free 127.0.0.1 ports), the benchmarks below, and their results in
+``load/results/``: ``summary.json``, ``summary.md`` and PNG charts.
+
+1. Dapr overhead: the same 1-token generation through the in-process engine, through
+   inference's daprd (service invocation) and through gateway + both daprds.
+2. Batching: 32 completions in flight through the gateway against Hugging Face
+   ``generate`` one at a time (in this process, same model, prompts, max_tokens).
+3. Async jobs: 2,000 jobs through Redis pub/sub; completed, failed, duplicated results.
+4. Autosave: chat throughput with sessions (state + snapshot per turn, archiver
+   autosave) against the same chat without sessions.
+5. Memory: RSS of each app and each daprd, idle and at its peak under load.
+6. Latency and throughput against concurrency (chat, streamed and not) for the charts.
+
+Everything is bounded in count and time; the stack is stopped at the end.
+
+    python -m load.bench [--jobs 2000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tests.support.mesh import OwnMesh, start_mesh
+from tests.support.otlp import OTLPReceiver
+from tests.support.stack import start_backing
+
+from autoglm.devstack.layout import MODELS_DIR, REPO_ROOT
+from autoglm.devstack.processes import ManagedProcess, free_port
+from autoglm.models.demo import init_demo_models
+from load import loadgen
+from load.bench_engine import hf_sequential, prompts
+
+RESULTS = REPO_ROOT / "load" / "results"
+TENANT = "bench"
+MESSAGES = [{"role": "user", "content": "Say one word."}]
+
+
+def say(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+# -- memory --------------------------------------------------------------------------
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of every process in the group (gunicorn workers included)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
+            total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    return round(total / 2**20, 1)
+
+
+def processes(mesh: OwnMesh) -> dict[str, ManagedProcess]:
+    procs: dict[str, ManagedProcess] = {}
+    for app in (mesh.gateway, mesh.inference, mesh.archiver):
+        assert app.app is not None
+        procs[app.app_id] = app.app
+        procs[f"daprd-{app.app_id}"] = app.sidecar
+    return procs
+
+
+class PeakRSS:
+    """Samples every process group's RSS in a thread; keeps the maximum of each."""
+
+    def __init__(self, procs: dict[str, ManagedProcess], every_s: float = 0.5) -> None:
+        self.procs = procs
+        self.every_s = every_s
+        self.peak = dict.fromkeys(procs, 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            for name, proc in self.procs.items():
+                self.peak[name] = max(self.peak[name], group_rss_mb(proc.pid))
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- measurements ----------------------------------------------------------------------
+def timed(n: int, call: Callable[[], None]) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def ms(values: list[float]) -> dict[str, float]:
+    return loadgen.percentiles(values)
+
+
+def in_process(model: Path, n: int, max_tokens: int) -> dict[str, Any]:
+    """1-token latency in this process, and HF ``generate`` one request at a time."""
+    from autoglm.core.schemas import ChatMessage, GenerateRequest, SamplingParams
+    from autoglm.inference.engine import AutoGLMEngine
+
+    engine = AutoGLMEngine(model, max_batch_size=32)
+    try:
+        req = GenerateRequest(
+            messages=[ChatMessage(role="user", content=MESSAGES[0]["content"])],
+            sampling=SamplingParams(max_tokens=1, temperature=0),
+        )
+        timed(5, lambda: engine.generate(req))  # warm-up
+        one_token = timed(n, lambda: engine.generate(req))
+        hf = hf_sequential(engine, prompts(32), max_tokens)
+    finally:
+        engine.close()
+    return {"one_token": one_token, "hf_tok_s": hf["tok_s"]}
+
+
+def via_sidecar(mesh: OwnMesh, n: int) -> list[float]:
+    url = f"{mesh.inference.dapr_url}/v1.0/invoke/inference/method/generate"
+    body = {"messages": MESSAGES, "sampling": {"max_tokens": 1, "temperature": 0}}
+    with httpx.Client(timeout=30) as client:
+
+        def call() -> None:
+            client.post(url, json=body).raise_for_status()
+
+        timed(5, call)
+        return timed(n, call)
+
+
+def via_gateway(mesh: OwnMesh, n: int) -> list[float]:
+    body = {"model": "demo-glm", "messages": MESSAGES, "max_tokens": 1, "temperature": 0}
+    with httpx.Client(base_url=mesh.gateway_url, headers=mesh.headers(TENANT), timeout=30) as c:
+
+        def call() -> None:
+            c.post("/v1/chat/completions", json=body).raise_for_status()
+
+        timed(5, call)
+        return timed(n, call)
+
+
+def scenario(mesh: OwnMesh, name: str, *argv: str) -> dict[str, Any]:
+    token = mesh.headers(TENANT)["Authorization"].removeprefix("Bearer ")
+    args = loadgen.parser().parse_args(
+        ["--url", mesh.gateway_url, "--token", token, "--tenant", TENANT, "--scenario", name, *argv]
+    )
+    result = asyncio.run(loadgen.run(args)).to_json()
+    say(
+        f"{name} {' '.join(argv)}: {result['ok']}/{result['requests']} ok, "
+        f"{result['throughput_rps']} req/s, p50 {result['latency_ms'].get('p50')} ms"
+    )
+    return result
+
+
+def batching(mesh: OwnMesh, max_tokens: int) -> dict[str, Any]:
+    """32 ``/v1/completions`` in flight, the prompts of ``bench_engine.py``."""
+    texts = prompts(32)
+
+    async def one(client: httpx.AsyncClient, i: int) -> loadgen.Sample:
+        t0 = time.perf_counter()
+        body = {"model": "demo-glm", "prompt": texts[i], "max_tokens": max_tokens}
+        resp = await client.post("/v1/completions", json={**body, "temperature": 0})
+        tokens = resp.json()["usage"]["completion_tokens"] if resp.status_code == 200 else 0
+        return loadgen.Sample(resp.status_code, time.perf_counter() - t0, tokens=tokens)
+
+    async def go() -> loadgen.Report:
+        async with httpx.AsyncClient(
+            base_url=mesh.gateway_url, headers=mesh.headers(TENANT), timeout=300
+        ) as client:
+            samples, seconds = await loadgen.closed_loop(client, 32, 32, 300, one)
+        return loadgen.report("completions", 32, samples, seconds)
+
+    return asyncio.run(go()).to_json()
+
+
+def snapshot_events(port: int) -> float:
+    """Snapshot events the archiver has taken (every outcome but ``retry``)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("autoglm_archiver_events_total{")
+        and 'topic="snapshot"' in line
+        and 'outcome="retry"' not in line
+    )
+
+
+def snapshot_rate(port: int, since: float, base: float) -> dict[str, float]:
+    """Snapshot events the archiver took per second, from the first turn until it had
+    taken the last of them (waits up to 20 s for it to drain)."""
+    last, last_t = snapshot_events(port), time.perf_counter()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = snapshot_events(port)
+        if now == last:
+            break
+        last, last_t = now, time.perf_counter()
+    events = last - base
+    return {"snapshot_events": events, "snapshots_per_s": round(events / (last_t - since), 2)}
+
+
+@contextmanager
+def stack(workdir: Path, models: Path, archiver_metrics: int) -> Iterator[OwnMesh]:
+    with ExitStack() as st:
+        otlp = OTLPReceiver().start()
+        st.callback(otlp.stop)
+        public_key = init_demo_models(models)
+        backing = start_backing(workdir, st, public_key, otlp)
+        yield start_mesh(
+            backing,
+            st,
+            models,
+            # Rate limits off: the bench measures the serving path, not the limiter; and
+            # enough gateway threads that 32 clients are 32 requests in flight.
+            gateway={
+                "AUTOGLM_GATEWAY_RATE_LIMIT_REQUESTS_PER_MIN": "0",
+                "AUTOGLM_GATEWAY_THREADS": "48",
+            },
+            archiver={"AUTOGLM_ARCHIVER_METRICS_PORT": str(archiver_metrics)},
+        )
+
+
+# -- report ----------------------------------------------------------------------------
+def charts(sweep: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    names = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, runs in sweep.items():
+        conc = [r["concurrency"] for r in runs]
+        for q, style in (("p50", "-o"), ("p99", "--x")):
+            ax.plot(conc, [r["latency_ms"][q] for r in runs], style, label=f"{label} {q}")
+        ttft = [r["ttft_ms"]["p50"] for r in runs if r.get("ttft_ms")]
+        if len(ttft) == len(conc):
+            ax.plot(conc, ttft, ":s", label=f"{label} TTFT p50")
+    ax.set(xlabel="concurrent clients", ylabel="latency (ms)", xscale="log", yscale="log")
+    ax.set_xticks(conc, [str(c) for c in conc])
+    ax.set_title("Gateway latency against concurrency")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "latency_vs_concurrency.png", dpi=110)
+    names.append("latency_vs_concurrency.png")
+    fig, (tok, req) = plt.subplots(1, 2, figsize=(10, 4.5))
+    for label, runs in sweep.items():
+        conc = [r["concurrency"] for r in runs]
+        tok.plot(conc, [r["tokens_per_s"] for r in runs], "-o", label=label)
+        req.plot(conc, [r["throughput_rps"] for r in runs], "-o", label=label)
+    for ax, unit in ((tok, "generated tokens/s"), (req, "requests/s")):
+        ax.set(xlabel="concurrent clients", ylabel=unit, xscale="log")
+        ax.set_xticks(conc, [str(c) for c in conc])
+        ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("Gateway throughput against concurrency")
+    fig.tight_layout()
+    fig.savefig(out / "throughput_vs_concurrency.png", dpi=110)
+    names.append("throughput_vs_concurrency.png")
+    plt.close("all")
+    return names
+
+
+def markdown(summary: dict[str, Any], sweep: dict[str, list[dict[str, Any]]]) -> str:
+    m = summary["machine"]
+    lines = [
+        "# make bench",
+        "",
+        f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, "
+        f"GPU {m['gpu'] or 'none'}; torch {m['torch']}, Python {m['python']}; {m['date']}.",
+        "",
+        "| metric | value |",
+        "|---|---:|",
+    ]
+    for key, value in summary.items():
+        if not isinstance(value, dict):
+            lines.append(f"| `{key}` | {value} |")
+    lines += ["", "| app | RSS idle (MB) | RSS peak under load (MB) |", "|---|---:|---:|"]
+    for name, idle in summary["rss_mb"]["idle"].items():
+        lines.append(f"| {name} | {idle} | {summary['rss_mb']['load'][name]} |")
+    lines += [
+        "",
+        "| scenario | clients | req/s | tokens/s | p50 ms | p95 ms | p99 ms | TTFT p50 ms "
+        "| errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for label, runs in sweep.items():
+        for r in runs:
+            lat, ttft = r["latency_ms"], r.get("ttft_ms") or {}
+            lines.append(
+                f"| {label} | {r['concurrency']} | {r['throughput_rps']} | {r['tokens_per_s']} "
+                f"| {lat.get('p50')} | {lat.get('p95')} | {lat.get('p99')} "
+                f"| {ttft.get('p50', '')} | {r['errors'] or ''} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=2000)
+    ap.add_argument("--samples", type=int, default=100, help="1-token calls per path")
+    ap.add_argument("--max-tokens", type=int, default=64, help="batching comparison")
+    ap.add_argument("--quick", action="store_true", help="small counts, to try the bench")
+    args = ap.parse_args()
+    levels = [1, 4, 8, 16, 32]
+    if args.quick:
+        args.jobs, args.samples, levels = 100, 20, [1, 8]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    # Logs of the stack stay here when a run fails; removed after a good one.
+    workdir = Path(tempfile.mkdtemp(prefix="autoglm-bench-"))
+    say(f"work dir {workdir}")
+    model = MODELS_DIR / "demo-glm"
+    init_demo_models(MODELS_DIR)
+    say(f"in-process engine and HF generate ({model})")
+    local = in_process(model, args.samples, args.max_tokens)
+    archiver_metrics = free_port()
+    summary: dict[str, Any] = {}
+    with stack(workdir, MODELS_DIR, archiver_metrics) as mesh:
+        procs = processes(mesh)
+        time.sleep(3)  # let start-up settle before the idle sample
+        idle = {name: group_rss_mb(p.pid) for name, p in procs.items()}
+        say("stack up; 1-token latency through the sidecar and the gateway")
+        sidecar = via_sidecar(mesh, args.samples)
+        gateway = via_gateway(mesh, args.samples)
+        with PeakRSS(procs) as peak:
+            say("batching: 32 completions in flight through the gateway")
+            batch = batching(mesh, args.max_tokens)
+            sweep: dict[str, list[dict[str, Any]]] = {"chat": [], "chat-stream": []}
+            for c in levels:
+                for name in sweep:
+                    n = str(max(16, 3 * c))
+                    sweep[name].append(scenario(mesh, name, "--concurrency", str(c),
+                                                "--requests", n, "--max-tokens", "16"))  # fmt: skip
+            plain = scenario(mesh, "chat", "--concurrency", "8", "--requests", "96")
+            base = snapshot_events(archiver_metrics)
+            t0 = time.perf_counter()
+            sessions = scenario(mesh, "sessions", "--concurrency", "8", "--requests", "96")
+            snaps = snapshot_rate(archiver_metrics, t0, base)
+            uploads = scenario(mesh, "attachments", "--concurrency", "4", "--requests", "40")
+            say(f"{args.jobs} async jobs through pub/sub")
+            jobs = scenario(
+                mesh,
+                "jobs",
+                "--concurrency",
+                "16",
+                "--requests",
+                str(args.jobs),
+                "--max-tokens",
+                "4",
+                "--duration",
+                "400",
+                "--redis-port",
+                str(mesh.backing.redis_port),
+            )
+        hf_tok_s = local["hf_tok_s"]
+        summary = {
+            "dapr_overhead_p50_ms": round(ms(gateway)["p50"] - ms(local["one_token"])["p50"], 2),
+            "dapr_overhead_p99_ms": round(ms(gateway)["p99"] - ms(local["one_token"])["p99"], 2),
+            "one_token_ms": {
+                "in_process": ms(local["one_token"]),
+                "inference_sidecar": ms(sidecar),
+                "gateway_full_path": ms(gateway),
+            },
+            "batching_speedup_at_32": round(batch["tokens_per_s"] / hf_tok_s, 2),
+            "hf_sequential_tok_s": round(hf_tok_s, 1),
+            "gateway_tok_s_at_32": batch["tokens_per_s"],
+            "async_submitted": jobs["extra"]["submitted"],
+            "async_completed": jobs["extra"]["completed"],
+            "async_failed": jobs["extra"]["failed"],
+            "async_duplicates": jobs["extra"]["duplicated"],
+            "async_jobs_per_s": jobs["extra"]["jobs_per_s"],
+            "snapshots_per_s": snaps["snapshots_per_s"],
+            "chat_rps_without_sessions": plain["throughput_rps"],
+            "chat_rps_with_autosave": sessions["throughput_rps"],
+            "autosave_overhead_pct": round(
+                (1 - sessions["throughput_rps"] / plain["throughput_rps"]) * 100, 1
+            ),
+            "attachments_per_s": uploads["throughput_rps"],
+            "attachment_p99_ms": uploads["latency_ms"].get("p99"),
+            "rss_mb": {"idle": idle, "load": peak.peak},
+            "scenarios": {
+                "batching": batch,
+                "chat_without_sessions": plain,
+                "chat_with_sessions": sessions,
+                "attachments": uploads,
+                "jobs": jobs,
+            },
+            "machine": machine(),
+        }
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (RESULTS / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
+    (RESULTS / "summary.md").write_text(markdown(summary, sweep))
+    pngs = charts(sweep, RESULTS)
+    shutil.rmtree(workdir, ignore_errors=True)
+    say(f"wrote {RESULTS}/summary.json, summary.md, sweep.json, {', '.join(pngs)}")
+    headline = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+    print(json.dumps(headline))
+
+
+if __name__ == "__main__":
+    main()
