@@ -96,8 +96,16 @@ class SessionStore:
         return updated
 
     def delete(self, tenant: str, session_id: str) -> None:
-        self.get(tenant, session_id)  # 404 for unknown ids, as for any other read
-        self.sidecar.save_state(session_key(tenant, session_id), _TOMBSTONE)
+        # 404 for unknown ids, as for any other read. The ETag is required, not just
+        # safe: state.redis refuses to overwrite a key created first-write without one.
+        _, etag = self.get(tenant, session_id)
+        try:
+            self.sidecar.save_state(session_key(tenant, session_id), _TOMBSTONE, etag=etag)
+        except ConflictError:
+            raise ConflictError(
+                f"session {session_id!r} was changed by another request; read it and retry",
+                code="session_conflict",
+            ) from None
 
     def _restore(self, tenant: str, session_id: str) -> SessionRecord:
         try:
