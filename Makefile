@@ -10,12 +10,14 @@ INSTALLED := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install system-deps tools demo-model run test lint typecheck unit integration e2e k8s bench clean
+.PHONY: help install system-deps tools demo-model run test lint typecheck unit integration e2e chaos k8s bench audit clean
 
 help:
 	@echo "make run    install, build tools, start Redis + Vault + the three apps (foreground)"
 	@echo "make test   install, build tools, lint, typecheck, then unit + integration + e2e tests"
 	@echo "make tools  build daprd, the dapr CLI and vault into .tools/bin (no-op when current)"
+	@echo "make bench  fresh local stack + benchmarks -> load/results/ (several minutes)"
+	@echo "make audit  pip-audit of requirements.lock against PyPI's advisories (network)"
 
 system-deps:
 	@command -v redis-server >/dev/null || { \
@@ -58,6 +60,24 @@ integration: install tools
 
 e2e: install tools
 	@$(PY) -m pytest -m e2e -q
+
+# Fault injection against a stack of its own per module (kills, restarts, bad input).
+chaos: install tools
+	@$(PY) -m pytest -m chaos -q
+
+# Not part of `make test`: minutes of full load on every core. See load/README.md.
+bench: install tools
+	@$(PY) -m load.bench
+
+# Known vulnerabilities in the locked dependencies, from PyPI's advisory data. Needs the
+# network, so it is not part of `make test` (offline-safe); run it as its own CI job.
+# --strict: a pin PyPI cannot audit fails too, never a silent pass. An accepted advisory
+# needs a line with a reason in audit-exceptions.txt.
+audit: $(INSTALLED)
+	@awk '!/^#/ && NF { if ($$2 != "#" || NF < 3) { print "audit-exceptions.txt: " $$1 " has no reason"; bad = 1 } } END { exit bad }' audit-exceptions.txt
+	@$(VENV)/bin/pip-audit --requirement requirements.lock --no-deps --disable-pip \
+	  --vulnerability-service pypi --progress-spinner off --strict \
+	  $$(awk '!/^#/ && NF { printf "--ignore-vuln %s ", $$1 }' audit-exceptions.txt)
 
 # Offline validation of k8s/ (kustomize + schemas from tools/build.sh); no cluster.
 k8s: install tools
