@@ -61,9 +61,8 @@ def test_invalid_json_and_wrong_types_are_4xx(client: httpx.Client, raw: bytes) 
 
 def test_huge_body_is_refused(client: httpx.Client) -> None:
     """Proves: a body over the gateway's limit (1 MiB default) with a declared length is
-    refused with 413, and a chunked one that never declares its length still gets a 4xx.
-    (Known gap: the chunked one is cut at the limit and then reported as invalid JSON,
-    400, rather than 413; see load/RESULTS.md.)"""
+    refused with 413, and so is a chunked one that never declares its length (not cut
+    at the limit and then misread as invalid JSON)."""
     big = (
         b'{"model": "demo-glm", "messages": [{"role": "user", "content": "'
         + b"a" * (8 * 2**20)
@@ -76,7 +75,9 @@ def test_huge_body_is_refused(client: httpx.Client) -> None:
         yield big[: 2**20]
         yield big[2**20 :]
 
-    _clear_4xx(client.post(CHAT, content=chunks(), headers={"content-type": "application/json"}))
+    resp = client.post(CHAT, content=chunks(), headers={"content-type": "application/json"})
+    assert resp.status_code == 413, resp.text[:200]
+    assert resp.json()["error"]["code"] == "payload_too_large"
 
 
 @pytest.mark.parametrize(
@@ -85,14 +86,7 @@ def test_huge_body_is_refused(client: httpx.Client) -> None:
         "e\u0301\u200d\U0001f469\u200d\U0001f4bb",  # combining mark, ZWJ emoji sequence
         "\u202eevil\u202c right-to-left override",
         "\x00\x01\x07\x1b[31m control characters \x7f",
-        pytest.param(
-            "\ud800 lone surrogate",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known bug: a lone surrogate passes validation and fails as a 500 "
-                "when the gateway encodes the request for Dapr (load/RESULTS.md)",
-            ),
-        ),
+        "\ud800 lone surrogate",
         "\ufeff" * 100,
         "A" * 5000,
     ],

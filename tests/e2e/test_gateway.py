@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import httpx
@@ -144,3 +145,26 @@ def test_session_lost_from_the_state_store_is_restored_from_the_archive(mesh: Me
     assert after.json()["messages"] == before["messages"]
     assert after.json()["version"] == before["version"]
     assert store.exists(f"gateway||session:acme:{sid}")  # written back
+
+
+def test_attachment_larger_than_a_sidecar_message_round_trips(mesh: Mesh) -> None:
+    """5 MB crosses daprd (4 MiB body limit) as 1 MB chunks up and 1 MiB ranges down."""
+    data = b"".join(b"line %07d of a long plain-text report\n" % i for i in range(130_000))
+    digest = hashlib.sha256(data).hexdigest()
+    with httpx.Client(base_url=mesh.gateway_url, headers=mesh.headers(), timeout=60) as c:
+        declared = {"filename": "report.txt", "mime_type": "text/plain"}
+        started = c.post("/v1/attachments", json={**declared, "size": len(data), "sha256": digest})
+        assert started.status_code == 201, started.text
+        aid = started.json()["id"]
+        step = 1_000_000
+        for offset in range(0, len(data), step):
+            chunk = data[offset : offset + step]
+            put = c.put(f"/v1/attachments/{aid}?offset={offset}", content=chunk)
+            assert put.status_code == 200, put.text
+        assert put.json()["complete"] and put.json()["sha256"] == digest
+        got = c.get(f"/v1/attachments/{aid}")
+        assert got.status_code == 200, got.text[:300]
+        assert len(got.content) == len(data) and got.content == data
+        assert got.headers["x-autoglm-sha256"] == digest
+        other = c.get(f"/v1/attachments/{aid}", headers=mesh.headers("globex"))
+        assert other.status_code == 404

@@ -78,6 +78,30 @@ def test_upload_in_chunks_resume_and_fetch(tmp_path: Path) -> None:
     assert not list((tmp_path / "uploads").rglob("*.part"))
 
 
+def test_get_reads_ranges_and_verifies_the_whole_file_from_offset_zero(tmp_path: Path) -> None:
+    store, _ = make(tmp_path)
+    aid = start(store, PNG)
+    put(store, aid, 0, PNG)
+
+    def read(offset: int, length: int) -> bytes:
+        got = store.get(AttachmentGetRequest(tenant="acme", id=aid, offset=offset, length=length))
+        assert got.offset == offset and got.size == len(PNG)
+        return base64.b64decode(got.data)
+
+    assert b"".join(read(o, 700) for o in range(0, len(PNG), 700)) == PNG
+    assert read(len(PNG), 10) == b""
+    with pytest.raises(InvalidRequestError, match="past the end") as err:
+        read(len(PNG) + 1, 10)
+    assert err.value.param == "offset"
+    # A flipped byte on disk: the download (which starts at 0) is refused, not served.
+    data = attachment_dir(tmp_path, "images", "acme", aid) / "data"
+    data.write_bytes(PNG[:-1] + b"\x00")
+    with pytest.raises(AutoGLMError, match="checksum"):
+        read(0, 700)
+    with pytest.raises(ValueError, match="length"):
+        AttachmentGetRequest(tenant="acme", id=aid, length=2**20 + 1)
+
+
 def test_crashed_chunk_past_checkpoint_is_overwritten(tmp_path: Path) -> None:
     store, _ = make(tmp_path)
     aid = start(store, PNG)

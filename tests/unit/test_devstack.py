@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from autoglm.devstack.processes import ManagedProcess
-from autoglm.devstack.sidecars import render_components
+from autoglm.devstack.sidecars import COMPONENTS_DIR, render_components
 
 
 def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
@@ -39,7 +39,9 @@ def test_render_components_overrides_only_addresses(tmp_path: Path) -> None:
         vault_token="tok",
     )
     docs = {p.stem: yaml.safe_load(p.read_text()) for p in resources.glob("*.yaml")}
-    assert set(docs) == {"statestore", "pubsub", "vault"}
+    assert set(docs) == {"statestore", "pubsub", "vault", "resiliency"}
+    # Only the addresses change: the resiliency policy is copied as checked in.
+    assert docs["resiliency"] == yaml.safe_load((COMPONENTS_DIR / "resiliency.yaml").read_text())
     meta = {m["name"]: m["value"] for m in docs["pubsub"]["spec"]["metadata"]}
     assert meta["redisHost"] == "127.0.0.1:1111" and meta["processingTimeout"] == "150s"
     vault = {m["name"]: m["value"] for m in docs["vault"]["spec"]["metadata"]}

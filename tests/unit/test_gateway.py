@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import io
+import json
+import re
 import struct
 from typing import Any
 
@@ -112,6 +115,60 @@ def test_oversized_body_is_413(client: FlaskClient) -> None:
         headers=USER,
     )
     assert resp.status_code == 413 and "error" in resp.get_json()
+
+
+def _chunked(client: FlaskClient, body: bytes) -> Any:
+    """A body without Content-Length from a server that ends the stream (gunicorn)."""
+    return client.post(
+        "/v1/chat/completions",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers=USER,
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_chunked_body_over_the_limit_is_413_not_truncated(client: FlaskClient) -> None:
+    body = json.dumps({**CHAT, "messages": [{"role": "user", "content": "a" * 8000}]})
+    resp = _chunked(client, body.encode())
+    assert resp.status_code == 413, resp.get_data(as_text=True)
+    assert resp.get_json()["error"]["code"] == "payload_too_large"
+
+
+def test_chunked_body_within_the_limit_is_served(client: FlaskClient) -> None:
+    resp = _chunked(client, json.dumps(CHAT).encode())
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "demo-glm", "messages": [{"role": "user", "content": "\\ud800 x"}]}',
+        b'{"model": "demo-glm", "\\udfff": 1, "messages": []}',
+    ],
+    ids=["value", "key"],
+)
+def test_lone_surrogate_is_400_naming_the_field(client: FlaskClient, body: bytes) -> None:
+    resp = client.post(
+        "/v1/chat/completions", data=body, content_type="application/json", headers=USER
+    )
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    error = resp.get_json()["error"]
+    assert error["code"] == "invalid_unicode" and "surrogate" in error["message"]
+
+
+def test_paired_surrogates_are_ordinary_text(client: FlaskClient, sidecar: FakeSidecar) -> None:
+    body = b'{"model": "demo-glm", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
+    resp = client.post(
+        "/v1/chat/completions", data=body, content_type="application/json", headers=USER
+    )
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert sidecar.invocations[-1][2]["messages"][0]["content"] == "\U0001f600"
+
+
+def test_unsafe_request_id_is_replaced(client: FlaskClient) -> None:
+    resp = client.get("/v1/models", headers=dict(USER, **{"x-request-id": "a b\tc" * 40}))
+    assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["x-request-id"])
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ including tenant isolation on every such route."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -222,13 +223,49 @@ def test_attachment_upload_proxies_chunks_and_offsets(
     assert client.put("/v1/attachments/a1", data=b"abc", headers=USER).status_code == 400
     sidecar.invoke_replies["attachment_put"] = ConflictError("expected offset 3")
     assert client.put("/v1/attachments/a1?offset=9", data=b"x", headers=USER).status_code == 409
-    sidecar.invoke_replies["attachment_get"] = {
-        "id": "a1",
-        "filename": "a.txt",
-        "mime_type": "text/plain",
-        "sha256": "ab",
-        "data": "YWJj",
-    }
+    sidecar.invoke_replies["attachment_get"] = _ranges(b"abc", "a.txt")
     got = client.get("/v1/attachments/a1", headers=USER)
     assert got.data == b"abc" and got.mimetype == "text/plain"
     assert json.loads(json.dumps(dict(got.headers)))["x-autoglm-sha256"] == "ab"
+
+
+def _ranges(data: bytes, filename: str, step: int = 2**20, complete: bool = True) -> Any:
+    """The archiver's ``attachment_get``: one range of ``data`` per call."""
+
+    def reply(payload: dict[str, Any]) -> dict[str, Any]:
+        offset = payload.get("offset", 0)
+        return {
+            "id": payload["id"],
+            "filename": filename,
+            "mime_type": "text/plain",
+            "size": len(data),
+            "sha256": "ab",
+            "category": "text",
+            "version": 2,
+            "complete": complete,
+            "offset": offset,
+            "data": base64.b64encode(data[offset : offset + step] if complete else b"").decode(),
+        }
+
+    return reply
+
+
+def test_attachment_download_streams_range_by_range(
+    client: FlaskClient, sidecar: FakeSidecar
+) -> None:
+    data = bytes(range(256)) * 10_000  # 2.4 MiB: three ranges of at most 1 MiB
+    sidecar.invoke_replies["attachment_get"] = _ranges(data, 'résumé "x".txt')
+    got = client.get("/v1/attachments/a1", headers=USER)
+    assert got.status_code == 200 and got.data == data
+    assert got.headers["Content-Length"] == str(len(data))
+    offsets = [p.get("offset", 0) for _, m, p in sidecar.invocations if m == "attachment_get"]
+    assert offsets == [0, 2**20, 2**21]
+    disposition = got.headers["Content-Disposition"]
+    assert disposition.startswith('attachment; filename="r?sum? x.txt"')
+    assert "filename*=UTF-8''r%C3%A9sum%C3%A9%20%22x%22.txt" in disposition
+
+
+def test_unfinished_attachment_download_is_409(client: FlaskClient, sidecar: FakeSidecar) -> None:
+    sidecar.invoke_replies["attachment_get"] = _ranges(b"abc", "a.txt", complete=False)
+    resp = client.get("/v1/attachments/a1", headers=USER)
+    assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "upload_incomplete"

@@ -121,7 +121,7 @@ def main() -> int:
         retention.start()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, settings.host)
-    app = build_app(service)
+    app = build_app(service, settings.callback_threads)
     on_shutdown(app.stop)
     log.info(
         "archiver listening",

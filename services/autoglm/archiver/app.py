@@ -9,13 +9,14 @@ from dapr.ext.grpc import App
 
 from autoglm.archiver.serving import ArchiverService
 from autoglm.core import archive_protocol as proto
+from autoglm.core.callback_server import callback_app
 from autoglm.core.pubsub import event_data, topic_response
 from autoglm.core.schemas import AUDIT_TOPIC, PUBSUB, SNAPSHOTS_TOPIC
 from autoglm.core.tracing import event_carrier, grpc_carrier, server_span
 
 
-def build_app(service: ArchiverService) -> App:
-    app = App()
+def build_app(service: ArchiverService, max_concurrent_calls: int) -> App:
+    app = callback_app(max_concurrent_calls)
 
     @app.subscribe(PUBSUB, SNAPSHOTS_TOPIC, dead_letter_topic=f"{SNAPSHOTS_TOPIC}.deadletter")
     def on_snapshot(event: v1.Event) -> TopicEventResponse:

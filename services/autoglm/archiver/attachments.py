@@ -246,19 +246,29 @@ class AttachmentStore:
 
     # -- get ---------------------------------------------------------------------------
     def get(self, req: AttachmentGetRequest) -> AttachmentGetReply:
+        """One range of a finished object. The read from offset 0, which every download
+        starts with, first checks the whole file against its SHA-256."""
         paths.component(req.tenant, "tenant")
         try:
             cp, _ = self._checkpoint(req.tenant, req.id)
         except NotFoundError:
             cp = self._from_disk(req.tenant, req.id)
+        info = self._info(cp).model_dump(exclude={"offset"})
         if not cp.complete:
-            return AttachmentGetReply(**self._info(cp).model_dump(exclude={"offset"}), data="")
-        data = (self._final(cp) / "data").read_bytes()
-        if hashlib.sha256(data).hexdigest() != cp.sha256:
-            raise InternalError(f"attachment {cp.id!r} failed its checksum", code="corrupt_object")
-        return AttachmentGetReply(
-            **self._info(cp).model_dump(exclude={"offset"}), data=b64encode(data)
-        )
+            return AttachmentGetReply(**info, offset=req.offset, data="")
+        if req.offset > cp.size:
+            raise InvalidRequestError(
+                f"offset {req.offset} is past the end of the object ({cp.size} bytes)",
+                param="offset",
+            )
+        with (self._final(cp) / "data").open("rb") as f:
+            if req.offset == 0 and hashlib.file_digest(f, "sha256").hexdigest() != cp.sha256:
+                raise InternalError(
+                    f"attachment {cp.id!r} failed its checksum", code="corrupt_object"
+                )
+            f.seek(req.offset)
+            data = f.read(req.length)
+        return AttachmentGetReply(**info, offset=req.offset, data=b64encode(data))
 
     def _from_disk(self, tenant: str, attachment_id: str) -> Checkpoint:
         """The object's own metadata, when the state store lost the checkpoint."""

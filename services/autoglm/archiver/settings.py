@@ -40,7 +40,9 @@ class AutosavePolicy(_Section):
 
 class AttachmentPolicy(_Section):
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
-    max_chunk_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    #: A chunk travels base64 in one service-invocation message; daprd's default body
+    #: limit is 4 MiB, which 2 MiB of base64 stays under.
+    max_chunk_bytes: int = Field(default=2 * 1024 * 1024, ge=1)
     allowed_categories: tuple[Category, ...] = ("documents", "images", "text", "archives")
     #: Archive inspection limits (zip, tar, gzip): read from headers and a bounded stream,
     #: never by extracting to disk.
@@ -70,6 +72,8 @@ class ArchiverSettings(AppSettings):
     root: Path = Path(".data/archive")
     #: Prometheus text at ``/metrics``; 0 disables.
     metrics_port: int = Field(default=9465, ge=0, le=65535)
+    #: Calls and deliveries the gRPC server handles at once; beyond this gRPC refuses.
+    callback_threads: int = Field(default=32, ge=1)
     secret_store: str = "vault"
     encryption_secret: str = "archive"
     encryption_key_field: str = "encryption-key"

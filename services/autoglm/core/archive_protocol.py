@@ -109,9 +109,18 @@ class AttachmentPutReply(Payload):
     sha256: str | None = None
 
 
+#: Most bytes one ``attachment_get`` returns. A reply is base64 in one service-invocation
+#: message, and daprd refuses bodies over 4 MiB by default (``--max-body-size``), so a
+#: larger object is read range by range.
+MAX_READ_BYTES = 1024 * 1024
+
+
 class AttachmentGetRequest(Payload):
     tenant: str = TENANT_FIELD
     id: str = Field(min_length=1, max_length=64)
+    #: The range to read: ``length`` bytes from ``offset`` (fewer at the end).
+    offset: int = Field(default=0, ge=0)
+    length: int = Field(default=MAX_READ_BYTES, ge=1, le=MAX_READ_BYTES)
 
 
 class AttachmentGetReply(Payload):
@@ -123,7 +132,9 @@ class AttachmentGetReply(Payload):
     category: str
     version: int
     complete: bool
-    #: The object, base64.
+    #: Where ``data`` starts in the object.
+    offset: int = 0
+    #: The requested range of the object, base64 (empty until the upload is complete).
     data: str
 
 

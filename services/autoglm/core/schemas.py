@@ -8,6 +8,7 @@ them over service invocation and pub/sub. ``parse`` turns a validation failure i
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any, Literal, TypeVar
@@ -17,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from autoglm.core.errors import InvalidRequestError
 
 M = TypeVar("M", bound=BaseModel)
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 #: Default topic for async inference results (DESIGN.md).
 RESULTS_TOPIC = "inference.results"
@@ -155,17 +158,49 @@ class AuditEvent(Payload):
     request_id: str | None = None
 
 
+def _surrogate_at(value: Any, loc: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """Where a lone UTF-16 surrogate sits in decoded JSON, if anywhere.
+
+    JSON may escape one (``"\\ud800"``) and ``json.loads`` accepts it, but such a
+    string cannot be encoded as UTF-8 on its way to a sidecar, a log or a file."""
+    if isinstance(value, str):
+        return loc if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _surrogate_at(key, (*loc, key)) or _surrogate_at(item, (*loc, key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _surrogate_at(item, (*loc, index))
+            if found is not None:
+                return found
+    return None
+
+
+def load_json_object(data: bytes | str) -> dict[str, Any]:
+    """A request body as a JSON object of valid Unicode, or an InvalidRequestError."""
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(value, dict):
+        raise InvalidRequestError("body must be a JSON object", code="invalid_json")
+    loc = _surrogate_at(value)
+    if loc is not None:
+        param = ".".join(str(p) for p in loc) or None
+        raise InvalidRequestError(
+            f"'{param}': contains a lone UTF-16 surrogate (not valid Unicode text)",
+            param=param,
+            code="invalid_unicode",
+        )
+    return value
+
+
 def parse(model: type[M], data: bytes | str | dict[str, Any]) -> M:
     """Validate ``data`` as ``model``; raise InvalidRequestError naming the first bad field."""
     if isinstance(data, (bytes, str)):
-        try:
-            data = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidRequestError(
-                f"body is not valid JSON: {exc}", code="invalid_json"
-            ) from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("body must be a JSON object", code="invalid_json")
+        data = load_json_object(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -7,6 +7,7 @@ from flask import Flask
 from autoglm.core.sidecar import SidecarAPI
 from autoglm.gateway.attachments.api_router import attachments_blueprint
 from autoglm.gateway.audit import install_audit
+from autoglm.gateway.body_limit import install_body_limit
 from autoglm.gateway.errors import register_error_handlers
 from autoglm.gateway.guards import install_guards
 from autoglm.gateway.health import health_blueprint
@@ -39,6 +40,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     install_tracing(app)
     register_error_handlers(app)
+    install_body_limit(app)
     install_audit(app, sidecar, trust_forwarded=settings.trust_forwarded_for)
     install_guards(
         app,

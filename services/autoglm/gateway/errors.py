@@ -8,6 +8,7 @@ answered with a generic 500 that reveals nothing internal.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 
 from flask import Flask, Response, g, jsonify, request
@@ -16,6 +17,8 @@ from werkzeug.exceptions import HTTPException
 from autoglm.core.errors import AutoGLMError, InternalError, RateLimitError
 
 log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _HTTP_TYPES = {
     404: ("not_found_error", "not_found"),
@@ -38,7 +41,10 @@ def error_response(exc: AutoGLMError) -> Response:
 def register_error_handlers(app: Flask) -> None:
     @app.before_request
     def _request_id() -> None:
-        g.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        # A client's id is kept only when it is short and plain: it is echoed in a
+        # header and written to logs.
+        sent = request.headers.get("x-request-id", "")
+        g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
 
     @app.after_request
     def _echo_request_id(resp: Response) -> Response:

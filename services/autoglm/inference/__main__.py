@@ -93,7 +93,7 @@ def main() -> int:
             "fault injection on: every generation is delayed",
             extra={"delay_ms": settings.fault_delay_ms},
         )
-    app = build_app(service)
+    app = build_app(service, settings.max_concurrent_calls)
 
     def stop() -> None:
         app.stop()

@@ -15,6 +15,7 @@ from dapr.clients.grpc._request import InvokeMethodRequest
 from dapr.clients.grpc._response import TopicEventResponse
 from dapr.ext.grpc import App
 
+from autoglm.core.callback_server import callback_app
 from autoglm.core.pubsub import event_data, topic_response
 from autoglm.core.schemas import PUBSUB, REQUESTS_TOPIC
 from autoglm.core.streaming import STREAM_METHOD, STREAM_SERVICE
@@ -28,8 +29,8 @@ def _caller(request: InvokeMethodRequest) -> str | None:
     return str(values[0]) if values else None
 
 
-def build_app(service: InferenceService) -> App:
-    app = App()
+def build_app(service: InferenceService, max_concurrent_calls: int) -> App:
+    app = callback_app(max_concurrent_calls)
 
     @app.method("generate")
     def generate(request: InvokeMethodRequest) -> str:

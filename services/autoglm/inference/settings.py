@@ -52,6 +52,9 @@ class InferenceSettings(AppSettings):
     max_context_length: int = Field(default=8192, ge=16)
     max_batch_size: int = Field(default=32, ge=1)
     max_queue: int = Field(default=256, ge=1)
+    #: Calls (generations, streams, admin) the gRPC server takes at once; beyond this
+    #: gRPC refuses. Default: a full batch, a full queue and a few for health and admin.
+    callback_threads: int | None = Field(default=None, ge=1)
     prefix_cache_mb: int = Field(default=256, ge=0)
     memory_budget_mb: int = Field(default=16384, ge=1)
     request_timeout_s: float = Field(default=300.0, gt=0)
@@ -69,3 +72,7 @@ class InferenceSettings(AppSettings):
     faults_enabled: bool = False
     #: With ``faults_enabled``: sleep this long before every generation (slow model).
     fault_delay_ms: int = Field(default=0, ge=0, le=600_000)
+
+    @property
+    def max_concurrent_calls(self) -> int:
+        return self.callback_threads or self.max_batch_size + self.max_queue + 8

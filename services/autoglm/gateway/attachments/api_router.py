@@ -8,14 +8,25 @@ the wrong offset gets 409 with the offset to resume from in ``Upload-Offset``.
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 
+from autoglm.core.archive_protocol import ATTACHMENT_GET, AttachmentGetReply, b64decode
 from autoglm.core.errors import ConflictError, InvalidRequestError
+from autoglm.core.schemas import load_json_object
 from autoglm.core.sidecar import SidecarAPI
 from autoglm.gateway.guards import require
 from autoglm.gateway.security.rbac import Action
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII fallback name plus the exact name, UTF-8 percent-encoded
+    (header values must be Latin-1, and a name may be in any script)."""
+    fallback = filename.encode("ascii", "replace").decode().replace('"', "").replace("\\", "")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def attachments_blueprint(sidecar: SidecarAPI, *, archiver_app_id: str) -> Blueprint:
@@ -27,9 +38,7 @@ def attachments_blueprint(sidecar: SidecarAPI, *, archiver_app_id: str) -> Bluep
     @bp.post("/v1/attachments")
     def start_upload() -> tuple[Response, int]:
         principal = require(Action.ATTACHMENTS)
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise InvalidRequestError("body must be a JSON object", code="invalid_json")
+        body = load_json_object(request.get_data())
         reply = call("attachment_start", {**body, "tenant": principal.tenant})
         return jsonify(reply), 201
 
@@ -63,12 +72,33 @@ def attachments_blueprint(sidecar: SidecarAPI, *, archiver_app_id: str) -> Bluep
     @bp.get("/v1/attachments/<attachment_id>")
     def get_attachment(attachment_id: str) -> Response:
         principal = require(Action.ATTACHMENTS)
-        reply = call("attachment_get", {"tenant": principal.tenant, "id": attachment_id})
-        data = base64.b64decode(reply.pop("data", "") or "")
-        resp = Response(data, mimetype=str(reply.get("mime_type", "application/octet-stream")))
-        resp.headers["x-autoglm-sha256"] = str(reply.get("sha256", ""))
-        filename = str(reply.get("filename", attachment_id)).replace('"', "")
-        resp.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+        first = AttachmentGetReply.model_validate(
+            call(ATTACHMENT_GET, {"tenant": principal.tenant, "id": attachment_id})
+        )
+        if not first.complete:
+            raise ConflictError(
+                f"attachment {attachment_id!r} is still being uploaded", code="upload_incomplete"
+            )
+
+        def body() -> Iterator[bytes]:
+            # The first range was read (and the whole file verified) before the status
+            # line went out; the rest follow one invocation each.
+            data, offset = b64decode(first.data), 0
+            while data:
+                yield data
+                offset += len(data)
+                if offset >= first.size:
+                    return
+                reply = call(
+                    ATTACHMENT_GET,
+                    {"tenant": principal.tenant, "id": attachment_id, "offset": offset},
+                )
+                data = b64decode(reply["data"])
+
+        resp = Response(stream_with_context(body()), mimetype=first.mime_type)
+        resp.headers["Content-Length"] = str(first.size)
+        resp.headers["x-autoglm-sha256"] = first.sha256
+        resp.headers["Content-Disposition"] = content_disposition(first.filename)
         return resp
 
     return bp
