@@ -269,3 +269,46 @@ def test_unfinished_attachment_download_is_409(client: FlaskClient, sidecar: Fak
     sidecar.invoke_replies["attachment_get"] = _ranges(b"abc", "a.txt", complete=False)
     resp = client.get("/v1/attachments/a1", headers=USER)
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "upload_incomplete"
+
+
+@pytest.mark.parametrize(
+    "session_id",
+    ["x/../../statestore/session:globex:s1", "..", ".hidden", "a:b", "a" * 129],
+)
+def test_session_ids_that_could_escape_their_key_are_refused(
+    client: FlaskClient, sidecar: FakeSidecar, session_id: str
+) -> None:
+    """A session id becomes part of a state key and a daprd URL: one that could reach
+    another tenant's key is a 400 in a body and a 404 in a path, never a lookup."""
+    before = len(sidecar.invocations)
+    resp = client.post("/v1/chat/completions", json=_turn("hi", session_id), headers=USER)
+    assert resp.status_code == 400 and resp.get_json()["error"]["param"] == "session_id"
+    resp = client.post("/v1/sessions", json={"id": session_id}, headers=USER)
+    assert resp.status_code == 400 and resp.get_json()["error"]["param"] == "id"
+    if "/" not in session_id:
+        assert client.get(f"/v1/sessions/{session_id}", headers=USER).status_code == 404
+        assert client.delete(f"/v1/sessions/{session_id}", headers=USER).status_code == 404
+    assert len(sidecar.invocations) == before  # not even the archiver was asked
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"stop": [str(i) for i in range(9)]}, "stop"),
+        ({"stop": ["x" * 257]}, "stop"),
+        ({"stop": ""}, "stop"),
+        ({"seed": 2**64}, "seed"),
+        ({"seed": -(2**64)}, "seed"),
+    ],
+)
+def test_sampling_limits_are_400_naming_the_field(
+    client: FlaskClient, extra: dict[str, Any], param: str
+) -> None:
+    chat = {"model": "demo-glm", "messages": [{"role": "user", "content": "hi"}], **extra}
+    completion = {"model": "demo-glm", "prompt": "hi", **extra}
+    for path, body in (("/v1/chat/completions", chat), ("/v1/completions", completion)):
+        resp = client.post(path, json=body, headers=USER)
+        assert resp.status_code == 400, (path, resp.get_data(as_text=True))
+        assert resp.get_json()["error"]["param"].startswith(param)
+    resp = client.post("/v1/jobs", json=chat, headers=USER)
+    assert resp.status_code == 400, resp.get_data(as_text=True)

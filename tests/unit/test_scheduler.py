@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoglm.core.errors import DeadlineExceededError, OverloadedError
+from autoglm.core.errors import AutoGLMError, DeadlineExceededError, OverloadedError
 from autoglm.core.schemas import ChatMessage, GenerateRequest, SamplingParams
 from autoglm.inference.engine import AutoGLMEngine
+from autoglm.inference.scheduler import StepStats
 
 PROMPTS = [
     "Hello there",
@@ -166,3 +167,58 @@ def test_prefix_cache_reuses_earlier_turns_without_changing_output(
         assert prefix is not None and prefix.hits >= 2
     finally:
         cached.close()
+
+
+def test_a_failing_prefill_fails_its_requests_instead_of_stranding_them(
+    demo_model_dir: Path,
+) -> None:
+    """Requests taken off the queue for a prefill that raises get an error at once (a
+    streaming caller has no timeout of its own), and the scheduler keeps serving."""
+    eng = AutoGLMEngine(demo_model_dir, prefix_cache_mb=0)
+    try:
+        scheduler = eng.get(None).scheduler
+        real_forward = scheduler.model
+
+        def failing(*_args: object, **_kwargs: object) -> object:
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+        scheduler.model = failing
+        handles = [eng.submit(_req(p, 4), stream=True) for p in PROMPTS[:2]]
+        for handle in handles:
+            with pytest.raises(AutoGLMError, match="generation failed"):
+                list(handle)  # ends instead of blocking
+            with pytest.raises(AutoGLMError, match="generation failed"):
+                handle.result(5)
+        scheduler.model = real_forward
+        assert eng.generate(_req(PROMPTS[0], 3)).completion_tokens == 3
+    finally:
+        eng.close()
+
+
+def test_queue_waits_are_reported_and_cancelled_waiters_give_their_place_back(
+    demo_model_dir: Path,
+) -> None:
+    seen: list[StepStats] = []
+    eng = AutoGLMEngine(
+        demo_model_dir,
+        max_batch_size=1,
+        max_queue=1,
+        prefix_cache_mb=0,
+        on_step=lambda _model, stats: seen.append(stats),
+    )
+    try:
+        seen.clear()  # the warm-up generation at load
+        running = eng.submit(_req(PROMPTS[1], 3000), stream=True)
+        next(iter(running))
+        abandoned = eng.submit(_req(PROMPTS[0], 4))
+        abandoned.cancel()
+        # The queue holds only the cancelled request: a new one takes its place.
+        waiting = eng.submit(_req(PROMPTS[0], 4))
+        assert abandoned.result(1).finish_reason == "cancelled"
+        running.cancel()
+        assert waiting.result(30).completion_tokens >= 1
+        waits = [w for s in seen for w in s.queue_waits]
+        assert len(waits) == 2 and all(w >= 0 for w in waits)
+        assert max(waits) > 0.001  # the second one waited for the first to leave
+    finally:
+        eng.close()

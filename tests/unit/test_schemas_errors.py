@@ -10,6 +10,7 @@ from autoglm.core.errors import (
     UnavailableError,
 )
 from autoglm.core.schemas import GenerateRequest, InferenceRequestEvent, parse
+from autoglm.core.sidecar import Sidecar, path_segment
 
 
 def test_invalid_json_is_a_400_naming_json() -> None:
@@ -57,3 +58,38 @@ def test_overloaded_is_a_503() -> None:
     assert isinstance(
         AutoGLMError.from_payload(OverloadedError("x").to_payload()), UnavailableError
     )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "session:acme:x/../../statestore/session:victim:abc",
+        "..",
+        ".",
+        "",
+        "a?b",
+        "a#b",
+        "a%2Fb",
+        "a\\b",
+        "a b",
+        "a\nb",
+    ],
+)
+def test_names_that_could_leave_their_url_segment_are_refused(name: str) -> None:
+    """State keys, topics, secret names and methods become daprd URL path segments; an
+    HTTP client would resolve ``..`` and reach another tenant's key or another route."""
+    with pytest.raises(InvalidRequestError, match="not allowed"):
+        path_segment(name, "state key")
+
+
+def test_ordinary_keys_pass_unchanged() -> None:
+    key = "session:acme:sess-0f1e.v2_x"
+    assert path_segment(key, "state key") == key
+
+
+def test_sidecar_refuses_a_traversing_key_before_any_request() -> None:
+    sidecar = Sidecar(http_port=1)  # nothing listens there: a request would be a 503
+    with pytest.raises(InvalidRequestError):
+        sidecar.get_state("session:acme:x/../../secrets/vault/jwt")
+    with pytest.raises(InvalidRequestError):
+        sidecar.publish("../state/statestore", {})

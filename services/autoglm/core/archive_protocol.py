@@ -14,7 +14,7 @@ import binascii
 
 from pydantic import Field, field_validator
 
-from autoglm.core.schemas import ChatMessage, Payload
+from autoglm.core.schemas import SAFE_ID, ChatMessage, Payload
 
 ARCHIVER_APP_ID = "archiver"
 RESTORE = "restore"
@@ -23,9 +23,6 @@ ATTACHMENT_PUT = "attachment_put"
 ATTACHMENT_GET = "attachment_get"
 HEALTH = "health"
 
-#: Ids become path components on disk: no separators, and no leading dot (``.``, ``..``
-#: and hidden temp names are never valid ids).
-SAFE_ID = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
 TENANT_FIELD = Field(min_length=1, max_length=64, pattern=SAFE_ID)
 ATTACHMENT_ID = r"^att-[0-9a-f]{32}$"
 

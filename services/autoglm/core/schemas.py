@@ -21,6 +21,16 @@ M = TypeVar("M", bound=BaseModel)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
+#: Ids and tenants become parts of state keys, URL path segments and folder names: no
+#: separators, no ``:``, no leading dot (so never ``.``, ``..`` or a hidden name).
+SAFE_ID = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+_SAFE_ID = re.compile(SAFE_ID)
+
+
+def is_safe_id(value: str, max_length: int = 128) -> bool:
+    return len(value) <= max_length and _SAFE_ID.fullmatch(value) is not None
+
+
 #: Default topic for async inference results (DESIGN.md).
 RESULTS_TOPIC = "inference.results"
 REQUESTS_TOPIC = "inference.requests"
@@ -46,6 +56,12 @@ class ChatMessage(Payload):
     content: str
 
 
+#: Stop sequences per request (OpenAI allows 4; a few more cost nothing).
+MAX_STOP_SEQUENCES = 8
+#: Longest stop sequence: each is matched against the tail of the decoded text.
+MAX_STOP_CHARS = 256
+
+
 class SamplingParams(Payload):
     """Per-request decoding settings; each sequence in a batch keeps its own."""
 
@@ -53,8 +69,9 @@ class SamplingParams(Payload):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
-    seed: int | None = None
-    stop: list[str] = Field(default_factory=list, max_length=8)
+    #: torch's generator seeds are 64-bit.
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
 
     @property
     def greedy(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,10 +23,26 @@ from autoglm.core.errors import (
     AutoGLMError,
     ConflictError,
     DeadlineExceededError,
+    InvalidRequestError,
     NotFoundError,
     UnavailableError,
 )
 from autoglm.core.schemas import PUBSUB, STATESTORE
+
+#: What may not appear in a name that becomes one segment of a daprd URL path. HTTP
+#: clients resolve ``..`` segments, so ``session:a:x/../../secrets/vault/jwt`` would
+#: reach another route (or another tenant's key) if it were let through.
+_UNSAFE_SEGMENT = re.compile(r"[/\\?#%\s\x00-\x1f\x7f]")
+
+
+def path_segment(value: str, what: str) -> str:
+    """``value`` if it is safe as one URL path segment, else an InvalidRequestError."""
+    if not value or value in (".", "..") or _UNSAFE_SEGMENT.search(value):
+        raise InvalidRequestError(
+            f"{what} {value[:80]!r} is not allowed: it may not be empty, '.' or '..', "
+            "or contain '/', '\\', '?', '#', '%', whitespace or control characters"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -132,9 +149,10 @@ class Sidecar:
         self, app_id: str, method: str, payload: dict[str, Any], timeout: float = 60.0
     ) -> dict[str, Any]:
         """Call ``method`` on ``app_id``; a structured ``error`` reply is raised as itself."""
-        resp = self._request(
-            "POST", f"/v1.0/invoke/{app_id}/method/{method}", json_body=payload, timeout=timeout
+        path = (
+            f"/v1.0/invoke/{path_segment(app_id, 'app id')}/method/{path_segment(method, 'method')}"
         )
+        resp = self._request("POST", path, json_body=payload, timeout=timeout)
         try:
             body = resp.json()
         except ValueError:
@@ -149,16 +167,21 @@ class Sidecar:
             raise self._dapr_error(resp, f"invoke {app_id}/{method}")
         return body
 
+    @staticmethod
+    def _state_path(store: str, key: str) -> str:
+        return f"/v1.0/state/{path_segment(store, 'state store')}/{path_segment(key, 'state key')}"
+
     # -- pub/sub ---------------------------------------------------------------------
     def publish(self, topic: str, payload: dict[str, Any], pubsub: str = PUBSUB) -> None:
         """Publish as a CloudEvent; returns only once the broker accepted it."""
-        resp = self._request("POST", f"/v1.0/publish/{pubsub}/{topic}", json_body=payload)
+        path = f"/v1.0/publish/{path_segment(pubsub, 'pubsub')}/{path_segment(topic, 'topic')}"
+        resp = self._request("POST", path, json_body=payload)
         if resp.status_code >= 300:
             raise self._dapr_error(resp, f"publish {topic}")
 
     # -- state -----------------------------------------------------------------------
     def get_state(self, key: str, store: str = STATESTORE) -> StateEntry | None:
-        resp = self._request("GET", f"/v1.0/state/{store}/{key}")
+        resp = self._request("GET", self._state_path(store, key))
         if resp.status_code == 204 or (resp.status_code == 200 and not resp.content):
             return None
         if resp.status_code != 200:
@@ -194,7 +217,7 @@ class Sidecar:
     def delete_state(self, key: str, etag: str | None = None, store: str = STATESTORE) -> None:
         resp = self._request(
             "DELETE",
-            f"/v1.0/state/{store}/{key}",
+            self._state_path(store, key),
             headers={"If-Match": etag} if etag else None,
             params={"concurrency": "first-write"} if etag else None,
         )
@@ -203,7 +226,8 @@ class Sidecar:
 
     # -- secrets ---------------------------------------------------------------------
     def get_secret(self, store: str, name: str) -> dict[str, str]:
-        resp = self._request("GET", f"/v1.0/secrets/{store}/{name}")
+        path = f"/v1.0/secrets/{path_segment(store, 'secret store')}/{path_segment(name, 'secret')}"
+        resp = self._request("GET", path)
         if resp.status_code != 200:
             raise self._dapr_error(resp, f"secret {store}/{name}")
         data = resp.json()

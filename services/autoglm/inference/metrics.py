@@ -66,6 +66,8 @@ class InferenceMetrics:
 
     def on_step(self, model: str, stats: StepStats) -> None:
         self.queue_depth.labels(model).set(stats.queue_depth)
+        for wait in stats.queue_waits:
+            self.queue_wait.labels(model).observe(wait)
         if stats.batch_size:
             self.batch_size.labels(model).observe(stats.batch_size)
             self.tokens.labels(model).inc(stats.tokens)

@@ -44,6 +44,8 @@ class StepStats:
     batch_size: int = 0
     queue_depth: int = 0
     tokens: int = 0
+    #: Seconds each request admitted in this iteration had waited in the queue.
+    queue_waits: list[float] = field(default_factory=list)
 
 
 class RequestHandle:
@@ -70,6 +72,8 @@ class RequestHandle:
             self._events.put(text)
 
     def _finish(self, result: GenerateResult | None, error: AutoGLMError | None) -> None:
+        if self._done.is_set():
+            return  # the first outcome stands (a failed step may report it again)
         self._result, self._error = result, error
         self._done.set()
         self._events.put(self._END)
@@ -165,12 +169,24 @@ class Scheduler:
             if self._stop:
                 raise OverloadedError("model is shutting down", code="shutting_down")
             if len(self._waiting) >= self.max_queue:
+                self._drop_cancelled()
+            if len(self._waiting) >= self.max_queue:
                 raise OverloadedError(
                     f"inference queue is full ({self.max_queue} waiting); retry later"
                 )
             self._waiting.append((handle, prompt_ids))
             self._cv.notify()
         return handle
+
+    def _drop_cancelled(self) -> None:
+        """Give the places of requests cancelled while waiting back (caller holds _cv)."""
+        keep: deque[tuple[RequestHandle, list[int]]] = deque()
+        for handle, prompt_ids in self._waiting:
+            if handle.cancelled:
+                handle._finish(self._result(handle, "", [], "cancelled", len(prompt_ids)), None)
+            else:
+                keep.append((handle, prompt_ids))
+        self._waiting = keep
 
     @property
     def queue_depth(self) -> int:
@@ -216,18 +232,24 @@ class Scheduler:
             if s.handle.cancelled or now > s.deadline
         ]
         self._retire(dict(finished))
-        self._admit()
-        stats = StepStats(batch_size=len(self._running), queue_depth=len(self._waiting))
+        waits = self._admit()
+        stats = StepStats(
+            batch_size=len(self._running), queue_depth=len(self._waiting), queue_waits=waits
+        )
         if self._running:
             stats.tokens = self._decode_step()
         if self.on_step:
             self.on_step(stats)
 
-    def _admit(self) -> None:
-        """Move waiting requests into the batch. Prompts with a cached prefix are
-        prefilled one by one (each from its own prefix); all others together, as one
-        left-padded forward pass."""
+    def _admit(self) -> list[float]:
+        """Move waiting requests into the batch; return how long each had waited.
+
+        Prompts with a cached prefix are prefilled one by one (each from its own prefix);
+        all others together, as one left-padded forward pass. If a prefill fails, the
+        requests taken off the queue for it are failed here: they are not all in the
+        batch yet, and the loop's error handling only reaches the batch."""
         fresh: list[_Sequence] = []
+        waits: list[float] = []
         while len(self._running) + len(fresh) < self.max_batch_size:
             with self._cv:
                 if not self._waiting:
@@ -239,6 +261,7 @@ class Scheduler:
             if time.monotonic() > handle.submitted + self._timeout(handle):
                 handle._finish(None, DeadlineExceededError("request waited too long in queue"))
                 continue
+            waits.append(time.monotonic() - handle.submitted)
             fresh.append(
                 _Sequence(
                     handle=handle,
@@ -252,6 +275,15 @@ class Scheduler:
                     deadline=handle.submitted + self._timeout(handle),
                 )
             )
+        try:
+            self._prefill(fresh)
+        except Exception:
+            for seq in fresh:
+                seq.handle._finish(None, AutoGLMError("generation failed"))
+            raise
+        return waits
+
+    def _prefill(self, fresh: list[_Sequence]) -> None:
         misses = []
         for seq in fresh:
             reused, prefix = (

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from autoglm.core.schemas import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
+
+StopSequence = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
+StopList = Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES)]
 
 
 class OpenAIRequest(BaseModel):
@@ -28,6 +35,26 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     include_usage: bool = False
+
+
+class GenerationRequest(OpenAIRequest):
+    """What chat and text completions share: model, sampling, ``n`` and streaming."""
+
+    model: str = Field(min_length=1, max_length=128)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1)
+    stop: StopSequence | StopList | None = None
+    #: Choice i of ``n`` uses ``seed + i``, so the bounds leave room below torch's 64 bits.
+    seed: int | None = Field(default=None, ge=-(2**62), le=2**62)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
 class Usage(BaseModel):

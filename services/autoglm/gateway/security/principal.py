@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal, TypeGuard
 
+from autoglm.core.schemas import is_safe_id
+
 Role = Literal["admin", "user", "service"]
 ROLES: tuple[Role, ...] = ("admin", "user", "service")
-#: Tenants become parts of state keys (``session:{tenant}:...``), so no ``:`` or ``/``.
-TENANT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def is_role(value: str) -> TypeGuard[Role]:
@@ -17,8 +16,8 @@ def is_role(value: str) -> TypeGuard[Role]:
 
 
 def is_tenant(value: str) -> bool:
-    # fullmatch, not ``^...$``: ``$`` would accept a trailing newline.
-    return TENANT_RE.fullmatch(value) is not None
+    """Tenants become parts of state keys (``session:{tenant}:...``) and archive folders."""
+    return is_safe_id(value, max_length=64)
 
 
 @dataclass(frozen=True)

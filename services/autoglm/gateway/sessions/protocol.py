@@ -7,16 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autoglm.core.schemas import ChatMessage, new_id
-
-SESSION_ID = r"^[A-Za-z0-9_.-]{1,128}$"
+from autoglm.core.schemas import SAFE_ID, ChatMessage, new_id
 
 
 class CreateSessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     #: Optional client-chosen id; a server id is generated otherwise.
-    id: str | None = Field(default=None, pattern=SESSION_ID)
+    id: str | None = Field(default=None, min_length=1, max_length=128, pattern=SAFE_ID)
     model: str | None = Field(default=None, min_length=1, max_length=128)
     #: Initial history, typically a system message.
     messages: list[ChatMessage] = Field(default_factory=list, max_length=1000)

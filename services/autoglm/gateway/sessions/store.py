@@ -14,7 +14,7 @@ import logging
 import time
 
 from autoglm.core.errors import AutoGLMError, ConflictError, NotFoundError
-from autoglm.core.schemas import SNAPSHOTS_TOPIC, ChatMessage, SnapshotEvent
+from autoglm.core.schemas import SNAPSHOTS_TOPIC, ChatMessage, SnapshotEvent, is_safe_id
 from autoglm.core.sidecar import SidecarAPI
 from autoglm.gateway.sessions.protocol import CreateSessionRequest, SessionRecord
 
@@ -50,6 +50,8 @@ class SessionStore:
 
     def get(self, tenant: str, session_id: str) -> tuple[SessionRecord, str | None]:
         """The record and its ETag; restored from the archive when the store lost it."""
+        if not is_safe_id(session_id):
+            raise self._not_found(session_id)  # no session can have that id
         entry = self.sidecar.get_state(session_key(tenant, session_id))
         if entry is not None:
             if entry.value == _TOMBSTONE:

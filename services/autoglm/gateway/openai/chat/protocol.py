@@ -8,36 +8,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from autoglm.core.schemas import ChatMessage, FinishReason
-from autoglm.gateway.openai.protocol import OpenAIRequest, StreamOptions, Usage
+from autoglm.core.schemas import SAFE_ID, ChatMessage, FinishReason
+from autoglm.gateway.openai.protocol import GenerationRequest, Usage
 
 
 def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-class ChatCompletionRequest(OpenAIRequest):
-    model: str = Field(min_length=1, max_length=128)
+class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
-    n: int = Field(default=1, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
     #: Extension: continue this server-side session (its history is prepended and the
     #: turn is appended to it).
-    session_id: str | None = Field(default=None, min_length=1, max_length=128)
-
-    @property
-    def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+    session_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=SAFE_ID)
 
 
 class ChatCompletionMessage(BaseModel):
