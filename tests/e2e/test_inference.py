@@ -9,6 +9,8 @@ import uuid
 import httpx
 import pytest
 import redis
+from dapr.clients import DaprClient
+from dapr.conf import settings as dapr_settings
 
 from autoglm.core.errors import PermissionDeniedError
 from autoglm.core.sidecar import Sidecar
@@ -36,6 +38,26 @@ def test_embed_through_invocation(mesh: Mesh) -> None:
     assert len(reply["data"]) == 2 and len(reply["data"][0]) == 384
 
 
+def test_generate_with_the_dapr_sdk_from_another_app(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any Dapr app calls ``generate`` with the stock SDK: plain JSON in, JSON out."""
+    # As an app beside the archiver's sidecar would (the SDK waits for its HTTP health).
+    monkeypatch.setattr(dapr_settings, "DAPR_HTTP_PORT", mesh.archiver.ports.http)
+    body = {"prompt": "Once upon a time", "sampling": {"max_tokens": 5, "temperature": 0}}
+    with DaprClient(address=f"127.0.0.1:{mesh.archiver.ports.grpc}") as dapr:
+        reply = dapr.invoke_method(
+            "inference",
+            "generate",
+            data=json.dumps(body),
+            content_type="application/json",
+            http_verb="POST",
+        )
+    result = json.loads(reply.data)
+    assert result["completion_tokens"] == 5 and result["finish_reason"] == "length"
+    assert result["model"] == "demo-glm" and result["text"]
+
+
 def test_stream_through_daprd_grpc_proxy(mesh: Mesh) -> None:
     payload = {"prompt": "Once upon a time", "sampling": {"max_tokens": 12, "temperature": 0}}
     frames = list(stream_generate(payload, grpc_port=mesh.gateway.ports.grpc, timeout=60))
@@ -55,6 +77,21 @@ def test_duplicate_delivery_yields_one_result(mesh: Mesh) -> None:
         time.sleep(0.2)
     client.publish("inference.requests", event)  # the broker redelivers / a client retries
     time.sleep(3)
+    assert len(_results_for(mesh, request_id)) == 1
+
+
+def test_simultaneous_duplicates_yield_one_result(mesh: Mesh) -> None:
+    """Both copies are in flight at once: the claim on the request id lets one generate
+    and sends the other back until the result is out, then acknowledges it."""
+    request_id = f"twin-{uuid.uuid4().hex}"
+    client = Sidecar(http_port=mesh.gateway.ports.http)
+    event = {"request_id": request_id, "request": {"prompt": "x", "sampling": {"max_tokens": 48}}}
+    client.publish("inference.requests", event)
+    client.publish("inference.requests", event)
+    deadline = time.monotonic() + 60
+    while not _results_for(mesh, request_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(5)  # the second copy's retry comes back and is acknowledged
     assert len(_results_for(mesh, request_id)) == 1
 
 

@@ -149,6 +149,20 @@ def test_jobs_complete_once_from_results(client: FlaskClient, sidecar: FakeSidec
     assert done["result"]["usage"]["total_tokens"] == 12
 
 
+def test_job_results_pass_the_output_content_filter(
+    sidecar: FakeSidecar, stream: FakeStream
+) -> None:
+    client = make_client(sidecar, stream, blocked_terms=["secret"])
+    job = client.post("/v1/jobs", json=CHAT, headers=USER).get_json()
+    result = _result({"request_id": f"acme:{job['id']}"}, text="the secret plan")
+    client.post(
+        "/dapr/events/inference-results",
+        json={"data": {"request_id": f"acme:{job['id']}", "result": result}},
+    )
+    choice = client.get(f"/v1/jobs/{job['id']}", headers=USER).get_json()["result"]["choices"][0]
+    assert choice["message"]["content"] == "the " and choice["finish_reason"] == "content_filter"
+
+
 def test_failed_job_carries_the_error(client: FlaskClient, sidecar: FakeSidecar) -> None:
     job = client.post("/v1/jobs", json=CHAT, headers=USER).get_json()
     error = {

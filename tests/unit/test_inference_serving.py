@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm.core.errors import UnavailableError
+from autoglm.core.errors import OverloadedError, UnavailableError
 from autoglm.core.pubsub import Ack
 from autoglm.inference.engine import AutoGLMEngine
 from autoglm.inference.serving import InferenceService
@@ -71,6 +71,72 @@ def test_duplicate_delivery_publishes_once(engine: AutoGLMEngine) -> None:
     assert service.on_request_event(_event()) is Ack.SUCCESS
     assert len(sidecar.published) == 1
     assert "idempotency:inference:job-1" in sidecar.state
+
+
+def test_delivery_while_another_holds_the_claim_is_retried_not_generated(
+    engine: AutoGLMEngine,
+) -> None:
+    """Two deliveries of one request at once (a redelivery past processingTimeout, a
+    client publishing twice) generate it once: the second comes back later."""
+    sidecar = FakeSidecar()
+    sidecar.state["idempotency:inference:job-1"] = ({"state": "claimed"}, 1)
+    assert InferenceService(engine, sidecar).on_request_event(_event()) is Ack.RETRY
+    assert sidecar.published == []
+    # The claim lapsed (its holder crashed): the next delivery does the work.
+    del sidecar.state["idempotency:inference:job-1"]
+    assert InferenceService(engine, sidecar).on_request_event(_event()) is Ack.SUCCESS
+    assert len(sidecar.published) == 1
+    assert sidecar.state["idempotency:inference:job-1"][0]["state"] == "published"
+
+
+def test_claim_is_renewed_while_generating(engine: AutoGLMEngine) -> None:
+    sidecar = FakeSidecar()
+    saves: list[tuple[str, object, int | None]] = []
+    real_save = sidecar.save_state
+
+    def recording_save(key: str, value: object, *args: object, **kw: object) -> None:
+        saves.append((key, value, kw.get("ttl_s")))  # type: ignore[arg-type]
+        real_save(key, value, *args, **kw)  # type: ignore[arg-type]
+
+    sidecar.save_state = recording_save  # type: ignore[method-assign]
+    # Renewed every 10 ms here, so a generation of 40 tokens renews it several times.
+    service = InferenceService(engine, sidecar, claim_ttl_s=0.03)
+    body = _event(request={"prompt": "hi", "sampling": {"max_tokens": 40, "temperature": 0}})
+    assert service.on_request_event(body) is Ack.SUCCESS
+    states = [value["state"] for _, value, _ in saves]  # type: ignore[index]
+    assert states[0] == "claimed" and states[-1] == "published"
+    assert states.count("claimed") >= 3, states
+    assert saves[0][2] == 1  # the claim lapses on its own if this process dies
+
+
+def test_overloaded_engine_asks_for_redelivery_and_frees_the_claim(
+    engine: AutoGLMEngine,
+) -> None:
+    sidecar = FakeSidecar()
+    service = InferenceService(engine, sidecar)
+
+    def full(*_a: object, **_k: object) -> object:
+        raise OverloadedError("inference queue is full")
+
+    service.engine = type("Full", (), {"submit": full, "request_timeout_s": 1})()  # type: ignore[assignment]
+    assert service.on_request_event(_event()) is Ack.RETRY
+    assert sidecar.published == [] and "idempotency:inference:job-1" not in sidecar.state
+
+
+@pytest.mark.parametrize(
+    "topic", ["audit", "session.snapshots", "inference.requests", "x.deadletter", "../x", ""]
+)
+def test_results_never_go_to_internal_topics(engine: AutoGLMEngine, topic: str) -> None:
+    sidecar = FakeSidecar()
+    assert InferenceService(engine, sidecar).on_request_event(_event(reply_topic=topic)) is Ack.DROP
+    assert sidecar.published == []
+
+
+def test_record_of_an_earlier_release_still_marks_a_duplicate(engine: AutoGLMEngine) -> None:
+    sidecar = FakeSidecar()
+    sidecar.state["idempotency:inference:job-1"] = ({"published": 1700000000.0}, 1)
+    assert InferenceService(engine, sidecar).on_request_event(_event()) is Ack.SUCCESS
+    assert sidecar.published == []
 
 
 def test_admin_methods_only_for_allowed_callers(engine: AutoGLMEngine) -> None:

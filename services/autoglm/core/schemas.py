@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autoglm.core.errors import InvalidRequestError
 
@@ -127,12 +127,28 @@ class ModelRef(Payload):
     model: str = Field(min_length=1, max_length=128)
 
 
+_INTERNAL_TOPICS = frozenset({REQUESTS_TOPIC, SNAPSHOTS_TOPIC, AUDIT_TOPIC})
+
+
 class InferenceRequestEvent(Payload):
     """Published to ``inference.requests``; the result goes to ``reply_topic``."""
 
     request_id: str = Field(min_length=1, max_length=128)
-    reply_topic: str = Field(default=RESULTS_TOPIC, min_length=1, max_length=128)
+    reply_topic: str = Field(
+        default=RESULTS_TOPIC,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+    )
     request: GenerateRequest
+
+    @field_validator("reply_topic")
+    @classmethod
+    def _not_internal(cls, topic: str) -> str:
+        # A result must not land where another app takes it for something else.
+        if topic in _INTERNAL_TOPICS or topic.endswith(".deadletter"):
+            raise ValueError(f"{topic!r} is an internal topic and cannot take results")
+        return topic
 
     @model_validator(mode="after")
     def _same_id(self) -> InferenceRequestEvent:

@@ -87,6 +87,10 @@ def create_app(
     app.register_blueprint(embeddings_blueprint(EmbeddingService(inference)))
     app.register_blueprint(models_blueprint(ModelService(inference)))
     app.register_blueprint(sessions_blueprint(sessions))
-    app.register_blueprint(jobs_blueprint(JobStore(sidecar, ttl_s=settings.job_ttl_s), chat))
+    app.register_blueprint(
+        jobs_blueprint(
+            JobStore(sidecar, ttl_s=settings.job_ttl_s, content_filter=content_filter), chat
+        )
+    )
     app.register_blueprint(attachments_blueprint(sidecar, archiver_app_id=settings.archiver_app_id))
     return app

@@ -86,6 +86,7 @@ def main() -> int:
         metrics=metrics,
         admin_callers=tuple(settings.admin_callers),
         idempotency_ttl_s=settings.idempotency_ttl_s,
+        claim_ttl_s=settings.claim_ttl_s,
         fault_delay_s=settings.fault_delay_ms / 1000 if settings.faults_enabled else 0.0,
     )
     if service.fault_delay_s:

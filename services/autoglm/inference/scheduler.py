@@ -87,6 +87,10 @@ class RequestHandle:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; whether the request has finished."""
+        return self._done.wait(timeout)
+
     def result(self, timeout: float | None = None) -> GenerateResult:
         if not self._done.wait(timeout):
             self.cancel()

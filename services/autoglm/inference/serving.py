@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -19,6 +20,7 @@ from autoglm.core.errors import (
     AutoGLMError,
     InternalError,
     InvalidRequestError,
+    OverloadedError,
     PermissionDeniedError,
 )
 from autoglm.core.pubsub import Ack
@@ -38,6 +40,14 @@ from autoglm.inference.metrics import InferenceMetrics
 
 log = logging.getLogger(__name__)
 
+#: Value of a request id's idempotency record while a delivery is generating it.
+_CLAIMED = {"state": "claimed"}
+
+
+def _is_claim(record: object) -> bool:
+    return isinstance(record, dict) and record.get("state") == "claimed"
+
+
 T = TypeVar("T")
 
 
@@ -50,6 +60,7 @@ class InferenceService:
         metrics: InferenceMetrics | None = None,
         admin_callers: tuple[str, ...] = ("gateway",),
         idempotency_ttl_s: int = 86400,
+        claim_ttl_s: float = 30.0,
         fault_delay_s: float = 0.0,
     ) -> None:
         self.engine = engine
@@ -57,6 +68,7 @@ class InferenceService:
         self.metrics = metrics or InferenceMetrics()
         self.admin_callers = admin_callers
         self.idempotency_ttl_s = idempotency_ttl_s
+        self.claim_ttl_s = claim_ttl_s
         #: Injected latency before each generation (chaos tests only; 0 in any real run).
         self.fault_delay_s = fault_delay_s
 
@@ -76,11 +88,19 @@ class InferenceService:
         self.metrics.latency.labels(label, method).observe(time.monotonic() - started)
         return body
 
-    def _generate(self, request: GenerateRequest) -> GenerateResult:
+    def _generate(
+        self, request: GenerateRequest, keep_alive: Callable[[], None] | None = None
+    ) -> GenerateResult:
+        """Run one generation; ``keep_alive`` is called every ``claim_ttl_s / 3`` while
+        it runs (the pub/sub path renews its claim on the request id with it)."""
         if self.fault_delay_s:
             time.sleep(self.fault_delay_s)
         handle = self.engine.submit(request)
-        result = handle.result(self.engine.request_timeout_s + 5)
+        deadline = time.monotonic() + self.engine.request_timeout_s + 5
+        if keep_alive is not None:
+            while not handle.wait(self.claim_ttl_s / 3) and time.monotonic() < deadline:
+                keep_alive()
+        result = handle.result(max(0.0, deadline - time.monotonic()))
         if handle.ttft is not None:
             self.metrics.ttft.labels(result.model).observe(handle.ttft)
         trace.get_current_span().set_attributes(
@@ -168,48 +188,85 @@ class InferenceService:
 
         Invalid messages cannot succeed on redelivery, so they are dropped (Dapr routes
         them to the dead-letter topic). A message is acknowledged only once its result is
-        published; a redelivered duplicate of a finished request publishes nothing.
+        published. Deliveries of one request id are made exclusive by a claim in the
+        state store (``idempotency:inference:{id}``): created first-write-wins with a
+        short TTL and renewed while the generation runs, so a second delivery while the
+        first is still working is asked to come back later (RETRY), a claim of a crashed
+        replica lapses within ``claim_ttl_s``, and once the result is out the record says
+        so and every later duplicate is acknowledged without a second result.
         """
         try:
             event = parse(InferenceRequestEvent, body)
         except InvalidRequestError as exc:
             log.warning("invalid inference request dropped", extra={"reason": exc.message})
             return Ack.DROP
-        key = f"idempotency:inference:{event.request_id}"
+        rid = event.request_id
+        key = f"idempotency:inference:{rid}"
         try:
-            if self.sidecar.get_state(key) is not None:
-                log.info("duplicate delivery ignored", extra={"request_id": event.request_id})
+            entry = self.sidecar.get_state(key)
+            if entry is not None and not _is_claim(entry.value):
+                log.info("duplicate delivery ignored", extra={"request_id": rid})
                 return Ack.SUCCESS
+            if entry is not None:
+                log.info("request is being served by another delivery", extra={"request_id": rid})
+                return Ack.RETRY
+            self.sidecar.save_state(key, _CLAIMED, create_only=True, ttl_s=self._claim_ttl)
         except AutoGLMError as exc:
-            log.error(
-                "idempotency check failed; will be redelivered",
-                extra={"request_id": event.request_id, "reason": exc.message},
+            # Store down, or another delivery claimed it first: either way, later.
+            log.warning(
+                "request not claimed; will be redelivered",
+                extra={"request_id": rid, "reason": exc.message},
             )
             return Ack.RETRY
+
+        def renew() -> None:
+            try:
+                self.sidecar.save_state(key, _CLAIMED, ttl_s=self._claim_ttl)
+            except AutoGLMError as exc:
+                log.warning("claim not renewed", extra={"request_id": rid, "reason": exc.message})
+
         try:
             outcome = InferenceResultEvent(
-                request_id=event.request_id, result=self._generate(event.request)
+                request_id=rid, result=self._generate(event.request, keep_alive=renew)
             )
+        except OverloadedError:
+            self._release(key)
+            return Ack.RETRY  # a full queue is temporary: take it again later
         except AutoGLMError as exc:
-            outcome = InferenceResultEvent(request_id=event.request_id, error=exc.to_payload())
+            outcome = InferenceResultEvent(request_id=rid, error=exc.to_payload())
         except Exception:
-            log.exception("generation failed", extra={"request_id": event.request_id})
+            log.exception("generation failed", extra={"request_id": rid})
             err = InternalError("generation failed")
-            outcome = InferenceResultEvent(request_id=event.request_id, error=err.to_payload())
+            outcome = InferenceResultEvent(request_id=rid, error=err.to_payload())
         try:
             self.sidecar.publish(event.reply_topic, outcome.model_dump(mode="json"))
         except AutoGLMError as exc:
             log.error(
                 "result not published; will be redelivered",
-                extra={"request_id": event.request_id, "reason": exc.message},
+                extra={"request_id": rid, "reason": exc.message},
             )
+            self._release(key)
             return Ack.RETRY
         try:
-            self.sidecar.save_state(key, {"published": time.time()}, ttl_s=self.idempotency_ttl_s)
+            self.sidecar.save_state(
+                key, {"state": "published", "at": time.time()}, ttl_s=self.idempotency_ttl_s
+            )
         except AutoGLMError as exc:
-            # The result is out; at worst a redelivery publishes it a second time.
+            # The result is out; the claim lapses and a redelivery could publish again.
             log.warning(
-                "idempotency record not saved",
-                extra={"request_id": event.request_id, "reason": exc.message},
+                "idempotency record not saved", extra={"request_id": rid, "reason": exc.message}
             )
         return Ack.SUCCESS
+
+    @property
+    def _claim_ttl(self) -> int:
+        return max(1, math.ceil(self.claim_ttl_s))  # the state store counts whole seconds
+
+    def _release(self, key: str) -> None:
+        """Drop a claim whose work did not happen, so a redelivery need not wait it out."""
+        try:
+            entry = self.sidecar.get_state(key)
+            if entry is not None and _is_claim(entry.value):
+                self.sidecar.delete_state(key, etag=entry.etag)
+        except AutoGLMError as exc:
+            log.warning("claim not released; it lapses", extra={"key": key, "reason": exc.message})

@@ -31,6 +31,7 @@ from autoglm.gateway.openai.chat.protocol import (
     ChatCompletionResponse,
 )
 from autoglm.gateway.openai.protocol import Usage
+from autoglm.gateway.security.content_filter import ContentFilter
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,13 @@ def job_key(tenant: str, job_id: str) -> str:
 
 
 class JobStore:
-    def __init__(self, sidecar: SidecarAPI, *, ttl_s: int) -> None:
+    def __init__(
+        self, sidecar: SidecarAPI, *, ttl_s: int, content_filter: ContentFilter | None = None
+    ) -> None:
         self.sidecar = sidecar
         self.ttl_s = ttl_s
+        #: The output filter applies to job results as to synchronous replies.
+        self.filter = content_filter or ContentFilter()
 
     def submit(self, tenant: str, request: GenerateRequest) -> JobRecord:
         job = JobRecord(tenant=tenant, model=request.model or "")
@@ -86,7 +91,7 @@ class JobStore:
                 return Ack.SUCCESS  # redelivered duplicate
             job.completed = int(time.time())
             if event.result is not None:
-                r = event.result
+                r = self.filter.filter_result(event.result)
                 job.status, job.model = "completed", r.model
                 job.result = ChatCompletionResponse(
                     id=f"chatcmpl-{job_id}",

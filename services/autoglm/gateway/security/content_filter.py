@@ -16,6 +16,7 @@ import unicodedata
 from collections.abc import Sequence
 
 from autoglm.core.errors import InvalidRequestError
+from autoglm.core.schemas import GenerateResult
 
 #: Characters with Unicode category Cf that render as nothing but split words.
 _INVISIBLE = re.compile("[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
@@ -48,6 +49,16 @@ class ContentFilter:
             raise InvalidRequestError(
                 "the input contains blocked content", code="content_filter", param="messages"
             )
+
+    def filter_result(self, result: GenerateResult) -> GenerateResult:
+        """``result`` cut before its first blocked content, with ``finish_reason``
+        ``content_filter``; unchanged when clean."""
+        cut = self.first_violation(result.text)
+        if cut is None:
+            return result
+        return result.model_copy(
+            update={"text": result.text[:cut], "finish_reason": "content_filter"}
+        )
 
     def first_violation(self, text: str) -> int | None:
         """Offset in ``text`` where output must be cut, or None when it is clean."""

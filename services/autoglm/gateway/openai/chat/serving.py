@@ -18,7 +18,6 @@ from autoglm.core.schemas import (
     ChatMessage,
     FinishReason,
     GenerateRequest,
-    GenerateResult,
     SamplingParams,
     parse,
 )
@@ -93,7 +92,9 @@ class ChatCompletionService:
                 return ChatOutcome(hit, cached=True)
         prompt = self._prompt(session, request)
         results = [
-            self._filtered(self.inference.generate(self.generate_request(request, prompt, i)))
+            self.filter.filter_result(
+                self.inference.generate(self.generate_request(request, prompt, i))
+            )
             for i in range(request.n)
         ]
         if session is not None:
@@ -200,14 +201,6 @@ class ChatCompletionService:
             messages=prompt,
             sampling=sampling,
             timeout_s=self.settings.request_timeout_s,
-        )
-
-    def _filtered(self, result: GenerateResult) -> GenerateResult:
-        cut = self.filter.first_violation(result.text)
-        if cut is None:
-            return result
-        return result.model_copy(
-            update={"text": result.text[:cut], "finish_reason": "content_filter"}
         )
 
     def _cache_key(self, tenant: str, request: ChatCompletionRequest) -> str | None:

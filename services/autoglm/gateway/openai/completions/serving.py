@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from autoglm.core.errors import AutoGLMError, InvalidRequestError
-from autoglm.core.schemas import GenerateRequest, GenerateResult, SamplingParams, parse
+from autoglm.core.schemas import GenerateRequest, SamplingParams, parse
 from autoglm.gateway import sse
 from autoglm.gateway.inference_client import InferenceClient
 from autoglm.gateway.openai.completions.protocol import (
@@ -62,13 +62,14 @@ class CompletionService:
         prompt_tokens, completion_tokens, model = 0, 0, request.model
         for prompt in request.prompts:
             for i in range(request.n):
-                result = self.inference.generate(self._generate(request, prompt, i))
-                text, finish = self._filtered(result)
+                result = self.filter.filter_result(
+                    self.inference.generate(self._generate(request, prompt, i))
+                )
                 choices.append(
                     CompletionChoice(
                         index=len(choices),
-                        text=(prompt + text) if request.echo else text,
-                        finish_reason=finish,
+                        text=(prompt + result.text) if request.echo else result.text,
+                        finish_reason=result.finish_reason,
                     )
                 )
                 if i == 0:
@@ -107,9 +108,3 @@ class CompletionService:
             yield sse.error_event(exc)
         finally:
             stream.close()
-
-    def _filtered(self, result: GenerateResult) -> tuple[str, str]:
-        cut = self.filter.first_violation(result.text)
-        if cut is None:
-            return result.text, result.finish_reason
-        return result.text[:cut], "content_filter"
