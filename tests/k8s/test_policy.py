@@ -231,6 +231,28 @@ def test_every_app_has_a_pdb(rendered: Rendered) -> None:
     assert {_base_app(d) for d in rendered.of_kind("Deployment")} <= covered
 
 
+def test_archiver_is_a_single_writer(rendered: Rendered) -> None:
+    """One archiver pod at any time: its Bloom filter, head cache and staging files are
+    per process, so a second writer on the volume (or a rollout surge) corrupts state."""
+    archivers = [d for d in rendered.of_kind("Deployment") if _base_app(d) == "archiver"]
+    assert len(archivers) == 1, f"{rendered.overlay}: one archiver Deployment, no canary"
+    spec = archivers[0]["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    assert not [
+        s
+        for s in rendered.of_kind("HorizontalPodAutoscaler") + rendered.of_kind("ScaledObject")
+        if s["spec"]["scaleTargetRef"]["name"] == archivers[0]["metadata"]["name"]
+    ], "nothing may scale the archiver"
+    assert rendered.get("PersistentVolumeClaim", "archive")["spec"]["accessModes"] == [
+        "ReadWriteOnce"
+    ]
+    # A single replica with minAvailable 1 would block every node drain.
+    pdb = rendered.get("PodDisruptionBudget", "archiver")["spec"]
+    assert pdb["selector"]["matchLabels"] == {"app": "archiver"}
+    assert pdb.get("maxUnavailable") == 1 and "minAvailable" not in pdb
+
+
 def test_istio(rendered: Rendered) -> None:
     mode = rendered.get("PeerAuthentication", "default")["spec"]["mtls"]["mode"]
     assert mode == ("PERMISSIVE" if rendered.overlay == "dev" else "STRICT")

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from autoglm.archiver import filetypes
 from autoglm.archiver.attachments import AttachmentStore, check_filename
 from autoglm.archiver.paths import attachment_dir, session_dir
 from autoglm.archiver.settings import AttachmentPolicy
@@ -27,6 +28,7 @@ from autoglm.core.errors import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    UnavailableError,
     UnprocessableError,
 )
 from tests.support.fakes import FakeSidecar
@@ -248,3 +250,86 @@ def test_errors_keep_their_status_over_the_wire(tmp_path: Path) -> None:
     exc = ConflictError("resume at 5", details={"expected_offset": 5})
     back = AutoGLMError.from_payload(json.loads(json.dumps(exc.to_payload())))
     assert back.status == 409 and back.details["expected_offset"] == 5
+
+
+def _patched_zip(*, flag: int = 0, method: int | None = None) -> bytes:
+    """A one-member zip whose general purpose flags / compression method are rewritten in
+    both the local header and the central directory (what encrypting tools produce)."""
+    raw = bytearray(_zip({"secret.txt": b"hello" * 100}))
+    local, central = raw.index(b"PK\x03\x04"), raw.index(b"PK\x01\x02")
+    for flags_at in (local + 6, central + 8):
+        raw[flags_at] |= flag
+        if method is not None:  # the method field follows the two flag bytes
+            raw[flags_at + 2 : flags_at + 4] = method.to_bytes(2, "little")
+    return bytes(raw)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (_patched_zip(flag=0x1), "'secret.txt' is encrypted"),
+        (_patched_zip(method=99), r"unsupported zip feature.*method 99"),
+    ],
+    ids=["encrypted", "unknown-method"],
+)
+def test_unreadable_zip_is_refused_and_the_upload_discarded(
+    tmp_path: Path, data: bytes, why: str
+) -> None:
+    store, sidecar = make(tmp_path)
+    aid = start(store, data, mime="application/zip", filename="s.zip")
+    with pytest.raises(UnprocessableError, match=why) as err:
+        put(store, aid, 0, data)
+    assert err.value.status == 422 and err.value.code == "unsafe_archive"
+    # Nothing left to resume: a retry of the last chunk is a 404, not the same failure.
+    assert f"upload:acme:{aid}" not in sidecar.state
+    assert not list(tmp_path.rglob("*.part"))
+    with pytest.raises(NotFoundError):
+        put(store, aid, 0, data)
+
+
+def test_zip_parser_errors_become_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever else zipfile raises on hostile bytes is a 422, not an escaped 500."""
+
+    def boom(*_: Any, **__: Any) -> None:
+        raise RuntimeError("password required")
+
+    ok = _zip({"a.txt": b"x"})
+    monkeypatch.setattr(zipfile.ZipFile, "open", boom)
+    store, sidecar = make(tmp_path)
+    aid = start(store, ok, mime="application/zip", filename="a.zip")
+    with pytest.raises(UnprocessableError, match=r"cannot be inspected.*password required"):
+        put(store, aid, 0, ok)
+    assert f"upload:acme:{aid}" not in sidecar.state and not list(tmp_path.rglob("*.part"))
+
+
+def test_server_side_failure_keeps_the_upload_for_a_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    def flaky(*_: Any) -> None:
+        calls.append("verify")
+        if len(calls) == 1:
+            raise UnavailableError("disk busy")
+
+    monkeypatch.setattr(filetypes, "verify", flaky)
+    store, sidecar = make(tmp_path)
+    aid = start(store, PNG)
+    with pytest.raises(UnavailableError):
+        put(store, aid, 0, PNG)
+    assert f"upload:acme:{aid}" in sidecar.state
+    assert put(store, aid, 0, PNG).complete  # the retried last chunk finishes the upload
+
+
+def test_any_refusal_of_the_finished_object_discards_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_: Any) -> None:
+        raise PayloadTooLargeError("unpacked too big for this tenant")
+
+    monkeypatch.setattr(filetypes, "verify", refuse)
+    store, sidecar = make(tmp_path)
+    aid = start(store, PNG)
+    with pytest.raises(PayloadTooLargeError):
+        put(store, aid, 0, PNG)
+    assert f"upload:acme:{aid}" not in sidecar.state and not list(tmp_path.rglob("*.part"))

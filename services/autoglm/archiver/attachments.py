@@ -8,7 +8,7 @@ one rename to ``{root}/attachments/{category}/{md5(tenant)[:2]}/{tenant}/{id}/``
 and ``metadata.json``); a failed verification discards the upload.
 
 Writers of one upload are serialised by an exclusive ``flock`` on its part file, so two
-replicas sharing the archive volume cannot interleave chunks.
+concurrent calls (the gRPC callback threads) cannot interleave chunks.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from autoglm.core.archive_protocol import (
     b64encode,
 )
 from autoglm.core.errors import (
+    AutoGLMError,
     ConflictError,
     InternalError,
     InvalidRequestError,
@@ -220,7 +221,7 @@ class AttachmentStore:
         )
 
     def _finish(self, cp: Checkpoint, etag: str | None, part: BinaryIO) -> None:
-        """Verify the whole object; move it into place, or discard the upload (422)."""
+        """Verify the whole object; move it into place, or discard the upload (any 4xx)."""
         part_path = self._part(cp.tenant, cp.id)
         digest = hashlib.sha256()
         part.seek(0)
@@ -235,7 +236,10 @@ class AttachmentStore:
                     param="sha256",
                 )
             filetypes.verify(part_path, cp.mime_type, self.policy)
-        except UnprocessableError:
+        except AutoGLMError as exc:
+            if exc.status >= 500:
+                raise  # our failure, not the object's: keep the upload so a retry can finish
+            # A refused object stays refused: keeping it would fail every retry the same way.
             part_path.unlink(missing_ok=True)
             self.sidecar.delete_state(checkpoint_key(cp.tenant, cp.id))
             raise

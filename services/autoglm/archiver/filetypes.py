@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import lzma
 import tarfile
 import zipfile
 import zlib
@@ -179,8 +180,22 @@ def inspect_archive(path: Path, kind: str, policy: AttachmentPolicy) -> None:
             _inspect_gzip(path, budget)
         else:
             _inspect_tar(path, "r:", budget)
-    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+    except (
+        zipfile.BadZipFile,
+        tarfile.TarError,
+        OSError,
+        EOFError,
+        zlib.error,
+        lzma.LZMAError,
+    ) as exc:
         raise _unsafe(f"corrupt {kind} data ({exc})") from None
+    except (RuntimeError, NotImplementedError, ValueError) as exc:
+        # What the parsers raise for features they cannot read (passwords, exotic methods,
+        # malformed fields): content we cannot vet is refused, never a 500.
+        raise _unsafe(f"{kind} data cannot be inspected ({exc})") from None
+
+
+_ZIP_ENCRYPTED = 0x1  # general purpose flag bit 0
 
 
 def _inspect_zip(path: Path, budget: _Budget) -> None:
@@ -188,8 +203,19 @@ def _inspect_zip(path: Path, budget: _Budget) -> None:
         for info in zf.infolist():
             budget.entry()
             _check_member(info.filename)
+            # zipfile decides from the central directory; check the same bits first so the
+            # refusal names the member (an encrypted one cannot be vetted without its key).
+            if info.flag_bits & _ZIP_ENCRYPTED:
+                raise _unsafe(f"member {info.filename!r} is encrypted")
+            try:
+                opened = zf.open(info)
+            except NotImplementedError as exc:
+                raise _unsafe(
+                    f"member {info.filename!r} uses an unsupported zip feature: {exc} "
+                    f"(compression method {info.compress_type})"
+                ) from None
             # Headers can lie about sizes: decompress (bounded) and count real bytes.
-            with zf.open(info) as member:
+            with opened as member:
                 while chunk := member.read(1 << 16):
                     budget.bytes(len(chunk))
 

@@ -6,7 +6,10 @@ component is deployed. Every ``interval_seconds`` it:
 
 * compresses ``{day}.jsonl`` files older than ``compress_after_days`` to
   ``{day}.jsonl.gz`` (or ``.zst``), AES-GCM sealed as ``....enc`` when ``encrypt`` is on,
-  written atomically before the original is removed;
+  written atomically before the original is removed. An event that arrives late for a day
+  already compressed recreates ``{day}.jsonl``; it becomes the next free part
+  ``{day}.{n}.jsonl.gz`` (n = 1, 2, ...), never a rewrite of an earlier archive. A day's
+  events are the concatenation of its parts in ``n`` order;
 * deletes files (raw or compressed) older than ``delete_after_days``.
 
 Today's file is never touched: it is still being appended to.
@@ -15,6 +18,7 @@ Today's file is never touched: it is still being appended to.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import re
 import threading
@@ -27,8 +31,10 @@ from autoglm.archiver.settings import RetentionPolicy
 
 log = logging.getLogger(__name__)
 
-_DAILY = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl(\.gz|\.zst)?(\.enc)?$")
+_DAILY = re.compile(r"^(\d{4}-\d{2}-\d{2})(\.\d+)?\.jsonl(\.gz|\.zst)?(\.enc)?$")
 _SUFFIX = {"gzip": ".gz", "zstd": ".zst", "none": ""}
+#: Every name one part may have, whatever the settings were when it was written.
+_VARIANTS = [c + e for c in ("", ".gz", ".zst") for e in ("", ".enc")]
 
 
 class Retention:
@@ -53,24 +59,42 @@ class Retention:
                 path.unlink()
                 fsync_dir(path.parent)
                 done["deleted"] += 1
-            elif age > self.policy.compress_after_days and not (match.group(2) or match.group(3)):
+            elif age > self.policy.compress_after_days and not any(match.groups()[1:]):
                 done["compressed"] += self._compress(path)
         for action, count in done.items():
             self.metrics.retention.labels(action).inc(count)
         return done
 
     def _compress(self, path: Path) -> bool:
-        aad = f"audit:{path.parent.name}/{path.name}".encode()
-        blob, info = self.codec.encode(path.read_bytes(), aad)
-        target = path.with_name(
-            path.name + _SUFFIX[info.compression] + (".enc" if info.encrypted else "")
-        )
-        if target == path:
+        suffix = _SUFFIX[self.codec.compression] + (".enc" if self.codec.encrypt else "")
+        if not suffix:
             return False  # compression "none" without encryption: nothing to change
+        stem = _free_stem(path)
+        # The AAD names the part, so one part's blob cannot pass for another's.
+        aad = f"audit:{path.parent.name}/{stem}".encode()
+        data = path.read_bytes()
+        blob, _ = self.codec.encode(data, aad)
+        target = path.with_name(stem + suffix)
         atomic_write(target, blob)
+        if path.stat().st_size != len(data):
+            # A late event was appended meanwhile: retry the whole file on the next pass.
+            target.unlink()
+            fsync_dir(path.parent)
+            return False
         path.unlink()
         fsync_dir(path.parent)
         return True
+
+
+def _free_stem(path: Path) -> str:
+    """``{day}.jsonl``, or ``{day}.{n}.jsonl`` for the first ``n`` with no part on disk."""
+    day = path.name.removesuffix(".jsonl")
+    for n in itertools.count():
+        stem = f"{day}.{n}.jsonl" if n else path.name
+        # Part 0's raw name is ``path`` itself, the file being compressed.
+        if not any(path.with_name(stem + v).exists() for v in _VARIANTS if n or v):
+            return stem
+    raise AssertionError("unreachable")
 
 
 class RetentionScheduler:
@@ -91,7 +115,9 @@ class RetentionScheduler:
             try:
                 done = self.retention.run()
                 log.info("retention pass", extra=done)
-            except OSError as exc:
-                log.error("retention pass failed", extra={"reason": str(exc)})
+            except Exception as exc:
+                # Any failure (disk, codec, key fetch) is logged and retried on schedule: an
+                # exception escaping here would end the thread and retention with it, silently.
+                log.exception("retention pass failed", extra={"reason": str(exc)})
             if self._stop.wait(self.interval_s):
                 return
