@@ -168,3 +168,40 @@ def test_attachment_larger_than_a_sidecar_message_round_trips(mesh: Mesh) -> Non
         assert got.headers["x-autoglm-sha256"] == digest
         other = c.get(f"/v1/attachments/{aid}", headers=mesh.headers("globex"))
         assert other.status_code == 404
+
+
+def test_deleted_session_stays_deleted_when_the_state_store_is_lost(mesh: Mesh) -> None:
+    """DELETE reaches the archiver too: once the state store loses the tombstone (Redis
+    flushed), the session is not restored from the archive but stays 404."""
+    url, headers = mesh.gateway_url, mesh.headers()
+    sid = httpx.post(f"{url}/v1/sessions", json={}, headers=headers, timeout=30).json()["id"]
+    body = {
+        "model": "demo-glm",
+        "messages": [{"role": "user", "content": "Forget me"}],
+        "max_tokens": 4,
+        "session_id": sid,
+    }
+    resp = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+    assert resp.status_code == 200, resp.text
+
+    def archived() -> list[object]:
+        return list(mesh.archive_root.rglob(f"sessions/*/acme/{sid}/*/context.bin"))
+
+    deadline = time.monotonic() + 30
+    while not archived() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert archived(), "the session's snapshot never reached the archive"
+
+    deleted = httpx.delete(f"{url}/v1/sessions/{sid}", headers=headers, timeout=30)
+    assert deleted.status_code == 200, deleted.text
+    # The archiver applies the deletion asynchronously (pub/sub).
+    deadline = time.monotonic() + 30
+    while archived() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not archived(), "the archiver kept the deleted session's versions"
+
+    store = redis.Redis(port=mesh.backing.redis_port)
+    assert store.delete(f"gateway||session:acme:{sid}") == 1  # the tombstone is lost
+    after = httpx.get(f"{url}/v1/sessions/{sid}", headers=headers, timeout=30)
+    assert after.status_code == 404, after.text
+    assert not store.exists(f"gateway||session:acme:{sid}")  # nothing written back

@@ -274,3 +274,113 @@ def test_bloom_filter_has_no_false_negatives() -> None:
     assert all(k in bloom for k in keys)
     false_positives = sum(f"t/x{i}" in bloom for i in range(10_000))
     assert false_positives < 300
+
+
+def deletion(version: int, session: str = "s1") -> bytes:
+    body = {"tenant": "acme", "session_id": session, "version": version, "messages": []}
+    return json.dumps({**body, "deleted": True}).encode()
+
+
+def restore_status(service: ArchiverService, session: str = "s1") -> int:
+    reply = json.loads(service.restore(json.dumps({"tenant": "acme", "session_id": session})))
+    return int(reply["error"]["status"]) if "error" in reply else 200
+
+
+def test_deletion_removes_versions_pending_state_and_heads(tmp_path: Path) -> None:
+    clock = Clock()
+    sessions, service = build(tmp_path, clock, idle_ms=1)
+    service.on_snapshot(event(1, "a", flush=True))
+    service.on_snapshot(event(2, "a", "b", flush=True))  # on disk and the cached head
+    service.on_snapshot(event(3, "a", "b", "c"))  # dirty, staged
+    assert versions(sessions) == [1, 2] and sessions.dirty_count == 1
+    assert service.on_snapshot(deletion(3)) is Ack.SUCCESS
+    assert sessions.dirty_count == 0
+    assert not list((tmp_path / "staging").rglob("*.pending"))
+    assert not list(tmp_path.rglob("context.bin"))  # no version left, not even hidden
+    clock.now += 1
+    assert sessions.flush_due() == 0 and sessions.flush_all() == 0  # nothing re-created
+    assert not list(tmp_path.rglob("context.bin"))
+    assert restore_status(service) == 404
+    with pytest.raises(NotFoundError):
+        sessions.restore("acme", "s1", 2)
+
+
+def test_deletion_is_idempotent_and_covers_never_archived_ids(tmp_path: Path) -> None:
+    sessions, service = build(tmp_path)
+    service.on_snapshot(event(1, "a", flush=True))
+    assert service.on_snapshot(deletion(1)) is Ack.SUCCESS
+    assert service.on_snapshot(deletion(1)) is Ack.SUCCESS  # redelivery
+    assert versions(sessions) == [] and restore_status(service) == 404
+    # Deleted before the archiver saw it: its snapshot may still arrive afterwards.
+    assert service.on_snapshot(deletion(1, session="fresh")) is Ack.SUCCESS
+    assert service.on_snapshot(event(1, "a", session="fresh", flush=True)) is Ack.SUCCESS
+    assert versions(sessions, "fresh") == [] and restore_status(service, "fresh") == 404
+
+
+def test_stale_snapshot_after_deletion_does_not_resurrect(tmp_path: Path) -> None:
+    sessions, service = build(tmp_path)
+    service.on_snapshot(event(1, "a", flush=True))
+    service.on_snapshot(deletion(2))
+    # Redeliveries of earlier snapshots, including the deleted version itself.
+    for body in (event(1, "a", flush=True), event(2, "a", "b", flush=True), event(2, "x")):
+        assert service.on_snapshot(body) is Ack.SUCCESS
+    assert sessions.metrics.events.labels("snapshot", "after_deletion")._value.get() == 3
+    assert versions(sessions) == [] and sessions.dirty_count == 0
+    assert restore_status(service) == 404
+    # Still deleted after a restart: the marker is on disk, not only in memory.
+    sessions2, service2 = build(tmp_path)
+    assert service2.on_snapshot(event(2, "a", "b", flush=True)) is Ack.SUCCESS
+    assert versions(sessions2) == [] and restore_status(service2) == 404
+    # A later version comes only from a live session (the id re-created): archived anew.
+    assert service2.on_snapshot(event(3, "new", flush=True)) is Ack.SUCCESS
+    reply = json.loads(service2.restore(b'{"tenant": "acme", "session_id": "s1"}'))
+    assert reply["version"] == 3 and [m["content"] for m in reply["messages"]] == ["new"]
+
+
+def test_deletion_with_history_is_dropped(tmp_path: Path) -> None:
+    sessions, service = build(tmp_path)
+    service.on_snapshot(event(1, "a", flush=True))
+    body = json.loads(event(1, "a"))
+    assert service.on_snapshot(json.dumps({**body, "deleted": True}).encode()) is Ack.DROP
+    assert versions(sessions) == [1]
+
+
+def test_deletion_disk_error_is_retried_and_never_serves_deleted_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions, service = build(tmp_path)
+    service.on_snapshot(event(1, "a", flush=True))
+    service.on_snapshot(event(2, "a", "b"))  # staged
+
+    def read_only(*_a: object, **_k: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    # The marker lands, removing the versions fails: the crash-between-steps state.
+    monkeypatch.setattr("autoglm.archiver.snapshots.shutil.rmtree", read_only)
+    assert service.on_snapshot(deletion(2)) is Ack.RETRY
+    assert not sessions.readiness.ready
+    assert list(tmp_path.rglob("context.bin"))  # still on disk ...
+    assert restore_status(service) == 404  # ... but never served
+    monkeypatch.undo()
+    # A restart before the redelivery does not reload the deleted staged state.
+    sessions2, service2 = build(tmp_path)
+    assert sessions2.dirty_count == 0 and not list((tmp_path / "staging").rglob("*.pending"))
+    assert service2.on_snapshot(deletion(2)) is Ack.SUCCESS  # the redelivery
+    assert not list(tmp_path.rglob("context.bin")) and sessions2.readiness.ready
+
+
+def test_deletion_marker_write_failure_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions, service = build(tmp_path)
+    service.on_snapshot(event(1, "a", flush=True))
+    real = atomic.write_fsync
+    monkeypatch.setattr(
+        atomic, "write_fsync", lambda *_a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))
+    )
+    assert service.on_snapshot(deletion(1)) is Ack.RETRY
+    assert not sessions.readiness.ready
+    monkeypatch.setattr(atomic, "write_fsync", real)
+    assert service.on_snapshot(deletion(1)) is Ack.SUCCESS
+    assert versions(sessions) == [] and restore_status(service) == 404
+    assert sessions.readiness.ready

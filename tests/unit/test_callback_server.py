@@ -1,4 +1,5 @@
-"""The app's gRPC callback server takes as many calls at once as it is sized for."""
+"""The app's gRPC callback server takes as many calls at once as it is sized for, and
+stops without aborting the calls in flight."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
+from dapr.ext.grpc import App
 
-from autoglm.core.callback_server import callback_app
+from autoglm.core.callback_server import callback_app, stop_gracefully
 
 SERVICE, METHOD = "test.Blocking", "Wait"
 
 
 @dataclass
 class Blocking:
+    app: App
     call: grpc.UnaryUnaryMultiCallable
     entered: threading.Semaphore
     release: threading.Event
@@ -43,7 +46,7 @@ def serving(size: int) -> Iterator[Blocking]:
     app._server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Blocking(channel.unary_unary(f"/{SERVICE}/{METHOD}"), entered, release)
+        yield Blocking(app, channel.unary_unary(f"/{SERVICE}/{METHOD}"), entered, release)
     finally:
         release.set()
         channel.close()
@@ -73,3 +76,40 @@ def test_refuses_calls_beyond_its_size_instead_of_queueing_them() -> None:
 def test_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         callback_app(0)
+
+
+def test_stop_gracefully_finishes_calls_in_flight_and_refuses_new_ones() -> None:
+    with serving(4) as srv:
+        in_flight = srv.call.future(b"x", timeout=10)
+        assert srv.entered.acquire(timeout=5)
+        server = srv.app._server
+        begun, real_stop = threading.Event(), server.stop
+
+        def stop(grace: float | None) -> threading.Event:
+            done: threading.Event = real_stop(grace)
+            begun.set()  # shutdown has started: the server takes no new calls
+            return done
+
+        server.stop = stop
+        outcome: list[bool] = []
+        stopper = threading.Thread(target=lambda: outcome.append(stop_gracefully(srv.app, 10)))
+        stopper.start()
+        assert begun.wait(5)
+        with pytest.raises(grpc.RpcError) as refused:
+            srv.call(b"y", timeout=5)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert not in_flight.done() and stopper.is_alive()  # waiting for it, not aborting
+        srv.release.set()
+        assert in_flight.result() == b"x"
+        stopper.join(5)
+        assert outcome == [True]
+
+
+def test_stop_gracefully_cancels_what_outlasts_the_grace() -> None:
+    with serving(2) as srv:
+        in_flight = srv.call.future(b"x", timeout=10)
+        assert srv.entered.acquire(timeout=5)
+        assert stop_gracefully(srv.app, 0.2) is True  # bounded: the handler never returns
+        with pytest.raises(grpc.RpcError) as aborted:
+            in_flight.result(timeout=5)
+        assert aborted.value.code() is grpc.StatusCode.UNAVAILABLE  # cancelled by the server

@@ -5,8 +5,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
+import signal
+import socket
 import struct
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pytest
@@ -371,3 +377,131 @@ def test_openapi_describes_every_route(client: FlaskClient) -> None:
     assert rules <= set(doc["paths"])
     chat = doc["paths"]["/v1/chat/completions"]["post"]
     assert "429" in chat["responses"] and "requestBody" in chat
+
+
+# -- token budgets: streams and jobs are charged too ---------------------------------------
+def _tokens_charged(sidecar: FakeSidecar, tenant: str = "acme") -> int:
+    prefix = f"ratelimit:{tenant}:tokens:"
+    return sum(int(value) for key, (value, _) in sidecar.state.items() if key.startswith(prefix))
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", dict(CHAT, stream=True)),
+        ("/v1/completions", {"model": "demo-glm", "prompt": "a", "stream": True}),
+    ],
+    ids=["chat", "completions"],
+)
+def test_streamed_tokens_are_charged_once_and_exhaust_the_budget(
+    sidecar: FakeSidecar, stream: FakeStream, path: str, body: dict[str, Any]
+) -> None:
+    client = make_client(sidecar, stream, rate_limit_tokens_per_min=6)
+    resp = client.post(path, json=body, headers=USER)
+    assert _sse(resp)[-1] == "[DONE]"
+    # The engine's usage (3 prompt + 3 completion), charged by the stream alone.
+    assert _tokens_charged(sidecar) == 6
+    refused = client.get("/v1/models", headers=USER)
+    assert refused.status_code == 429
+    assert refused.get_json()["error"]["details"]["limit"] == "tokens"
+    assert client.get("/v1/models", headers=bearer("other")).status_code == 200
+
+
+def test_stream_left_mid_way_charges_what_was_generated(
+    sidecar: FakeSidecar, stream: FakeStream
+) -> None:
+    client = make_client(sidecar, stream, rate_limit_tokens_per_min=1000)
+    stream.deltas = ["a", "b", "c", "d", "e"]
+    resp = client.post(
+        "/v1/chat/completions", json=dict(CHAT, stream=True), headers=USER, buffered=False
+    )
+    body = iter(resp.response)
+    events = [next(body) for _ in range(3)]  # the role chunk, then two deltas
+    assert b'"content":"b"' in events[-1]
+    resp.close()  # the client goes away
+    assert stream.closed == 1  # generation cancelled upstream
+    assert _tokens_charged(sidecar) == 2  # two deltas received, no result yet
+
+
+def test_non_streamed_reply_is_charged_once(sidecar: FakeSidecar, stream: FakeStream) -> None:
+    client = make_client(sidecar, stream, rate_limit_tokens_per_min=1000)
+    assert client.post("/v1/chat/completions", json=CHAT, headers=USER).status_code == 200
+    assert _tokens_charged(sidecar) == 12  # 7 prompt + 5 completion, from the JSON usage
+
+
+def test_job_tokens_are_charged_when_stored_and_exhaust_the_budget(
+    sidecar: FakeSidecar, stream: FakeStream
+) -> None:
+    client = make_client(sidecar, stream, rate_limit_tokens_per_min=12)
+    job = client.post("/v1/jobs", json=CHAT, headers=USER).get_json()
+    request_id = f"acme:{job['id']}"
+    envelope = {"data": {"request_id": request_id, "result": _result({"request_id": request_id})}}
+    sidecar.fail_state = UnavailableError("store down")
+    retry = client.post("/dapr/events/inference-results", json=envelope).get_json()
+    assert retry == {"status": "RETRY"} and _tokens_charged(sidecar) == 0  # not stored yet
+    sidecar.fail_state = None
+    for _ in range(2):  # the redelivery stores it; a duplicate is not charged again
+        ack = client.post("/dapr/events/inference-results", json=envelope).get_json()
+        assert ack == {"status": "SUCCESS"}
+    assert _tokens_charged(sidecar) == 12
+    assert client.get(f"/v1/jobs/{job['id']}", headers=USER).status_code == 429
+
+
+# -- graceful drain ---------------------------------------------------------------------------
+_GATEWAY = """
+import sys
+from autoglm.gateway.__main__ import GatewayServer
+from autoglm.gateway.settings import GatewaySettings
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "6")])
+    return [b"served"]
+
+class Tiny(GatewayServer):  # the real server, arbiter and hooks; a trivial app
+    def load(self):
+        return hello
+
+Tiny(GatewaySettings(port=int(sys.argv[1]), workers=1, threads=2)).run()
+"""
+
+
+def test_sigint_drains_like_sigterm() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Own process group, signalled as a whole: what Ctrl-C does (master and workers).
+    proc = subprocess.Popen([sys.executable, "-c", _GATEWAY, str(port)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), 1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "gateway did not start"
+                time.sleep(0.05)
+        with conn:
+            conn.settimeout(10)
+            request = b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n"
+            conn.sendall(request)
+            first = b""
+            while not first.endswith(b"served"):  # the whole first reply, body included
+                chunk = conn.recv(4096)
+                assert chunk, first
+                first += chunk
+            assert first.startswith(b"HTTP/1.1 200")
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.3)  # the workers are stopping now
+            # A request already under way on a kept-alive connection is still answered
+            # (and the connection closed); gunicorn's quick SIGINT stop drops it unread.
+            conn.sendall(request)
+            reply = b""
+            while chunk := conn.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"served")
+        assert b"Connection: close" in reply
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

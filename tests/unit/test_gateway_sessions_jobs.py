@@ -326,3 +326,50 @@ def test_sampling_limits_are_400_naming_the_field(
         assert resp.get_json()["error"]["param"].startswith(param)
     resp = client.post("/v1/jobs", json=chat, headers=USER)
     assert resp.status_code == 400, resp.get_data(as_text=True)
+
+
+def test_delete_tells_the_archiver_before_writing_the_tombstone(
+    client: FlaskClient, sidecar: FakeSidecar
+) -> None:
+    sid = client.post("/v1/sessions", json={}, headers=USER).get_json()["id"]
+    turn = client.post("/v1/chat/completions", json=_turn("hi", sid), headers=USER)
+    assert turn.status_code == 200
+    key = f"session:acme:{sid}"
+    seen: list[Any] = []
+    real_publish = sidecar.publish
+
+    def publish(topic: str, payload: dict[str, Any], pubsub: str = "pubsub") -> None:
+        if topic == "session.snapshots":
+            seen.append(sidecar.state[key][0])  # what the state store held at publish time
+        real_publish(topic, payload, pubsub)
+
+    sidecar.publish = publish  # type: ignore[method-assign]
+    assert client.delete(f"/v1/sessions/{sid}", headers=USER).status_code == 200
+    deletions = [p for t, p in sidecar.published if t == "session.snapshots" and p["deleted"]]
+    assert len(deletions) == 1
+    assert {k: deletions[0][k] for k in ("tenant", "session_id", "version", "messages")} == {
+        "tenant": "acme",
+        "session_id": sid,
+        "version": 2,
+        "messages": [],
+    }
+    assert [r.get("version") for r in seen] == [2]  # published while the record was live
+    assert sidecar.state[key][0] == {"deleted": True}
+
+
+def test_delete_whose_deletion_is_not_published_fails_and_keeps_the_session(
+    client: FlaskClient, sidecar: FakeSidecar
+) -> None:
+    from autoglm.core.errors import UnavailableError  # here: tests are appended only
+
+    sid = client.post("/v1/sessions", json={}, headers=USER).get_json()["id"]
+    sidecar.fail_publish = UnavailableError("publish session.snapshots: Dapr error 500")
+    resp = client.delete(f"/v1/sessions/{sid}", headers=USER)
+    assert resp.status_code == 503 and resp.get_json()["error"]["type"] == "server_error"
+    assert sidecar.state[f"session:acme:{sid}"][0] != {"deleted": True}
+    sidecar.fail_publish = None
+    assert client.get(f"/v1/sessions/{sid}", headers=USER).status_code == 200
+    # The retry publishes again and completes the delete.
+    assert client.delete(f"/v1/sessions/{sid}", headers=USER).status_code == 200
+    assert client.get(f"/v1/sessions/{sid}", headers=USER).status_code == 404
+    assert [p["session_id"] for t, p in sidecar.published if p.get("deleted")] == [sid]

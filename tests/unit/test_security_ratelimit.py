@@ -9,7 +9,7 @@ import pytest
 
 from autoglm.core.errors import RateLimitError, UnavailableError
 from autoglm.core.sidecar import StateEntry
-from autoglm.gateway.security.ratelimit import MAX_ATTEMPTS, RateLimiter
+from autoglm.gateway.security.ratelimit import MAX_ATTEMPTS, RateLimiter, TokenAccounting
 from tests.support.fakes import FakeSidecar
 
 T0 = 1_800_000_000.0  # a minute boundary (divisible by 60)
@@ -220,3 +220,17 @@ def test_retry_after_survives_the_error_payload() -> None:
     err = AutoGLMError.from_payload(RateLimitError("slow down", retry_after=7).to_payload())
     assert isinstance(err, RateLimitError) and err.retry_after == 7
     assert RateLimitError("no hint").retry_after is None
+
+
+def test_token_accounting_charges_the_limiter_and_never_raises(clock: Clock) -> None:
+    sidecar = FakeSidecar()
+    charge = TokenAccounting(limiter(sidecar, clock, rpm=0, tpm=10))
+    charge("acme", 25)  # a finished generation is charged in full, past the budget
+    assert sidecar.state[f"ratelimit:acme:tokens:{int(T0 // 60)}"][0] == 25
+    with pytest.raises(RateLimitError):
+        charge.limiter.check_request("acme")
+    # A counter too contended to update makes record_tokens raise; accounting swallows it.
+    hot = limiter(Racing(FakeSidecar(), races=10**6), clock, rpm=0, tpm=10)
+    with pytest.raises(RateLimitError):
+        hot.record_tokens("acme", 5)
+    TokenAccounting(hot)("acme", 5)

@@ -1,13 +1,15 @@
 """``python -m autoglm.archiver``: serve snapshots, attachments and audit over gRPC.
 
-SIGTERM/SIGINT stop the gRPC server, then every dirty session is written before exit
-(graceful drain); what cannot be written stays staged and is reloaded on the next start.
+SIGTERM/SIGINT stop the gRPC server (calls in flight get ``shutdown_grace_s`` to finish),
+then every dirty session is written before exit (graceful drain); what cannot be written
+stays staged and is reloaded on the next start.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 import sys
 import threading
@@ -25,6 +27,7 @@ from autoglm.archiver.sessions import SessionArchive
 from autoglm.archiver.settings import ArchiverSettings
 from autoglm.archiver.snapshots import SnapshotStore
 from autoglm.archiver.staging import Staging
+from autoglm.core.callback_server import stop_gracefully
 from autoglm.core.errors import AutoGLMError
 from autoglm.core.lifecycle import on_shutdown
 from autoglm.core.logging import configure_logging
@@ -122,7 +125,7 @@ def main() -> int:
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, settings.host)
     app = build_app(service, settings.callback_threads)
-    on_shutdown(app.stop)
+    on_shutdown(functools.partial(stop_gracefully, app, settings.shutdown_grace_s))
     log.info(
         "archiver listening",
         extra={"port": settings.port, "root": str(settings.root), "recovered": recovered},

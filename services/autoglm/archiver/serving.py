@@ -67,7 +67,10 @@ class ArchiverService:
         except InvalidRequestError as exc:
             return self._outcome("snapshot", "invalid", Ack.DROP, exc.message)
         try:
-            outcome = self.sessions.accept(event)
+            if event.deleted:
+                outcome = self.sessions.delete(event.tenant, event.session_id, event.version)
+            else:
+                outcome = self.sessions.accept(event)
         except ConflictError as exc:
             return self._outcome("snapshot", "conflict", Ack.DROP, exc.message)
         except OSError as exc:

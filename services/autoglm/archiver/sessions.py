@@ -3,6 +3,16 @@
 An accepted event is durable before it is acknowledged (``Staging``); the autosave
 policy decides when it becomes a snapshot version. Restores prefer the in-memory newest
 state, and the Bloom filter answers for ids that were never archived.
+
+A deletion event removes the session everywhere (memory, staging, versions) behind a
+durable marker at the deleted version; events at or below it, which pub/sub may still
+deliver, are acknowledged and ignored. Events above it can only come from a session
+that is live: the gateway's delete failed after publishing (the client got an error, the
+record is intact and every event carries its full history), or the id was re-created
+once the state store had lost the tombstone. Both are archived as usual; a re-created id
+is archived only from version marker + 1 on. That trades a little durability for a
+reused id (rare: the tombstone blocks re-creation) for never mixing it with, or
+restoring, the deleted history.
 """
 
 from __future__ import annotations
@@ -68,6 +78,10 @@ class SessionArchive:
         now = self.clock()
         count = 0
         for state in self.staging.load_all():
+            if state.version <= self.store.deleted_version(state.tenant, state.session_id):
+                # A crash between a deletion's marker and its staging removal.
+                self.staging.discard(state.tenant, state.session_id)
+                continue
             self.bloom.add(state.key)
             with self._guard:
                 self._dirty[state.key] = Dirty(state, now, now, None, flush=True)
@@ -77,10 +91,18 @@ class SessionArchive:
 
     # -- events ------------------------------------------------------------------------
     def accept(self, event: SnapshotEvent) -> str:
-        """Apply ``event``; returns ``accepted``, ``duplicate`` or ``merged``. Raises
-        ``ConflictError`` for a refused stale write and ``OSError`` if it is not durable."""
+        """Apply ``event``; returns ``accepted``, ``duplicate``, ``merged`` or
+        ``after_deletion`` (ignored: the session was deleted at or after its version).
+        Raises ``ConflictError`` for a refused stale write and ``OSError`` if it is not
+        durable."""
         key = f"{event.tenant}/{event.session_id}"
         with self._lock(key):
+            # Every deleted key is in the filter (``delete`` adds it), so ids never seen
+            # skip the marker lookup.
+            if key in self.bloom and event.version <= self.store.deleted_version(
+                event.tenant, event.session_id
+            ):
+                return "after_deletion"
             current = self._current(event.tenant, event.session_id)
             outcome = reconcile(
                 current, event, lambda v: self._archived(event.tenant, event.session_id, v)
@@ -192,6 +214,29 @@ class SessionArchive:
                 except OSError:
                     log.error("session left staged for the next start", extra={"session": key})
         return written
+
+    # -- deletion ----------------------------------------------------------------------
+    def delete(self, tenant: str, session_id: str, version: int) -> str:
+        """Forget the session deleted at ``version``: its dirty state, staged file,
+        cached head and every version on disk, behind a durable marker. Idempotent;
+        raises ``OSError`` if not durable (the event is redelivered)."""
+        key = f"{tenant}/{session_id}"
+        with self._lock(key):
+            # Memory first: it can only shadow disk, and must never serve deleted
+            # history while a failed disk step waits for redelivery. A dirty state
+            # dropped here is still staged; a restart reloads it, or discards it once
+            # the marker is on disk.
+            with self._guard:
+                self._dirty.pop(key, None)
+                self._heads.pop(key, None)
+            self.metrics.dirty.set(len(self._dirty))
+            # A Bloom filter cannot forget; keeping the key is what makes later events
+            # and restores look at the marker (a disk lookup that finds nothing).
+            self.bloom.add(key)
+            self.store.delete(tenant, session_id, version)
+            self.staging.discard(tenant, session_id)
+            log.info("session deleted from the archive", extra={"session": key})
+            return "deleted"
 
     @property
     def dirty_count(self) -> int:

@@ -74,6 +74,9 @@ class ArchiverSettings(AppSettings):
     metrics_port: int = Field(default=9465, ge=0, le=65535)
     #: Calls and deliveries the gRPC server handles at once; beyond this gRPC refuses.
     callback_threads: int = Field(default=32, ge=1)
+    #: On SIGTERM/SIGINT, calls in flight (uploads, restores) get this long to finish
+    #: before they are cancelled and dirty sessions are written.
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
     secret_store: str = "vault"
     encryption_secret: str = "archive"
     encryption_key_field: str = "encryption-key"

@@ -6,10 +6,15 @@ Layout (one directory per version, created complete by a single rename)::
         context.bin    history (JSON), compressed, AES-GCM sealed when encryption is on
         metadata.json  time, version, steps, model, sha256 of context.bin, settings digest
         config.yaml    the effective settings that produced it
+    {root}/sessions/.../{session}/deleted.json
+        {"version": v, ...}: the session was deleted at version v
 
 A crash mid-write leaves only a hidden temp directory that readers never pick. Reads
 verify the sha256 before the bytes are used; rotation deletes old versions only after
-the new one is durable.
+the new one is durable. The deletion marker outlives the versions it removed: pub/sub is
+at-least-once and unordered, so a snapshot event for the deleted session can still
+arrive, and every read here treats versions at or below the marker as absent (also when
+a crash left them on disk between marker and removal).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 import yaml
 
 from autoglm.archiver import paths
-from autoglm.archiver.atomic import atomic_dir, fsync_dir, write_file
+from autoglm.archiver.atomic import atomic_dir, atomic_write, fsync_dir, write_file
 from autoglm.archiver.codec import Codec, CodecError, CodecInfo
 from autoglm.core.errors import InternalError, NotFoundError
 from autoglm.core.schemas import ChatMessage
@@ -36,6 +41,9 @@ log = logging.getLogger(__name__)
 
 #: Temp directories older than this belong to a crashed writer and are removed.
 _STALE_TMP_S = 600.0
+
+#: The deletion marker in a session's directory (not all digits, so never a version).
+DELETED_MARKER = "deleted.json"
 
 
 @dataclass(frozen=True)
@@ -107,13 +115,47 @@ class SnapshotStore:
     def session_dir(self, tenant: str, session_id: str) -> Path:
         return paths.session_dir(self.root, tenant, session_id)
 
-    def versions(self, tenant: str, session_id: str) -> list[int]:
-        """Complete versions, oldest first (temp directories are not versions)."""
+    def _on_disk(self, tenant: str, session_id: str) -> list[int]:
         try:
             entries = list(self.session_dir(tenant, session_id).iterdir())
         except FileNotFoundError:
             return []
         return sorted(int(p.name) for p in entries if p.name.isdigit() and p.is_dir())
+
+    def versions(self, tenant: str, session_id: str) -> list[int]:
+        """Complete versions above the deletion marker, oldest first (temp directories
+        are not versions)."""
+        deleted = self.deleted_version(tenant, session_id)
+        return [v for v in self._on_disk(tenant, session_id) if v > deleted]
+
+    def deleted_version(self, tenant: str, session_id: str) -> int:
+        """The version the session was deleted at; 0 if it never was."""
+        path = self.session_dir(tenant, session_id) / DELETED_MARKER
+        try:
+            return int(json.loads(path.read_bytes())["version"])
+        except FileNotFoundError:
+            return 0
+
+    def delete(self, tenant: str, session_id: str, version: int) -> None:
+        """Record the deletion at ``version`` durably, then remove every version and any
+        crashed writer's temp directory (they hold the same history). Idempotent; the
+        marker only ever moves up, so a redelivered older deletion cannot lower it."""
+        sdir = self.session_dir(tenant, session_id)
+        # Marker first: from the moment it is durable nothing at or below it is read,
+        # whether or not the removal below completes.
+        if version > self.deleted_version(tenant, session_id):
+            marker = {"version": version, "deleted": time.time()}
+            atomic_write(sdir / DELETED_MARKER, json.dumps(marker).encode())
+            # The session directory may have been created just now.
+            fsync_dir(sdir.parent)
+        for number in self._on_disk(tenant, session_id):
+            shutil.rmtree(sdir / f"{number:08d}")
+        for tmp in sdir.glob(".*.tmp"):
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink(missing_ok=True)
+        fsync_dir(sdir)
 
     def write(self, state: SessionState, trigger: str) -> Path:
         """Store ``state`` as its version (a no-op if that version exists), then rotate."""
@@ -148,13 +190,14 @@ class SnapshotStore:
         """The verified ``version``; ``NotFoundError`` if absent, ``CorruptSnapshotError``
         if its bytes do not match the recorded sha256 or cannot be opened."""
         vdir = self.session_dir(tenant, session_id) / f"{version:08d}"
+        absent = NotFoundError(f"session {session_id!r} has no version {version}", param="version")
+        if version <= self.deleted_version(tenant, session_id):
+            raise absent  # deleted, even if a crash left its files behind
         try:
             metadata = json.loads((vdir / "metadata.json").read_bytes())
             blob = (vdir / "context.bin").read_bytes()
         except FileNotFoundError:
-            raise NotFoundError(
-                f"session {session_id!r} has no version {version}", param="version"
-            ) from None
+            raise absent from None
         if hashlib.sha256(blob).hexdigest() != metadata.get("sha256"):
             raise CorruptSnapshotError(f"snapshot {session_id!r} v{version}: checksum mismatch")
         aad = f"context:{tenant}/{session_id}/{version}".encode()

@@ -44,6 +44,15 @@ class Staging:
         path.unlink(missing_ok=True)
         fsync_dir(path.parent)
 
+    def discard(self, tenant: str, session_id: str) -> None:
+        """Remove the session's staged state, whichever version it is (deletion). Needs no
+        in-memory state, so a redelivered deletion after a crash still finds the file."""
+        path = self._path(tenant, session_id)
+        if not path.parent.is_dir():
+            return  # nothing was ever staged for this tenant
+        path.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+
     def load_all(self) -> Iterator[SessionState]:
         """Every staged state; an unreadable file is logged and left for an operator."""
         for path in sorted(self.dir.glob("*/*/*.pending")):

@@ -6,14 +6,23 @@ batches 32 generations sees at most 10 of them, and ten long streams starve even
 health checks. The pool is sized from the app's own concurrency limits instead, and
 ``maximum_concurrent_rpcs`` makes gRPC refuse (RESOURCE_EXHAUSTED) what exceeds it
 rather than queueing it without bound.
+
+``App.stop()`` stops the server with no grace, aborting calls in flight (an upload, a
+restore, a generation); ``stop_gracefully`` lets them finish first, within a bound.
 """
 
 from __future__ import annotations
 
+import logging
 from concurrent import futures
 
 from dapr.conf import settings
 from dapr.ext.grpc import App
+
+log = logging.getLogger(__name__)
+
+#: After the grace, gRPC cancels the calls left; allow it this long to finish doing so.
+CANCEL_MARGIN_S = 5.0
 
 
 def callback_app(max_concurrent_calls: int) -> App:
@@ -30,3 +39,13 @@ def callback_app(max_concurrent_calls: int) -> App:
         maximum_concurrent_rpcs=max_concurrent_calls,
         options=[("grpc.max_receive_message_length", limit)] if limit else [],
     )
+
+
+def stop_gracefully(app: App, grace_s: float) -> bool:
+    """Refuse new calls at once, let those in flight finish for up to ``grace_s``
+    seconds, then cancel the rest. Returns when the server has stopped (``app.run``
+    returns then too), False if it did not within the grace and a margin."""
+    stopped: bool = app._server.stop(grace_s).wait(grace_s + CANCEL_MARGIN_S)
+    if not stopped:
+        log.warning("gRPC server did not stop within its grace", extra={"grace_s": grace_s})
+    return stopped

@@ -11,8 +11,9 @@ from types import FrameType
 log = logging.getLogger(__name__)
 
 
-def on_shutdown(stop: Callable[[], None]) -> None:
-    """Install SIGTERM/SIGINT handlers that call ``stop`` once, off the signal frame."""
+def on_shutdown(stop: Callable[[], object]) -> None:
+    """Install SIGTERM/SIGINT handlers that call ``stop`` once, off the signal frame.
+    Its return value is ignored (e.g. ``stop_gracefully``'s)."""
     fired = threading.Event()
 
     def handler(signum: int, _frame: FrameType | None) -> None:

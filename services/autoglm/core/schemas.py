@@ -163,7 +163,8 @@ class InferenceResultEvent(Payload):
 
 
 class SnapshotEvent(Payload):
-    """A session's full history at ``version``, published on every change."""
+    """A session's full history at ``version``, published on every change; or, with
+    ``deleted``, the session's deletion at ``version``, so the archive forgets it too."""
 
     tenant: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     session_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -174,6 +175,17 @@ class SnapshotEvent(Payload):
     # Write now, regardless of the autosave policy (client disconnected mid-stream,
     # publisher shutting down).
     flush: bool = False
+    # The session was deleted at ``version``: the archiver removes every version it holds
+    # and ignores later-arriving events at or below it. Same topic as the snapshots, so
+    # one subscription (and its ordering, retries and dead letter) covers both.
+    deleted: bool = False
+
+    @model_validator(mode="after")
+    def _deletion_carries_no_history(self) -> SnapshotEvent:
+        # A deletion must not ship the very history it deletes through the broker.
+        if self.deleted and self.messages:
+            raise ValueError("a deletion event carries no messages")
+        return self
 
 
 class AuditEvent(Payload):

@@ -1,12 +1,19 @@
-"""``python -m autoglm.gateway``: serve the Flask app with gunicorn (gthread workers)."""
+"""``python -m autoglm.gateway``: serve the Flask app with gunicorn (gthread workers).
+
+SIGTERM and SIGINT both drain: workers stop accepting and finish the requests in flight
+(streams included, and the session appends they make last) within ``graceful_timeout``.
+gunicorn's own SIGINT is a quick stop that cuts them; a second SIGINT still is.
+"""
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from autoglm.core.logging import configure_logging
 from autoglm.core.settings import SettingsError, load_settings
@@ -16,6 +23,20 @@ from autoglm.gateway.app import create_app
 from autoglm.gateway.settings import GatewaySettings
 
 log = logging.getLogger("autoglm.gateway")
+
+
+class GracefulArbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's master, with SIGINT handled as SIGTERM: a graceful stop of the workers
+    rather than SIGQUIT to them."""
+
+    def handle_int(self) -> None:
+        self.handle_term()
+
+
+def drain_on_sigint(worker: Any) -> None:
+    """``post_worker_init`` hook. Ctrl-C signals the whole process group, so a worker
+    gets SIGINT itself, on which gunicorn exits at once: finish in-flight work instead."""
+    signal.signal(signal.SIGINT, worker.handle_exit)
 
 
 class GatewayServer(BaseApplication):  # type: ignore[misc]
@@ -33,6 +54,7 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]
             "worker_class": "gthread",
             "timeout": int(self.settings.request_timeout_s) + 30,
             "graceful_timeout": 30,
+            "post_worker_init": drain_on_sigint,
             "accesslog": None,
             "errorlog": "-",
             "loglevel": "warning",
@@ -46,6 +68,14 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]
         configure_logging("gateway", self.settings.log_level)
         configure_tracing("gateway")  # in the worker: exporter threads do not survive fork
         return create_app(self.settings, Sidecar())
+
+    def run(self) -> None:
+        """``BaseApplication.run`` with the arbiter that drains on SIGINT too."""
+        try:
+            GracefulArbiter(self).run()
+        except RuntimeError as exc:
+            log.error(str(exc))
+            sys.exit(1)
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ from autoglm.gateway.request_tracing import install_tracing
 from autoglm.gateway.response_cache import ResponseCache
 from autoglm.gateway.security.auth import Authenticator
 from autoglm.gateway.security.content_filter import ContentFilter
-from autoglm.gateway.security.ratelimit import RateLimiter
+from autoglm.gateway.security.ratelimit import RateLimiter, TokenAccounting
 from autoglm.gateway.sessions.api_router import sessions_blueprint
 from autoglm.gateway.sessions.store import SessionStore
 from autoglm.gateway.settings import GatewaySettings
@@ -42,6 +42,13 @@ def create_app(
     register_error_handlers(app)
     install_body_limit(app)
     install_audit(app, sidecar, trust_forwarded=settings.trust_forwarded_for)
+    limiter = RateLimiter(
+        sidecar,
+        requests_per_min=settings.rate_limit_requests_per_min,
+        tokens_per_min=settings.rate_limit_tokens_per_min,
+    )
+    # One accounting for JSON replies, streams and job results alike.
+    tokens = TokenAccounting(limiter)
     install_guards(
         app,
         Authenticator(
@@ -51,11 +58,8 @@ def create_app(
             api_keys_secret=settings.api_keys_secret,
             ttl_s=settings.auth_cache_ttl_s,
         ),
-        RateLimiter(
-            sidecar,
-            requests_per_min=settings.rate_limit_requests_per_min,
-            tokens_per_min=settings.rate_limit_tokens_per_min,
-        ),
+        limiter,
+        tokens,
     )
 
     client_options = {"stream_fn": stream_fn} if stream_fn else {}
@@ -89,7 +93,13 @@ def create_app(
     app.register_blueprint(sessions_blueprint(sessions))
     app.register_blueprint(
         jobs_blueprint(
-            JobStore(sidecar, ttl_s=settings.job_ttl_s, content_filter=content_filter), chat
+            JobStore(
+                sidecar,
+                ttl_s=settings.job_ttl_s,
+                content_filter=content_filter,
+                charge=tokens,
+            ),
+            chat,
         )
     )
     app.register_blueprint(attachments_blueprint(sidecar, archiver_app_id=settings.archiver_app_id))

@@ -8,24 +8,36 @@ set (as daprd's ``--app-api-token`` counterpart) they must carry it.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hmac
 import os
+from collections.abc import Callable
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 
-from autoglm.core.errors import AuthenticationError, AutoGLMError
+from autoglm.core.errors import AuthenticationError
 from autoglm.gateway.security.auth import Authenticator
 from autoglm.gateway.security.principal import Principal
-from autoglm.gateway.security.ratelimit import RateLimiter
+from autoglm.gateway.security.ratelimit import ChargeTokens, RateLimiter, TokenAccounting
 from autoglm.gateway.security.rbac import Action, authorize
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 DAPR_PREFIX = "/dapr/"
+#: ``app.extensions`` key of the app's ``TokenAccounting``.
+TOKENS_EXTENSION = "autoglm.tokens"
 
 
-def install_guards(app: Flask, authenticator: Authenticator, limiter: RateLimiter) -> None:
+def install_guards(
+    app: Flask,
+    authenticator: Authenticator,
+    limiter: RateLimiter,
+    tokens: ChargeTokens | None = None,
+) -> None:
+    """``tokens`` charges served tokens (default: to ``limiter``); streams reach it
+    through ``token_meter``."""
     app_token = os.environ.get("APP_API_TOKEN")
+    charge = tokens or TokenAccounting(limiter)
+    app.extensions[TOKENS_EXTENSION] = charge
 
     @app.before_request
     def _authenticate() -> None:
@@ -42,16 +54,30 @@ def install_guards(app: Flask, authenticator: Authenticator, limiter: RateLimite
 
     @app.after_request
     def _count_tokens(resp: Response) -> Response:
-        # Token budgets are charged after the fact, from the usage the client sees
-        # (streams are charged by requests only).
+        # Token budgets are charged after the fact, from the usage the client sees.
+        # Only JSON: an SSE stream charges itself when it ends (``token_meter``), so
+        # it is never counted twice.
         principal = g.get("principal")
         if principal is None or resp.status_code != 200 or resp.mimetype != "application/json":
             return resp
         usage = (resp.get_json(silent=True) or {}).get("usage")
         if isinstance(usage, dict) and usage.get("total_tokens"):
-            with contextlib.suppress(AutoGLMError):  # accounting must not fail the request
-                limiter.record_tokens(principal.tenant, int(usage["total_tokens"]))
+            charge(principal.tenant, int(usage["total_tokens"]))
         return resp
+
+
+def token_meter() -> Callable[[int], None]:
+    """Charges tokens to the current caller's budget, callable after this request's
+    context is gone (a stream ends when the client has read it, or has left)."""
+    principal: Principal | None = g.get("principal")
+    charge: ChargeTokens | None = current_app.extensions.get(TOKENS_EXTENSION)
+    if principal is None or charge is None:
+        return _no_charge
+    return functools.partial(charge, principal.tenant)
+
+
+def _no_charge(_tokens: int) -> None:
+    pass
 
 
 def require(action: Action) -> Principal:

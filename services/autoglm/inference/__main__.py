@@ -1,12 +1,18 @@
-"""``python -m autoglm.inference``: verify and load models, then serve Dapr callbacks."""
+"""``python -m autoglm.inference``: verify and load models, then serve Dapr callbacks.
+
+SIGTERM/SIGINT stop the gRPC server, letting generations in flight finish for up to
+``shutdown_grace_s``, then the engine is closed.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 from pathlib import Path
 
+from autoglm.core.callback_server import stop_gracefully
 from autoglm.core.errors import AutoGLMError
 from autoglm.core.lifecycle import on_shutdown
 from autoglm.core.logging import configure_logging
@@ -95,14 +101,12 @@ def main() -> int:
             extra={"delay_ms": settings.fault_delay_ms},
         )
     app = build_app(service, settings.max_concurrent_calls)
-
-    def stop() -> None:
-        app.stop()
-        engine.close()
-
-    on_shutdown(stop)
+    on_shutdown(functools.partial(stop_gracefully, app, settings.shutdown_grace_s))
     log.info("inference listening", extra={"port": settings.port})
     app.run(settings.port, listen_address=settings.host)
+    # The server has stopped (in-flight calls finished or were cancelled). Closing the
+    # engine here, not in the daemon shutdown thread, so it completes before exit.
+    engine.close()
     log.info("inference stopped")
     return 0
 

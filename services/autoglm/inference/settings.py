@@ -55,6 +55,9 @@ class InferenceSettings(AppSettings):
     #: Calls (generations, streams, admin) the gRPC server takes at once; beyond this
     #: gRPC refuses. Default: a full batch, a full queue and a few for health and admin.
     callback_threads: int | None = Field(default=None, ge=1)
+    #: On SIGTERM/SIGINT, generations in flight get this long to finish before they
+    #: are cancelled and the engine is closed.
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
     prefix_cache_mb: int = Field(default=256, ge=0)
     memory_budget_mb: int = Field(default=16384, ge=1)
     request_timeout_s: float = Field(default=300.0, gt=0)

@@ -5,7 +5,8 @@ The record is saved before the request is published and the 202 is sent only aft
 both, so an accepted job is never lost. Results arrive at least once; a job that is no
 longer ``queued`` ignores a redelivered result, so completion happens exactly once.
 The request id carries the tenant (``{tenant}:{job id}``; ``:`` appears in neither),
-so a result finds its tenant-scoped record without a second index.
+so a result finds its tenant-scoped record without a second index, and the tenant whose
+tokens budget the job's tokens are charged to.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from autoglm.gateway.openai.chat.protocol import (
 )
 from autoglm.gateway.openai.protocol import Usage
 from autoglm.gateway.security.content_filter import ContentFilter
+from autoglm.gateway.security.ratelimit import ChargeTokens
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,19 @@ def job_key(tenant: str, job_id: str) -> str:
 
 class JobStore:
     def __init__(
-        self, sidecar: SidecarAPI, *, ttl_s: int, content_filter: ContentFilter | None = None
+        self,
+        sidecar: SidecarAPI,
+        *,
+        ttl_s: int,
+        content_filter: ContentFilter | None = None,
+        charge: ChargeTokens | None = None,
     ) -> None:
         self.sidecar = sidecar
         self.ttl_s = ttl_s
         #: The output filter applies to job results as to synchronous replies.
         self.filter = content_filter or ContentFilter()
+        #: Charges a completed job's tokens to its tenant's budget (``TokenAccounting``).
+        self.charge = charge
 
     def submit(self, tenant: str, request: GenerateRequest) -> JobRecord:
         job = JobRecord(tenant=tenant, model=request.model or "")
@@ -90,6 +99,7 @@ class JobStore:
             if job.status != "queued":
                 return Ack.SUCCESS  # redelivered duplicate
             job.completed = int(time.time())
+            tokens = 0
             if event.result is not None:
                 r = self.filter.filter_result(event.result)
                 job.status, job.model = "completed", r.model
@@ -105,6 +115,7 @@ class JobStore:
                     ],
                     usage=Usage.of(r.prompt_tokens, r.completion_tokens),
                 ).to_json()
+                tokens = r.prompt_tokens + r.completion_tokens
             else:
                 error = dict(event.error or {"message": "unknown error"})
                 error.pop("status", None)
@@ -116,4 +127,7 @@ class JobStore:
             # ETag race with a concurrent delivery, or the store is down: try again.
             log.warning("job result not stored; will be redelivered", extra={"reason": exc.message})
             return Ack.RETRY
+        # Only once stored: a redelivery after a RETRY, or a duplicate, is not charged again.
+        if self.charge is not None:
+            self.charge(tenant, tokens)
         return Ack.SUCCESS

@@ -1,9 +1,10 @@
 """One streamed generation as the OpenAI endpoints consume it: text deltas cut at the
-content filter, then the finish reason and token counts."""
+content filter, then the finish reason and token counts. Its tokens are charged once,
+when it is closed: finished, failed, cut or abandoned by the client."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from autoglm.core.errors import AutoGLMError
@@ -21,27 +22,36 @@ class TokenStream:
         first: dict[str, Any] | None,
         frames: Iterator[dict[str, Any]],
         content_filter: ContentFilter,
+        on_close: Callable[[int], None] | None = None,
     ) -> None:
         self._first = first
         self._frames = frames
         self._filter = content_filter
+        self._on_close = on_close
         self.text = ""
         self.finish_reason: FinishReason = "stop"
         self.result: GenerateResult | None = None
+        #: Delta frames received; the engine sends at most one per generated token.
+        self.deltas = 0
 
     @classmethod
     def open(
-        cls, inference: InferenceClient, request: GenerateRequest, content_filter: ContentFilter
+        cls,
+        inference: InferenceClient,
+        request: GenerateRequest,
+        content_filter: ContentFilter,
+        on_close: Callable[[int], None] | None = None,
     ) -> TokenStream:
         """Start the generation and wait for its first frame, so that an unknown model
-        or an overloaded engine still fails with a proper HTTP status, not mid-stream."""
+        or an overloaded engine still fails with a proper HTTP status, not mid-stream.
+        ``on_close`` is handed the tokens to charge when the stream is closed."""
         frames = inference.stream(request)
         try:
             first = next(frames, None)
         except AutoGLMError:
             _close(frames)
             raise
-        return cls(first, frames, content_filter)
+        return cls(first, frames, content_filter, on_close)
 
     def __iter__(self) -> Iterator[str]:
         """Non-empty text deltas; stops early when the filter cuts the output. With a
@@ -55,6 +65,7 @@ class TokenStream:
                 self.result = parse(GenerateResult, frame["result"])
                 self.finish_reason = self.result.finish_reason
                 continue
+            self.deltas += 1
             self.text += str(frame.get("delta", ""))
             cut = self._filter.first_violation(self.text)
             if cut is not None:
@@ -74,9 +85,23 @@ class TokenStream:
     def usage(self) -> tuple[int, int]:
         return (self.result.prompt_tokens, self.result.completion_tokens) if self.result else (0, 0)
 
+    @property
+    def tokens(self) -> int:
+        """Tokens to charge: the engine's count once the stream finished; before that
+        (client gone, output cut) the deltas received, a lower bound of what was
+        generated, since the prompt's count only comes with the result."""
+        prompt, completion = self.usage
+        return prompt + completion if self.result else self.deltas
+
     def close(self) -> None:
-        """Closing the upstream stream cancels the generation in the engine."""
-        _close(self._frames)
+        """Closing the upstream stream cancels the generation in the engine; the tokens
+        are charged on the first close only."""
+        try:
+            _close(self._frames)
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close(self.tokens)
 
 
 def _chain(head: list[dict[str, Any]], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -13,6 +13,7 @@ exact accounting, and the gateway's other dependencies (sessions) share that sto
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -23,6 +24,9 @@ from autoglm.core.schemas import STATESTORE
 from autoglm.core.sidecar import StateAPI
 
 log = logging.getLogger(__name__)
+
+#: Charges ``(tenant, tokens)`` served; see ``TokenAccounting``.
+ChargeTokens = Callable[[str, int], None]
 
 WINDOW_S = 60
 #: Keys outlive their window a little, for clock skew between replicas.
@@ -109,3 +113,16 @@ class RateLimiter:
             details={"limit": kind},
             retry_after=retry_after,
         )
+
+
+class TokenAccounting:
+    """The one way served tokens reach a tenant's budget: JSON replies (guards), streams
+    when they end and job results when stored. Accounting never fails the work it
+    counts, so errors are logged by the limiter and swallowed here."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+
+    def __call__(self, tenant: str, tokens: int) -> None:
+        with contextlib.suppress(AutoGLMError):
+            self.limiter.record_tokens(tenant, tokens)

@@ -4,7 +4,8 @@ Every write carries the ETag read with the record, so two concurrent turns on on
 session cannot both land: the second gets ``ConflictError`` (409) and nothing is lost.
 Each change is published to ``session.snapshots`` for the archiver's autosave. A
 record missing from the state store (say Redis was flushed) is restored from the
-archiver's newest snapshot on read.
+archiver's newest snapshot on read; a deletion is published to the same topic first, so
+the archive forgets the session and a lost state store cannot bring it back.
 """
 
 from __future__ import annotations
@@ -100,7 +101,19 @@ class SessionStore:
     def delete(self, tenant: str, session_id: str) -> None:
         # 404 for unknown ids, as for any other read. The ETag is required, not just
         # safe: state.redis refuses to overwrite a key created first-write without one.
-        _, etag = self.get(tenant, session_id)
+        record, etag = self.get(tenant, session_id)
+        # Publish the deletion BEFORE writing the tombstone, and let a publish failure
+        # fail the request (503) with nothing written. A crash or error between the two
+        # leaves the session live in the state store, the client without a success, and
+        # a retried DELETE that publishes again (the archiver's deletion is idempotent;
+        # later changes have higher versions, so the archive takes them again). The
+        # other order is unsafe: a tombstone whose deletion never reached the archiver
+        # makes every retry 404 here, and once the state store is lost the archive
+        # restores the "deleted" session.
+        event = SnapshotEvent(
+            tenant=tenant, session_id=session_id, version=record.version, messages=[], deleted=True
+        )
+        self.sidecar.publish(SNAPSHOTS_TOPIC, event.model_dump(mode="json"))
         try:
             self.sidecar.save_state(session_key(tenant, session_id), _TOMBSTONE, etag=etag)
         except ConflictError:

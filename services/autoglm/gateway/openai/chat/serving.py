@@ -22,6 +22,7 @@ from autoglm.core.schemas import (
     parse,
 )
 from autoglm.gateway import sse
+from autoglm.gateway.guards import token_meter
 from autoglm.gateway.inference_client import InferenceClient
 from autoglm.gateway.openai.chat.protocol import (
     ChatCompletionChoice,
@@ -122,7 +123,8 @@ class ChatCompletionService:
         status), then return the SSE body."""
         session, etag = self._session(tenant, request)
         generate = self.generate_request(request, self._prompt(session, request), 0)
-        stream = TokenStream.open(self.inference, generate, self.filter)
+        # Charged when the SSE body closes the stream (``_sse``'s finally).
+        stream = TokenStream.open(self.inference, generate, self.filter, token_meter())
         return self._sse(request, session, etag, stream)
 
     def _sse(
@@ -157,7 +159,9 @@ class ChatCompletionService:
         except AutoGLMError as exc:
             yield sse.error_event(exc)
         finally:
-            stream.close()  # a client that went away cancels its generation upstream
+            # A client that went away cancels its generation upstream; either way the
+            # tokens generated so far are charged here.
+            stream.close()
             if not completed and session is not None and stream.text:
                 # Client disconnected mid-stream: keep the part it saw and ask the
                 # archiver to write the session now.

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from autoglm.core.errors import AutoGLMError, InvalidRequestError
 from autoglm.core.schemas import GenerateRequest, SamplingParams, parse
 from autoglm.gateway import sse
+from autoglm.gateway.guards import token_meter
 from autoglm.gateway.inference_client import InferenceClient
 from autoglm.gateway.openai.completions.protocol import (
     CompletionChoice,
@@ -81,8 +82,12 @@ class CompletionService:
         )
 
     def open_stream(self, request: CompletionRequest) -> Iterator[bytes]:
+        # Charged when the SSE body closes the stream (``_sse``'s finally).
         stream = TokenStream.open(
-            self.inference, self._generate(request, request.prompts[0], 0), self.filter
+            self.inference,
+            self._generate(request, request.prompts[0], 0),
+            self.filter,
+            token_meter(),
         )
         return self._sse(request, stream)
 
@@ -107,4 +112,4 @@ class CompletionService:
         except AutoGLMError as exc:
             yield sse.error_event(exc)
         finally:
-            stream.close()
+            stream.close()  # cancels the generation upstream and charges its tokens
