@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -8,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from autoglm.devstack.processes import free_port
-from tests.support.stack import AppUnderTest, Backing, start_app, wait_http_ok
+from tests.support.mesh import start_mesh
+from tests.support.stack import AppUnderTest, Backing
 from tests.support.tokens import bearer
 
 
@@ -31,44 +30,15 @@ class Mesh:
 @pytest.fixture(scope="session")
 def mesh(backing: Backing, models_dir: Path) -> Iterator[Mesh]:
     """All three apps as real processes, each behind its own real daprd."""
-    archive_root = backing.workdir / "archive"
-    metrics_port = free_port()
     with ExitStack() as stack:
-        inference = start_app(
+        own = start_mesh(backing, stack, models_dir)
+        metrics_port = int(own.envs["inference"]["AUTOGLM_INFERENCE_METRICS_PORT"])
+        yield Mesh(
             backing,
-            stack,
-            "inference",
-            "autoglm.inference",
-            env={
-                "AUTOGLM_INFERENCE_MODELS": json.dumps(
-                    [
-                        {"id": "demo-glm", "path": str(models_dir / "demo-glm"), "priority": True},
-                        {
-                            "id": "all-MiniLM-L6-v2",
-                            "path": str(models_dir / "all-MiniLM-L6-v2"),
-                            "priority": True,
-                        },
-                    ]
-                ),
-                "AUTOGLM_INFERENCE_METRICS_PORT": str(metrics_port),
-            },
+            own.gateway,
+            own.inference,
+            own.archiver,
+            own.gateway_url,
+            own.archive_root,
+            metrics_port,
         )
-        archiver = start_app(
-            backing,
-            stack,
-            "archiver",
-            "autoglm.archiver",
-            env={"AUTOGLM_ARCHIVER_ROOT": str(archive_root)},
-        )
-        gateway = start_app(
-            backing,
-            stack,
-            "gateway",
-            "autoglm.gateway",
-            protocol="http",
-            env={"AUTOGLM_GATEWAY_THREADS": "8"},
-        )
-        url = f"http://127.0.0.1:{gateway.app_port}"
-        assert gateway.app is not None
-        wait_http_ok(f"{url}/readyz", gateway.app)
-        yield Mesh(backing, gateway, inference, archiver, url, archive_root, metrics_port)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoglm.core.errors import AutoGLMError, ConflictError
+from autoglm.core.errors import AutoGLMError, ConflictError, UnavailableError
 from autoglm.core.sidecar import StateEntry
 
 
@@ -12,6 +12,7 @@ class FakeSidecar:
     def __init__(self) -> None:
         self.published: list[tuple[str, dict[str, Any]]] = []
         self.state: dict[str, tuple[Any, int]] = {}
+        self.first_write: set[str] = set()
         self.secrets: dict[str, dict[str, str]] = {}
         self.invocations: list[tuple[str, str, dict[str, Any]]] = []
         self.invoke_replies: dict[str, Any] = {}
@@ -54,6 +55,12 @@ class FakeSidecar:
             etag is not None and (not current or str(current[1]) != etag)
         ):
             raise ConflictError(f"state {key}: modified concurrently")
+        if current and etag is None and key in self.first_write:
+            # As state.redis does: a key written first-write refuses later writes
+            # that do not carry its ETag.
+            raise UnavailableError(f"state {key}: Dapr error 500 ERR_STATE_SAVE")
+        if etag is not None or create_only:
+            self.first_write.add(key)
         self.state[key] = (value, (current[1] + 1) if current else 1)
 
     def delete_state(self, key: str, etag: str | None = None, store: str = "statestore") -> None:

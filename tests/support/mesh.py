@@ -85,7 +85,13 @@ def start_mesh(
     root = archive_root or backing.workdir / "archive"
     envs = {
         "inference": {**inference_env(models_dir, free_port()), **(inference or {})},
-        "archiver": {"AUTOGLM_ARCHIVER_ROOT": str(root), **(archiver or {})},
+        # Side ports are free ones too: another stack (make run, a session-wide e2e
+        # mesh) may hold the defaults.
+        "archiver": {
+            "AUTOGLM_ARCHIVER_ROOT": str(root),
+            "AUTOGLM_ARCHIVER_METRICS_PORT": str(free_port()),
+            **(archiver or {}),
+        },
         "gateway": {"AUTOGLM_GATEWAY_THREADS": "8", **(gateway or {})},
     }
     inf = start_app(backing, stack, "inference", "autoglm.inference", env=envs["inference"])

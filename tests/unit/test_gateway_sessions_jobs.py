@@ -86,8 +86,9 @@ def test_concurrent_turn_is_409_and_nothing_is_lost(
 
     def racing(payload: dict[str, Any]) -> dict[str, Any]:
         # Another replica appends a turn while this generation runs.
-        value, _ = sidecar.state[key]
-        sidecar.save_state(key, dict(value, messages=[{"role": "user", "content": "other"}]))
+        value, version = sidecar.state[key]
+        other = dict(value, messages=[{"role": "user", "content": "other"}])
+        sidecar.save_state(key, other, etag=str(version))
         return _result(payload)
 
     sidecar.invoke_replies["generate"] = racing

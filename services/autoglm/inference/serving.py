@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
 from opentelemetry import trace
@@ -60,7 +60,7 @@ class InferenceService:
         metrics: InferenceMetrics | None = None,
         admin_callers: tuple[str, ...] = ("gateway",),
         idempotency_ttl_s: int = 86400,
-        claim_ttl_s: float = 30.0,
+        claim_ttl_s: float = 10.0,
         fault_delay_s: float = 0.0,
     ) -> None:
         self.engine = engine
@@ -94,7 +94,7 @@ class InferenceService:
         """Run one generation; ``keep_alive`` is called every ``claim_ttl_s / 3`` while
         it runs (the pub/sub path renews its claim on the request id with it)."""
         if self.fault_delay_s:
-            time.sleep(self.fault_delay_s)
+            self._sleep(self.fault_delay_s, keep_alive)
         handle = self.engine.submit(request)
         deadline = time.monotonic() + self.engine.request_timeout_s + 5
         if keep_alive is not None:
@@ -114,6 +114,14 @@ class InferenceService:
             }
         )
         return result
+
+    def _sleep(self, seconds: float, keep_alive: Callable[[], None] | None) -> None:
+        """The injected delay, keeping a claim alive through it as a generation would."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, self.claim_ttl_s / 3) if keep_alive else left)
+            if keep_alive and time.monotonic() < end:
+                keep_alive()
 
     def generate(self, body: bytes) -> str:
         def work() -> str:
@@ -221,7 +229,7 @@ class InferenceService:
 
         def renew() -> None:
             try:
-                self.sidecar.save_state(key, _CLAIMED, ttl_s=self._claim_ttl)
+                self._overwrite(key, _CLAIMED, self._claim_ttl)
             except AutoGLMError as exc:
                 log.warning("claim not renewed", extra={"request_id": rid, "reason": exc.message})
 
@@ -248,9 +256,7 @@ class InferenceService:
             self._release(key)
             return Ack.RETRY
         try:
-            self.sidecar.save_state(
-                key, {"state": "published", "at": time.time()}, ttl_s=self.idempotency_ttl_s
-            )
+            self._overwrite(key, {"state": "published", "at": time.time()}, self.idempotency_ttl_s)
         except AutoGLMError as exc:
             # The result is out; the claim lapses and a redelivery could publish again.
             log.warning(
@@ -261,6 +267,14 @@ class InferenceService:
     @property
     def _claim_ttl(self) -> int:
         return max(1, math.ceil(self.claim_ttl_s))  # the state store counts whole seconds
+
+    def _overwrite(self, key: str, value: Mapping[str, object], ttl_s: int) -> None:
+        """Replace the record we hold. It was created first-write, and state.redis then
+        refuses any write without its current ETag, so read the ETag first."""
+        entry = self.sidecar.get_state(key)
+        self.sidecar.save_state(
+            key, value, etag=entry.etag if entry else None, create_only=entry is None, ttl_s=ttl_s
+        )
 
     def _release(self, key: str) -> None:
         """Drop a claim whose work did not happen, so a redelivery need not wait it out."""

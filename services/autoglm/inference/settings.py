@@ -72,8 +72,10 @@ class InferenceSettings(AppSettings):
     idempotency_ttl_s: int = Field(default=86400, ge=60)
     #: A pub/sub delivery's claim on its request id lapses this long after its last
     #: renewal (renewed every third of it while generating): how soon a crashed
-    #: replica's work is taken over.
-    claim_ttl_s: int = Field(default=30, ge=3)
+    #: replica's work is taken over. Short, so that it lapses while daprd is still
+    #: retrying the delivery, not after it gave up (then Redis redelivers only after
+    #: the component's processingTimeout).
+    claim_ttl_s: int = Field(default=10, ge=3)
     #: Fault injection for the chaos tests (tests/chaos/): off unless ``faults_enabled``.
     #: A two-step switch, so a stray delay in a deployed config alone does nothing.
     faults_enabled: bool = False
