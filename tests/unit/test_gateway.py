@@ -505,3 +505,14 @@ def test_sigint_drains_like_sigterm() -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_a_blocked_term_longer_than_the_default_holdback_is_never_half_sent(
+    sidecar: FakeSidecar, stream: FakeStream
+) -> None:
+    term = "the launch codes are " + "x" * 80
+    client = make_client(sidecar, stream, blocked_terms=[term])
+    stream.deltas = ["fine. ", term[:50], term[50:], " after"]
+    events = _sse(client.post("/v1/chat/completions", json=dict(CHAT, stream=True), headers=USER))
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+    assert text == "fine. " and events[-2]["choices"][0]["finish_reason"] == "content_filter"

@@ -73,3 +73,10 @@ def test_bad_patterns_fail_at_construction(bad: str) -> None:
 
 def test_blank_terms_are_ignored() -> None:
     assert ContentFilter(terms=["", "  "]).first_violation("anything") is None
+
+
+def test_stream_holdback_covers_the_longest_term() -> None:
+    assert ContentFilter().stream_holdback == 0
+    assert ContentFilter(["kill"]).stream_holdback == 64
+    long_term = "a forbidden phrase that is much longer than sixty-four characters in all"
+    assert ContentFilter([long_term]).stream_holdback == 2 * len(long_term)

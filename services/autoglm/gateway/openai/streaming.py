@@ -12,9 +12,6 @@ from autoglm.core.schemas import FinishReason, GenerateRequest, GenerateResult, 
 from autoglm.gateway.inference_client import InferenceClient
 from autoglm.gateway.security.content_filter import ContentFilter
 
-#: Characters held back while a content filter is on: longer than any blocked term.
-HOLDBACK = 64
-
 
 class TokenStream:
     def __init__(
@@ -55,9 +52,9 @@ class TokenStream:
 
     def __iter__(self) -> Iterator[str]:
         """Non-empty text deltas; stops early when the filter cuts the output. With a
-        filter, the last ``HOLDBACK`` characters wait for the next delta, so a blocked
+        filter, the last ``stream_holdback`` characters wait for the next delta, so a blocked
         term split across deltas is never half-sent before the cut."""
-        holdback = HOLDBACK if self._filter.enabled else 0
+        holdback = self._filter.stream_holdback
         sent = 0
         pending = [self._first] if self._first else []
         for frame in _chain(pending, self._frames):

@@ -26,6 +26,9 @@ _ASCII_WORD = re.compile("[a-z0-9]")
 class ContentFilter:
     def __init__(self, terms: Sequence[str] = (), patterns: Sequence[str] = ()) -> None:
         parts = [_term_regex(term) for term in terms if term.strip()]
+        #: Longest blocked term: a stream holds back at least this much text (x2, for
+        #: invisible characters slipped between its letters).
+        self.longest_term = max((len(t) for t in terms if t.strip()), default=0)
         for pattern in patterns:
             # Raised at start-up, naming the culprit, rather than on a request.
             try:
@@ -42,6 +45,13 @@ class ContentFilter:
     @property
     def enabled(self) -> bool:
         return self._regex is not None
+
+    @property
+    def stream_holdback(self) -> int:
+        """Characters a stream keeps back until the next delta, so that a blocked match
+        split across deltas is never half-sent: 64, or twice the longest term. (A
+        pattern that matches more than this may still be cut after part was sent.)"""
+        return max(64, 2 * self.longest_term) if self.enabled else 0
 
     def check_input(self, text: str) -> None:
         """Raise ``InvalidRequestError(code="content_filter")`` if ``text`` is blocked."""
