@@ -3,10 +3,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from autoglm.core.errors import InvalidRequestError, NotFoundError
 from autoglm.core.schemas import ChatMessage, GenerateRequest, SamplingParams
 from autoglm.inference.engine import AutoGLMEngine
+from autoglm.inference.registry import ModelSpec
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +56,18 @@ def test_prompt_over_context_is_refused_with_counts(engine: AutoGLMEngine) -> No
 def test_unknown_model_is_404(engine: AutoGLMEngine) -> None:
     with pytest.raises(NotFoundError, match="nope"):
         engine.generate(GenerateRequest(model="nope", prompt="x"))
+
+
+def test_size_is_estimated_before_loading(engine: AutoGLMEngine) -> None:
+    """The estimate (weight files on disk, scaled to the loading dtype) is what the
+    registry makes room for before reading any weights, so it must match the real size."""
+    loaded = engine.get(None)
+    spec = ModelSpec("demo-glm", loaded.path)
+    estimate = engine._estimate(spec)
+    assert abs(estimate - loaded.nbytes) <= 0.05 * loaded.nbytes
+    engine.dtype_name, engine.dtype = "bfloat16", torch.bfloat16
+    try:
+        assert engine._estimate(spec) == estimate // 2
+    finally:
+        engine.dtype_name, engine.dtype = "float32", torch.float32
+    assert engine._estimate(ModelSpec("gone", loaded.path / "missing")) == 0

@@ -159,3 +159,61 @@ def test_stream_frames_end_with_result(engine: AutoGLMEngine) -> None:
 def test_stream_of_bad_request_is_one_error_frame(engine: AutoGLMEngine) -> None:
     frames = list(InferenceService(engine, FakeSidecar()).stream(b'{"prompt": 1}'))
     assert len(frames) == 1 and json.loads(frames[0])["error"]["status"] == 400
+
+
+def test_priority_model_unload_is_refused_and_health_stays_ready(engine: AutoGLMEngine) -> None:
+    service = InferenceService(engine, FakeSidecar())
+    reply = json.loads(service.unload_model(b'{"model": "demo-glm"}', "gateway"))
+    assert reply["error"]["status"] == 409 and reply["error"]["code"] == "priority_model"
+    assert "priority model" in reply["error"]["message"]
+    assert json.loads(service.health(b""))["ready"] is True
+
+
+def test_embed_metrics_are_labelled_with_the_embedding_model(models_dir: Path) -> None:
+    from autoglm.inference.registry import ModelSpec
+
+    eng = AutoGLMEngine(
+        models=[
+            ModelSpec("demo-glm", models_dir / "demo-glm", priority=True),
+            ModelSpec("minilm", models_dir / "all-MiniLM-L6-v2"),
+        ],
+        warmup=False,
+    )
+    try:
+        service = InferenceService(eng, FakeSidecar())
+        assert "data" in json.loads(service.embed(b'{"input": ["hello"]}'))
+        json.loads(service.embed(b'{"input": ["hello"], "model": "no-such-model"}'))
+        value = service.metrics.registry.get_sample_value
+        ok = {"model": "minilm", "method": "embed", "outcome": "ok"}
+        assert value("autoglm_requests_total", ok) == 1
+        assert (
+            value("autoglm_request_latency_seconds_count", {"model": "minilm", "method": "embed"})
+            == 1
+        )
+        assert value("autoglm_requests_total", {**ok, "model": "demo-glm"}) is None
+        # A name the client made up is not a label of its own.
+        missing = {"model": "unknown", "method": "embed", "outcome": "not_found"}
+        assert value("autoglm_requests_total", missing) == 1
+    finally:
+        eng.close()
+
+
+def test_resident_memory_is_current_not_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    import autoglm.inference.metrics as metrics_module
+    from autoglm.inference.metrics import InferenceMetrics
+
+    value = InferenceMetrics().registry.get_sample_value
+    block = bytearray(256 * 2**20)  # touched, then freed: the peak keeps it, RSS does not
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    del block
+    current = value("autoglm_process_resident_memory_bytes")
+    peak = value("autoglm_process_max_rss_bytes")
+    assert current is not None and peak is not None
+    assert 0 < current <= peak - 128 * 2**20
+
+    def no_proc(*_a: object, **_k: object) -> object:
+        raise FileNotFoundError("/proc/self/statm")
+
+    monkeypatch.setattr(metrics_module, "open", no_proc, raising=False)
+    assert metrics_module.resident_memory_bytes() == metrics_module.max_rss_bytes()

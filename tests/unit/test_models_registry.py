@@ -9,7 +9,12 @@ from typing import Any
 
 import pytest
 
-from autoglm.core.errors import InvalidRequestError, UnavailableError
+from autoglm.core.errors import (
+    ConflictError,
+    InvalidRequestError,
+    OverloadedError,
+    UnavailableError,
+)
 from autoglm.inference.adapters import (
     EmbeddingAdapter,
     GLMAdapter,
@@ -99,8 +104,9 @@ def test_signed_models_verify_and_tampering_is_refused(
 
 
 class _Fake:
-    def __init__(self, nbytes: int) -> None:
+    def __init__(self, nbytes: int, busy: bool = False) -> None:
         self.nbytes = nbytes
+        self.busy = busy
         self.closed = False
 
     def close(self) -> None:
@@ -150,3 +156,117 @@ def test_failed_load_is_reported_not_fatal() -> None:
     with pytest.raises(UnavailableError, match="not signed"):
         reg.get("x", wait_s=5)
     assert reg.status()[0]["state"] == "failed"
+
+
+def _states(reg: ModelRegistry) -> dict[str, str]:
+    return {m["id"]: m["state"] for m in reg.status()}
+
+
+def test_eviction_makes_room_before_loading_and_refuses_what_cannot_fit() -> None:
+    sizes = {"p": 40, "a": 40, "b": 40, "huge": 90}
+    in_use_at_load: dict[str, int] = {}
+    reg: ModelRegistry
+
+    def loader(spec: ModelSpec) -> _Fake:
+        in_use_at_load[spec.id] = reg.loaded_bytes()
+        return _Fake(sizes[spec.id])
+
+    reg = ModelRegistry(
+        [ModelSpec("p", Path("p"), priority=True)]
+        + [ModelSpec(m, Path(m)) for m in ("a", "b", "huge")],
+        loader,
+        memory_budget_bytes=100,
+        estimate=lambda spec: sizes[spec.id],
+    )
+    reg.load("p")
+    a = reg.get("a")
+    reg.load("b")
+    # ``a`` was closed before ``b``'s weights were read: never more than the budget.
+    assert a.closed and in_use_at_load["b"] == 40
+    assert _states(reg) == {"p": "ready", "a": "not_loaded", "b": "ready", "huge": "not_loaded"}
+    # 90 cannot fit beside the priority model: refused up front, and b is not evicted in vain.
+    with pytest.raises(OverloadedError) as err:
+        reg.get("huge", wait_s=5)
+    assert err.value.code == "memory_budget_exceeded" and err.value.status == 503
+    assert "'huge' needs about" in err.value.message
+    assert err.value.details["required_bytes"] == 90
+    assert err.value.details["budget_bytes"] == 100
+    assert "huge" not in in_use_at_load and _states(reg)["b"] == "ready"
+
+
+def test_busy_models_are_not_evicted() -> None:
+    made: dict[str, _Fake] = {}
+    reg = ModelRegistry(
+        [ModelSpec(m, Path(m)) for m in ("busy", "idle", "new", "next")],
+        lambda spec: made.setdefault(spec.id, _Fake(40, busy=spec.id == "busy")),
+        memory_budget_bytes=100,
+        estimate=lambda _spec: 40,
+    )
+    reg.load("busy")  # least recently used, but serving requests
+    time.sleep(0.01)
+    reg.load("idle")
+    reg.load("new")  # the idle one goes, not the busy one
+    assert made["idle"].closed and not made["busy"].closed
+    made["new"].busy = True
+    # Now only busy models could make room: the load is refused instead.
+    with pytest.raises(OverloadedError, match="only 0 MiB can be evicted") as err:
+        reg.load("next")
+    assert err.value.code == "memory_budget_exceeded"
+    assert err.value.details["evictable_bytes"] == 0
+    assert not made["busy"].closed and not made["new"].closed
+    assert _states(reg) == {
+        "busy": "ready",
+        "idle": "not_loaded",
+        "new": "ready",
+        "next": "not_loaded",
+    }
+
+
+def test_unload_during_loading_sticks() -> None:
+    gate = threading.Event()
+    made: list[_Fake] = []
+
+    def loader(spec: ModelSpec) -> _Fake:
+        gate.wait(5)
+        made.append(_Fake(10))
+        return made[-1]
+
+    reg = ModelRegistry([ModelSpec("m", Path("m"))], loader, 100, estimate=lambda _s: 10)
+    with pytest.raises(UnavailableError, match="still loading"):
+        reg.get("m", wait_s=0.01)
+    waiter_error: list[Exception] = []
+
+    def wait_for_it() -> None:
+        try:
+            reg.get("m", wait_s=5)
+        except UnavailableError as exc:
+            waiter_error.append(exc)
+
+    waiter = threading.Thread(target=wait_for_it)
+    waiter.start()
+    reg.unload("m")
+    waiter.join(5)
+    assert [getattr(e, "code", None) for e in waiter_error] == ["model_unloaded"]
+    assert reg.committed_bytes() == 0  # its reservation is released at once
+    gate.set()
+    deadline = time.monotonic() + 5
+    while not (made and made[0].closed) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert made and made[0].closed  # the finished load was discarded, not made ready
+    assert _states(reg) == {"m": "not_loaded"} and reg.loaded_bytes() == 0
+
+
+def test_priority_models_cannot_be_unloaded() -> None:
+    made: list[_Fake] = []
+    reg = ModelRegistry(
+        [ModelSpec("p", Path("p"), priority=True)],
+        lambda _spec: made.append(_Fake(10)) or made[-1],
+        100,
+    )
+    reg.load("p")
+    with pytest.raises(ConflictError, match="'p' is a priority model") as err:
+        reg.unload("p")
+    assert err.value.status == 409 and err.value.code == "priority_model"
+    assert reg.priority_ready() and not made[0].closed
+    reg.close()  # shutting down still closes it
+    assert made[0].closed

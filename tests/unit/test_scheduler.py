@@ -223,3 +223,28 @@ def test_queue_waits_are_reported_and_cancelled_waiters_give_their_place_back(
         assert max(waits) >= 0.05  # the second one waited for the first to leave
     finally:
         eng.close()
+
+
+def test_generated_tokens_include_each_requests_first_token(demo_model_dir: Path) -> None:
+    """The first token comes from the prefill, and a request that stops there leaves the
+    batch before the step is reported: both still count as generated."""
+    from autoglm.inference.metrics import InferenceMetrics
+
+    metrics = InferenceMetrics()
+    eng = AutoGLMEngine(demo_model_dir, prefix_cache_mb=0, warmup=False, on_step=metrics.on_step)
+    try:
+        results = [eng.generate(_req(PROMPTS[0], 1)), eng.generate(_req(PROMPTS[1], 6))]
+        assert results[0].completion_tokens == 1
+        expected = sum(r.completion_tokens for r in results)
+        # A step is reported after its requests finish: give the last report a moment.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            counted = metrics.registry.get_sample_value(
+                "autoglm_generated_tokens_total", {"model": eng.default_model}
+            )
+            if counted == expected:
+                break
+            time.sleep(0.01)
+        assert counted == expected
+    finally:
+        eng.close()

@@ -9,6 +9,7 @@ single byte of them is loaded.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -61,6 +62,13 @@ class LoadedModel:
     @property
     def kind(self) -> str:
         return self.adapter.kind
+
+    @property
+    def busy(self) -> bool:
+        """Requests running or queued. Embedding calls run in their callers' threads and
+        keep their own reference, so closing an encoder never fails one."""
+        s = self.scheduler
+        return s is not None and (s.batch_size > 0 or s.queue_depth > 0)
 
     def close(self) -> None:
         if self.scheduler is not None:
@@ -150,7 +158,9 @@ class AutoGLMEngine:
             ),
             None,
         )
-        self.registry = ModelRegistry(specs, self._load, memory_budget_mb * 1024 * 1024)
+        self.registry = ModelRegistry(
+            specs, self._load, memory_budget_mb * 1024 * 1024, estimate=self._estimate
+        )
         for spec in specs:
             if spec.priority:
                 self.registry.load(spec.id)
@@ -235,6 +245,30 @@ class AutoGLMEngine:
         )
         return loaded
 
+    def _estimate(self, spec: ModelSpec) -> int:
+        """Bytes the model will take once loaded, known before loading it so the registry
+        can make room first: its weight files' sizes on disk, scaled from the checkpoint's
+        dtype to the one it is loaded in. Only file sizes and config.json are read, so
+        nothing unverified is loaded."""
+        try:
+            files = [p for p in spec.path.rglob("*") if p.is_file() and not p.is_symlink()]
+            # from_pretrained reads safetensors when there are any, else the .bin files.
+            weights = [p for p in files if p.suffix == ".safetensors"] or [
+                p for p in files if p.suffix == ".bin"
+            ]
+            on_disk = sum(p.stat().st_size for p in weights)
+            config = json.loads((spec.path / "config.json").read_text())
+        except (OSError, ValueError):
+            config = None
+        if not isinstance(config, dict):
+            return 0  # the load itself reports what is wrong with the directory
+        stored = _itemsize(config.get("dtype") or config.get("torch_dtype"))
+        target = self.dtype.itemsize
+        kind = adapter_for(str(config.get("model_type", ""))).kind
+        if self.dtype_name == "int8" and kind == "generate":
+            target = 1  # causal LMs' Linear weights are quantized; encoders are not
+        return on_disk * target // stored
+
     def load_model(self, model_id: str) -> None:
         self.registry.load(model_id)
 
@@ -303,6 +337,12 @@ class AutoGLMEngine:
         loaded = self.get(model or self.default_embedding_model, kind="embed")
         assert loaded.embedder is not None
         return loaded.embedder.embed(texts)
+
+
+def _itemsize(dtype: object) -> int:
+    """Bytes per element of a checkpoint's ``dtype``; float32 when it names none."""
+    value = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    return value.itemsize if isinstance(value, torch.dtype) else 4
 
 
 def _nbytes(model: Any) -> int:

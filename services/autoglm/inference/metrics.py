@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import resource
+import sys
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -56,7 +58,11 @@ class InferenceMetrics:
         )
         self.models_loaded = Gauge("autoglm_models_loaded", "Models loaded", registry=r)
         self.rss = Gauge("autoglm_process_max_rss_bytes", "Peak resident set size", registry=r)
-        self.rss.set_function(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        self.rss.set_function(max_rss_bytes)
+        self.resident = Gauge(
+            "autoglm_process_resident_memory_bytes", "Current resident set size", registry=r
+        )
+        self.resident.set_function(resident_memory_bytes)
         self.cuda_memory = Gauge(
             "autoglm_cuda_memory_allocated_bytes", "CUDA memory in use", registry=r
         )
@@ -70,7 +76,28 @@ class InferenceMetrics:
             self.queue_wait.labels(model).observe(wait)
         if stats.batch_size:
             self.batch_size.labels(model).observe(stats.batch_size)
+        # Not under batch_size: requests that finish on their prefill token leave the
+        # batch before the step is reported, yet generated a token.
+        if stats.tokens:
             self.tokens.labels(model).inc(stats.tokens)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)
+
+
+def max_rss_bytes() -> int:
+    """Peak resident set size of this process (``ru_maxrss`` is KiB on Linux, bytes on
+    macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def resident_memory_bytes() -> int:
+    """Current resident set size: pages in ``/proc/self/statm`` times the page size; the
+    peak where there is no ``/proc`` (macOS), the closest figure available there."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return max_rss_bytes()

@@ -154,6 +154,8 @@ class Scheduler:
         self._waiting: deque[tuple[RequestHandle, list[int]]] = deque()
         self._running: list[_Sequence] = []
         self._batch = BatchKV()
+        #: First tokens taken by prefills in this iteration (decode steps count their own).
+        self._prefill_tokens = 0
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(
@@ -236,12 +238,16 @@ class Scheduler:
             if s.handle.cancelled or now > s.deadline
         ]
         self._retire(dict(finished))
+        self._prefill_tokens = 0
         waits = self._admit()
         stats = StepStats(
-            batch_size=len(self._running), queue_depth=len(self._waiting), queue_waits=waits
+            batch_size=len(self._running),
+            queue_depth=len(self._waiting),
+            queue_waits=waits,
+            tokens=self._prefill_tokens,
         )
         if self._running:
-            stats.tokens = self._decode_step()
+            stats.tokens += self._decode_step()
         if self.on_step:
             self.on_step(stats)
 
@@ -342,6 +348,7 @@ class Scheduler:
         for seq in seqs:
             seq.handle.batch_size_at_join = len(self._running)
         self._batch.add(layers, mask)
+        self._prefill_tokens += len(seqs)  # each takes its first token below
         done = {}
         for j, seq in enumerate(seqs):
             reason = self._accept(seq, logits[j])

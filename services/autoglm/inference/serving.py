@@ -73,9 +73,16 @@ class InferenceService:
         self.fault_delay_s = fault_delay_s
 
     # -- invocation ------------------------------------------------------------------
-    def _reply(self, method: str, model: str | None, work: Callable[[], str]) -> str:
+    def _reply(
+        self,
+        method: str,
+        model: str | Callable[[], str | None] | None,
+        work: Callable[[], str],
+    ) -> str:
+        """Run ``work``, counting and timing it under ``model``: a model id, a function
+        called after ``work`` (which can name the model the request resolved to), or
+        None for the default generative model."""
         started = time.monotonic()
-        label = model or self.engine.default_model
         try:
             body = work()
             outcome = "ok"
@@ -84,6 +91,7 @@ class InferenceService:
         except Exception:
             log.exception("%s failed", method)
             body, outcome = error_reply(InternalError(f"{method} failed")), "internal_error"
+        label = (model() if callable(model) else model) or self.engine.default_model
         self.metrics.requests.labels(label, method, outcome).inc()
         self.metrics.latency.labels(label, method).observe(time.monotonic() - started)
         return body
@@ -152,13 +160,22 @@ class InferenceService:
                 handle.cancel()
 
     def embed(self, body: bytes) -> str:
+        used: list[str] = []  # the model the request resolved to, for the metrics' label
+
         def work() -> str:
             request = parse(EmbedRequest, body)
+            resolved = request.model or self.engine.default_embedding_model
+            if resolved is not None:
+                # Only served ids become labels: arbitrary names sent by clients would
+                # otherwise grow the metrics without bound.
+                used.append(resolved if resolved in self.engine.registry.ids() else "unknown")
             vectors, tokens = self.engine.embed(request.input, request.model)
             model = request.model or self.engine.default_embedding_model or ""
             return EmbedResult(model=model, data=vectors, prompt_tokens=tokens).model_dump_json()
 
-        return self._reply("embed", None, work)
+        return self._reply(
+            "embed", lambda: used[0] if used else self.engine.default_embedding_model, work
+        )
 
     def models(self, _body: bytes) -> str:
         return json.dumps({"data": self.engine.models()})
