@@ -205,3 +205,52 @@ def test_deleted_session_stays_deleted_when_the_state_store_is_lost(mesh: Mesh) 
     after = httpx.get(f"{url}/v1/sessions/{sid}", headers=headers, timeout=30)
     assert after.status_code == 404, after.text
     assert not store.exists(f"gateway||session:acme:{sid}")  # nothing written back
+
+
+def test_a_chat_request_is_audited_and_only_an_admin_reads_it_back(mesh: Mesh) -> None:
+    """gateway → ``audit`` topic → archiver's daily file → ``audit_query`` → GET /v1/audit."""
+    url = mesh.gateway_url
+    request_id = f"audit-e2e-{time.time_ns()}"
+    body = {"model": "demo-glm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    days = {time.strftime("%Y-%m-%d", time.gmtime())}
+    chat = httpx.post(
+        f"{url}/v1/chat/completions",
+        json=body,
+        headers={**mesh.headers(), "x-request-id": request_id},
+        timeout=60,
+    )
+    assert chat.status_code == 200, chat.text
+    days.add(time.strftime("%Y-%m-%d", time.gmtime()))  # the request may cross midnight UTC
+
+    def audited() -> list[dict[str, object]]:
+        found = []
+        for day in sorted(days):
+            offset: int | None = 0
+            while offset is not None:
+                page = httpx.get(
+                    f"{url}/v1/audit",
+                    params={"tenant": "acme", "day": day, "offset": offset, "limit": 1000},
+                    headers=mesh.headers("acme", "admin"),
+                    timeout=30,
+                )
+                assert page.status_code == 200, page.text
+                found += [e for e in page.json()["events"] if e.get("request_id") == request_id]
+                offset = page.json()["next_offset"]
+        return found
+
+    deadline = time.monotonic() + 30
+    while not (events := audited()) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert len(events) == 1, "the chat request's audit event never reached the archive"
+    event = events[0]
+    assert event["tenant"] == "acme" and event["role"] == "user" and event["status"] == 200
+    assert event["action"] == "POST /v1/chat/completions" and event["model"] == "demo-glm"
+
+    user = httpx.get(
+        f"{url}/v1/audit",
+        params={"tenant": "acme", "day": sorted(days)[0]},
+        headers=mesh.headers("acme"),
+        timeout=30,
+    )
+    assert user.status_code == 403, user.text
+    assert user.json()["error"]["type"] == "permission_error"

@@ -104,7 +104,11 @@ def main() -> int:
     service = ArchiverService(
         sessions,
         AttachmentStore(settings.root, sidecar, settings.attachments),
-        AuditLog(settings.root),
+        # Reads back what retention compressed and sealed, with the same key.
+        AuditLog(
+            settings.root,
+            Codec(settings.retention.compression, settings.retention.encrypt, cipher),
+        ),
         metrics,
         readiness,
         settings.root / ".probe",

@@ -48,6 +48,11 @@ def build_app(service: ArchiverService, max_concurrent_calls: int) -> App:
         with server_span("attachment_get", grpc_carrier(request.metadata)):
             return service.attachment_get(request.data)
 
+    @app.method(proto.AUDIT_QUERY)
+    def audit_query(request: InvokeMethodRequest) -> str:
+        with server_span("audit_query", grpc_carrier(request.metadata)):
+            return service.audit_query(request.data)
+
     @app.method(proto.HEALTH)
     def health(request: InvokeMethodRequest) -> str:
         return service.health(request.data)

@@ -23,6 +23,7 @@ from autoglm.core.archive_protocol import (
     AttachmentGetRequest,
     AttachmentPutRequest,
     AttachmentStartRequest,
+    AuditQueryRequest,
     HealthReply,
     RestoreReply,
     RestoreRequest,
@@ -116,12 +117,16 @@ class ArchiverService:
         def work() -> str:
             req = parse(RestoreRequest, body)
             state = self.sessions.restore(req.tenant, req.session_id, req.version)
+            latest = (
+                state if req.version is None else self.sessions.restore(req.tenant, req.session_id)
+            )
             return RestoreReply(
                 tenant=state.tenant,
                 session_id=state.session_id,
                 version=state.version,
                 messages=list(state.messages),
                 model=state.model,
+                latest_version=latest.version,
             ).model_dump_json()
 
         return self._reply("restore", work)
@@ -149,6 +154,12 @@ class ArchiverService:
         return self._reply(
             "attachment_get",
             lambda: self.attachments.get(parse(AttachmentGetRequest, body)).model_dump_json(),
+        )
+
+    def audit_query(self, body: bytes) -> str:
+        return self._reply(
+            "audit_query",
+            lambda: self.audit.query(parse(AuditQueryRequest, body)).model_dump_json(),
         )
 
     def health(self, _body: bytes = b"") -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
+from typing import Any
 
 from pydantic import Field, field_validator
 
@@ -21,10 +23,13 @@ RESTORE = "restore"
 ATTACHMENT_START = "attachment_start"
 ATTACHMENT_PUT = "attachment_put"
 ATTACHMENT_GET = "attachment_get"
+AUDIT_QUERY = "audit_query"
 HEALTH = "health"
 
 TENANT_FIELD = Field(min_length=1, max_length=64, pattern=SAFE_ID)
 ATTACHMENT_ID = r"^att-[0-9a-f]{32}$"
+#: A UTC day as the audit archive names its files.
+AUDIT_DAY = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
 
 def b64decode(data: str) -> bytes:
@@ -52,6 +57,9 @@ class RestoreReply(Payload):
     version: int
     messages: list[ChatMessage]
     model: str | None = None
+    #: The newest archived version; above ``version`` when an older one was chosen. An
+    #: admin restore writes above it (``SessionStore.restore_version`` says why).
+    latest_version: int | None = None
 
 
 class AttachmentStartRequest(Payload):
@@ -133,6 +141,43 @@ class AttachmentGetReply(Payload):
     offset: int = 0
     #: The requested range of the object, base64 (empty until the upload is complete).
     data: str
+
+
+def calendar_day(value: str) -> str:
+    """``value`` if it is a real ``YYYY-MM-DD`` date (the pattern alone takes 2024-02-30)."""
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be a calendar day, YYYY-MM-DD") from None
+    return value
+
+
+#: Most events one ``audit_query`` returns: a thousand events of well under 1 KiB each
+#: stay far below daprd's 4 MiB message limit.
+MAX_AUDIT_EVENTS = 1000
+DEFAULT_AUDIT_EVENTS = 100
+
+
+class AuditQueryRequest(Payload):
+    tenant: str = TENANT_FIELD
+    day: str = Field(pattern=AUDIT_DAY)
+    #: How many of the day's events to skip (the previous page's ``next_offset``).
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=DEFAULT_AUDIT_EVENTS, ge=1, le=MAX_AUDIT_EVENTS)
+
+    @field_validator("day")
+    @classmethod
+    def _calendar_day(cls, value: str) -> str:
+        return calendar_day(value)
+
+
+class AuditQueryReply(Payload):
+    tenant: str
+    day: str
+    #: The archived events as written (``AuditEvent`` JSON), oldest first.
+    events: list[dict[str, Any]]
+    #: Where the next page starts; ``None`` once this page reached the end of the day.
+    next_offset: int | None = None
 
 
 class HealthReply(Payload):

@@ -7,6 +7,7 @@ from flask import Flask
 from autoglm.core.sidecar import SidecarAPI
 from autoglm.gateway.attachments.api_router import attachments_blueprint
 from autoglm.gateway.audit import install_audit
+from autoglm.gateway.audit_log.api_router import audit_log_blueprint
 from autoglm.gateway.body_limit import install_body_limit
 from autoglm.gateway.errors import register_error_handlers
 from autoglm.gateway.guards import install_guards
@@ -103,4 +104,5 @@ def create_app(
         )
     )
     app.register_blueprint(attachments_blueprint(sidecar, archiver_app_id=settings.archiver_app_id))
+    app.register_blueprint(audit_log_blueprint(sidecar, archiver_app_id=settings.archiver_app_id))
     return app

@@ -10,6 +10,13 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel
 
+from autoglm.core.archive_protocol import (
+    AttachmentInfo,
+    AttachmentPutReply,
+    AttachmentStartRequest,
+    AuditQueryReply,
+)
+from autoglm.gateway.audit_log.protocol import AuditQuery
 from autoglm.gateway.jobs.protocol import JobRecord
 from autoglm.gateway.openai.chat.protocol import (
     ChatCompletionChunk,
@@ -20,7 +27,11 @@ from autoglm.gateway.openai.completions.protocol import CompletionRequest, Compl
 from autoglm.gateway.openai.embeddings.protocol import EmbeddingRequest, EmbeddingResponse
 from autoglm.gateway.openai.models.protocol import ModelCard, ModelList
 from autoglm.gateway.openai.protocol import ErrorResponse
-from autoglm.gateway.sessions.protocol import CreateSessionRequest, SessionRecord
+from autoglm.gateway.sessions.protocol import (
+    CreateSessionRequest,
+    RestoreSessionRequest,
+    SessionRecord,
+)
 
 _ERRORS = {
     400: "Invalid request (the message names the field)",
@@ -47,6 +58,12 @@ class Route:
     stream: type[BaseModel] | None = None
     raw_body: bool = False
     params: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    #: Query parameters described by a model's fields (optional ones not required).
+    query: type[BaseModel] | None = None
+    #: Body fields the gateway sets itself (the caller's tenant): not in the schema.
+    server_fields: tuple[str, ...] = ()
+    #: The reply is the raw bytes of a file, served with its stored MIME type.
+    binary: bool = False
     public: bool = False
 
 
@@ -107,6 +124,14 @@ ROUTES = (
     ),
     Route(
         "post",
+        "/v1/sessions/{session_id}/restore",
+        "Restore a chosen archived version as the current history (admin)",
+        SessionRecord,
+        RestoreSessionRequest,
+        params=(("session_id", "path"),),
+    ),
+    Route(
+        "post",
         "/v1/jobs",
         "Submit an async chat completion",
         JobRecord,
@@ -116,12 +141,20 @@ ROUTES = (
     Route(
         "get", "/v1/jobs/{job_id}", "Job status and result", JobRecord, params=(("job_id", "path"),)
     ),
-    Route("post", "/v1/attachments", "Start an upload", None, status=201),
+    Route(
+        "post",
+        "/v1/attachments",
+        "Start an upload",
+        AttachmentInfo,
+        AttachmentStartRequest,
+        status=201,
+        server_fields=("tenant",),
+    ),
     Route(
         "put",
         "/v1/attachments/{attachment_id}",
         "Upload the chunk at offset",
-        None,
+        AttachmentPutReply,
         raw_body=True,
         params=(("attachment_id", "path"), ("offset", "query")),
     ),
@@ -131,36 +164,58 @@ ROUTES = (
         "Download a finished attachment",
         None,
         params=(("attachment_id", "path"),),
+        binary=True,
+    ),
+    Route(
+        "get",
+        "/v1/audit",
+        "A page of one tenant's audit events for one UTC day (admin)",
+        AuditQueryReply,
+        query=AuditQuery,
     ),
 )
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_FILE_HEADERS = {
+    "Content-Disposition": {"schema": {"type": "string"}, "description": "The file's name"},
+    "x-autoglm-sha256": {"schema": {"type": "string"}, "description": "SHA-256 of the file"},
+}
 
 
 def build_document() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
 
-    def ref(model: type[BaseModel]) -> dict[str, str]:
+    def ref(model: type[BaseModel], omit: tuple[str, ...] = ()) -> dict[str, str]:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
+        for name in omit:
+            del schema["properties"][name]
+        if omit and "required" in schema:
+            schema["required"] = [r for r in schema["required"] if r not in omit]
         schemas[model.__name__] = schema
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
     error_ref = ref(ErrorResponse)
     paths: dict[str, Any] = {}
     for route in ROUTES:
-        content: dict[str, Any] = {
-            "application/json": {
-                "schema": ref(route.response) if route.response else {"type": "object"}
-            }
-        }
+        ok: dict[str, Any] = {"description": "OK"}
+        if route.binary:
+            # The file's bytes, with its stored MIME type as Content-Type (any type, so
+            # ``*/*``; ``application/octet-stream`` is the generic one).
+            ok["content"] = {"application/octet-stream": _BINARY, "*/*": _BINARY}
+            ok["headers"] = _FILE_HEADERS
+        else:
+            schema = ref(route.response) if route.response else {"type": "object"}
+            ok["content"] = {"application/json": {"schema": schema}}
         if route.stream is not None:
-            content["text/event-stream"] = {
+            ok["content"]["text/event-stream"] = {
                 "schema": {"type": "string"},
                 "x-event-schema": ref(route.stream),
             }
         op: dict[str, Any] = {
             "summary": route.summary,
             "operationId": route.method + re.sub(r"[^A-Za-z0-9]+", "_", route.path),
-            "responses": {str(route.status): {"description": "OK", "content": content}},
+            "responses": {str(route.status): ok},
         }
         if not route.public:
             op["security"] = [{"bearer": []}]
@@ -172,17 +227,13 @@ def build_document() -> dict[str, Any]:
         if route.body is not None:
             op["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": ref(route.body)}},
+                "content": {"application/json": {"schema": ref(route.body, route.server_fields)}},
             }
         elif route.raw_body:
-            op["requestBody"] = {
-                "required": True,
-                "content": {
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
-                },
-            }
+            op["requestBody"] = {"required": True, "content": {"application/octet-stream": _BINARY}}
+        parameters: list[dict[str, Any]] = []
         if route.params:
-            op["parameters"] = [
+            parameters += [
                 {
                     "name": name,
                     "in": where,
@@ -193,6 +244,19 @@ def build_document() -> dict[str, Any]:
                 }
                 for name, where in route.params
             ]
+        if route.query is not None:
+            query = route.query.model_json_schema()
+            parameters += [
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": name in query.get("required", ()),
+                    "schema": schema,
+                }
+                for name, schema in query["properties"].items()
+            ]
+        if parameters:
+            op["parameters"] = parameters
         paths.setdefault(route.path, {})[route.method] = op
     return {
         "openapi": "3.1.0",

@@ -2,8 +2,9 @@
 
 ``user`` runs inference and works on its own tenant's sessions, jobs and attachments;
 ``service`` (another Dapr app) may do the same for the tenant named in its credential
-and nothing more; ``admin`` may do everything, including model load/unload and reading
-any tenant's audit trail. Only ``admin`` crosses tenants.
+and nothing more; ``admin`` may do everything, including model load/unload, restoring a
+chosen session version and reading any tenant's audit trail. Only ``admin`` crosses
+tenants.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ class Action(enum.StrEnum):
     MODELS_READ = "models.read"
     MODELS_ADMIN = "models.admin"
     SESSIONS = "sessions"
+    #: Restore a chosen archived version over a session's current history.
+    SESSIONS_ADMIN = "sessions.admin"
     JOBS = "jobs"
     ATTACHMENTS = "attachments"
     AUDIT_READ = "audit.read"

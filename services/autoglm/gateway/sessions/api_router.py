@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify, request
 from autoglm.core.schemas import parse
 from autoglm.gateway.guards import require
 from autoglm.gateway.security.rbac import Action
-from autoglm.gateway.sessions.protocol import CreateSessionRequest
+from autoglm.gateway.sessions.protocol import CreateSessionRequest, RestoreSessionRequest
 from autoglm.gateway.sessions.store import SessionStore
 
 
@@ -32,5 +32,12 @@ def sessions_blueprint(store: SessionStore) -> Blueprint:
         principal = require(Action.SESSIONS)
         store.delete(principal.tenant, session_id)
         return jsonify({"id": session_id, "object": "session.deleted", "deleted": True})
+
+    @bp.post("/v1/sessions/<session_id>/restore")
+    def restore_session(session_id: str) -> Response:
+        principal = require(Action.SESSIONS_ADMIN)
+        body = parse(RestoreSessionRequest, request.get_data() or b"{}")
+        tenant = body.tenant or principal.tenant
+        return jsonify(store.restore_version(tenant, session_id, body.version).to_json())
 
     return bp

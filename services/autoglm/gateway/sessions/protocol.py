@@ -21,6 +21,17 @@ class CreateSessionRequest(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
 
 
+class RestoreSessionRequest(BaseModel):
+    """Body of ``POST /v1/sessions/{id}/restore`` (admin)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The archived version whose history becomes the session's current one.
+    version: int = Field(ge=1)
+    #: The session's tenant; the admin's own when omitted.
+    tenant: str | None = Field(default=None, min_length=1, max_length=64, pattern=SAFE_ID)
+
+
 class SessionRecord(BaseModel):
     """What is stored under ``session:{tenant}:{id}`` and returned to the client."""
 

@@ -5,7 +5,8 @@ session cannot both land: the second gets ``ConflictError`` (409) and nothing is
 Each change is published to ``session.snapshots`` for the archiver's autosave. A
 record missing from the state store (say Redis was flushed) is restored from the
 archiver's newest snapshot on read; a deletion is published to the same topic first, so
-the archive forgets the session and a lost state store cannot bring it back.
+the archive forgets the session and a lost state store cannot bring it back. An admin
+may restore a chosen archived version over the current history (``restore_version``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import time
 
+from autoglm.core.archive_protocol import RESTORE, RestoreReply, RestoreRequest
 from autoglm.core.errors import AutoGLMError, ConflictError, NotFoundError
 from autoglm.core.schemas import SNAPSHOTS_TOPIC, ChatMessage, SnapshotEvent, is_safe_id
 from autoglm.core.sidecar import SidecarAPI
@@ -121,6 +123,61 @@ class SessionStore:
                 f"session {session_id!r} was changed by another request; read it and retry",
                 code="session_conflict",
             ) from None
+
+    def restore_version(self, tenant: str, session_id: str, version: int) -> SessionRecord:
+        """Make archived ``version`` the session's current history (admin)."""
+        if not is_safe_id(session_id):
+            raise self._not_found(session_id)
+        key = session_key(tenant, session_id)
+        entry = self.sidecar.get_state(key)
+        current = (
+            SessionRecord.model_validate(entry.value)
+            if entry is not None and entry.value != _TOMBSTONE
+            else None
+        )
+        request = RestoreRequest(tenant=tenant, session_id=session_id, version=version)
+        snap = RestoreReply.model_validate(
+            self.sidecar.invoke(self.archiver_app_id, RESTORE, request.model_dump(mode="json"))
+        )
+        # The archiver versions optimistically (archiver/versions.py): an event at or
+        # below its newest version is a duplicate when its history is a prefix of the
+        # newest one (as an older version's is) and a conflict otherwise, so it would be
+        # ignored or dead-lettered. The restore therefore goes above both the state
+        # store's version and the archive's newest (a merge can put that one higher),
+        # and in-flight events of the replaced history become stale writes it refuses.
+        newest = max(current.version if current else 0, snap.latest_version or snap.version)
+        now = int(time.time())
+        record = SessionRecord(
+            id=session_id,
+            tenant=tenant,
+            created=current.created if current else now,
+            updated=now,
+            version=newest + 1,
+            model=snap.model or (current.model if current else None),
+            messages=snap.messages,
+            metadata=current.metadata if current else {},
+        )
+        try:
+            # With the ETag read above (state.redis refuses un-ETagged writes to keys
+            # created first-write), or create-only if there was no record.
+            self.sidecar.save_state(
+                key,
+                record.to_json(),
+                etag=entry.etag if entry is not None else None,
+                create_only=entry is None,
+            )
+        except ConflictError:
+            raise ConflictError(
+                f"session {session_id!r} was changed by another request during the restore; retry",
+                code="session_conflict",
+            ) from None
+        log.info(
+            "session version restored",
+            extra={"session_id": session_id, "from_version": version, "version": record.version},
+        )
+        # Flushed: an admin restore becomes an archived version at once, not on autosave.
+        self._snapshot(record, flush=True)
+        return record
 
     def _restore(self, tenant: str, session_id: str) -> SessionRecord:
         try:
