@@ -7,19 +7,17 @@ stays staged and is reloaded on the next start.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import logging
 import sys
-import threading
 
 from autoglm.archiver.app import build_app
+from autoglm.archiver.archive_key import ArchiveKeys
 from autoglm.archiver.attachments import AttachmentStore
 from autoglm.archiver.audit import AuditLog
 from autoglm.archiver.autosave import Autosaver, tick_seconds
 from autoglm.archiver.bloom import BloomFilter
-from autoglm.archiver.codec import Cipher, Codec
+from autoglm.archiver.codec import Codec
 from autoglm.archiver.metrics import ArchiverMetrics, Readiness
 from autoglm.archiver.retention import Retention, RetentionScheduler
 from autoglm.archiver.serving import ArchiverService
@@ -38,31 +36,6 @@ from autoglm.core.tracing import configure_tracing
 log = logging.getLogger("autoglm.archiver")
 
 
-class ArchiveKey:
-    """The archive key from the secret store (Vault via Dapr), fetched on first use."""
-
-    def __init__(self, sidecar: Sidecar, settings: ArchiverSettings) -> None:
-        self.sidecar = sidecar
-        self.settings = settings
-        self._cipher: Cipher | None = None
-        self._lock = threading.Lock()
-
-    def __call__(self) -> Cipher:
-        with self._lock:
-            if self._cipher is None:
-                s = self.settings
-                secret = self.sidecar.get_secret(s.secret_store, s.encryption_secret)
-                try:
-                    key = base64.b64decode(secret[s.encryption_key_field], validate=True)
-                    self._cipher = Cipher(key)
-                except (KeyError, binascii.Error, ValueError) as exc:
-                    raise AutoGLMError(
-                        f"secret {s.encryption_secret!r} has no valid "
-                        f"{s.encryption_key_field!r} (base64 of 32 bytes): {exc}"
-                    ) from None
-            return self._cipher
-
-
 def main() -> int:
     configure_logging("archiver")
     try:
@@ -74,7 +47,14 @@ def main() -> int:
     configure_tracing("archiver")
     settings.root.mkdir(parents=True, exist_ok=True)
     sidecar = Sidecar()
-    cipher = ArchiveKey(sidecar, settings)
+    cipher = ArchiveKeys(
+        sidecar,
+        store=settings.secret_store,
+        secret=settings.encryption_secret,
+        current_field=settings.encryption_key_field,
+        previous_field=settings.previous_keys_field,
+        ttl_s=settings.key_cache_ttl_s,
+    )
     if settings.needs_key:
         try:
             sidecar.wait_outbound()

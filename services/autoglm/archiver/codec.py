@@ -11,7 +11,7 @@ import gzip
 import hashlib
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,23 +49,46 @@ def decompress(data: bytes, method: str) -> bytes:
     raise CodecError(f"unknown compression {method!r}")
 
 
-class Cipher:
-    """AES-256-GCM; each blob is ``nonce (12 bytes) || ciphertext+tag``."""
+def key_id(key: bytes) -> str:
+    """Names a key in metadata without revealing it, so the right key is picked to open a
+    blob and a missing one is a clear error."""
+    return hashlib.sha256(b"autoglm-archive-key:" + key).hexdigest()[:16]
 
-    def __init__(self, key: bytes) -> None:
-        if len(key) != 32:
-            raise ValueError("the archive encryption key must be 32 bytes (AES-256)")
-        self._aead = AESGCM(key)
-        #: Names the key in metadata without revealing it, so a wrong key is a clear error.
-        self.key_id = hashlib.sha256(b"autoglm-archive-key:" + key).hexdigest()[:16]
+
+def _aead(key: bytes) -> AESGCM:
+    if len(key) != 32:
+        raise ValueError("the archive encryption key must be 32 bytes (AES-256)")
+    return AESGCM(key)
+
+
+class Cipher:
+    """AES-256-GCM; each blob is ``nonce (12 bytes) || ciphertext+tag``.
+
+    Seals with the current key; opens with the current key or any ``previous`` one, so a
+    key rotation (new key current, old key listed as previous) leaves every older
+    snapshot and audit file readable."""
+
+    def __init__(self, key: bytes, previous: Sequence[bytes] = ()) -> None:
+        self._current = _aead(key)
+        self.key_id = key_id(key)
+        self._by_id = {key_id(k): _aead(k) for k in previous}
+        self._by_id[self.key_id] = self._current
 
     def seal(self, data: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(_NONCE)
-        return nonce + self._aead.encrypt(nonce, data, aad)
+        return nonce + self._current.encrypt(nonce, data, aad)
 
-    def open(self, blob: bytes, aad: bytes) -> bytes:
+    def open(self, blob: bytes, aad: bytes, sealed_with: str | None = None) -> bytes:
+        """Open ``blob``; ``sealed_with`` is the key id its metadata names (the current
+        key when unknown, as for blobs written before ids were recorded)."""
+        aead = self._by_id.get(sealed_with or self.key_id)
+        if aead is None:
+            raise CodecError(
+                f"sealed with key {sealed_with}, which is neither the current key "
+                f"({self.key_id}) nor a previous one: list it in the secret's previous keys"
+            )
         try:
-            return self._aead.decrypt(blob[:_NONCE], blob[_NONCE:], aad)
+            return aead.decrypt(blob[:_NONCE], blob[_NONCE:], aad)
         except InvalidTag:
             raise CodecError("decryption failed: wrong key or tampered data") from None
 
@@ -107,8 +130,5 @@ class Codec:
 
     def decode(self, blob: bytes, info: CodecInfo, aad: bytes) -> bytes:
         if info.encrypted:
-            cipher = self._cipher()
-            if info.key_id and info.key_id != cipher.key_id:
-                raise CodecError(f"sealed with key {info.key_id}, current key is {cipher.key_id}")
-            blob = cipher.open(blob, aad)
+            blob = self._cipher().open(blob, aad, info.key_id)
         return decompress(blob, info.compression)

@@ -80,6 +80,10 @@ class ArchiverSettings(AppSettings):
     secret_store: str = "vault"
     encryption_secret: str = "archive"
     encryption_key_field: str = "encryption-key"
+    #: Earlier keys (base64, comma-separated) that still open older blobs after a rotation.
+    previous_keys_field: str = "previous-keys"
+    #: The key secret is re-read this often, so a rotation needs no restart.
+    key_cache_ttl_s: float = Field(default=60.0, gt=0)
     #: Expected number of archived sessions and the Bloom filter's false-positive rate.
     bloom_capacity: int = Field(default=1_000_000, ge=1)
     bloom_error_rate: float = Field(default=0.01, gt=0, lt=1)
