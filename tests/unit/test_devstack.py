@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from autoglm.devstack.processes import ManagedProcess
+from autoglm.devstack.processes import ManagedProcess, free_port
 from autoglm.devstack.sidecars import COMPONENTS_DIR, render_components
 
 
@@ -47,3 +47,10 @@ def test_render_components_overrides_only_addresses(tmp_path: Path) -> None:
     vault = {m["name"]: m["value"] for m in docs["vault"]["spec"]["metadata"]}
     assert vault["vaultAddr"] == "http://127.0.0.1:2222" and vault["vaultToken"] == "tok"
     assert yaml.safe_load(config.read_text())["kind"] == "Configuration"
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    """Ports are bound later by the servers they go to; until then the OS may offer the
+    same one again, and two servers of one stack would collide."""
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
