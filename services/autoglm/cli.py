@@ -12,13 +12,21 @@ from autoglm.core.logging import configure_logging
 
 
 def _init_demo(args: argparse.Namespace) -> int:
+    from autoglm.devstack.backing import store_signing_key
+    from autoglm.devstack.processes import port_open
+    from autoglm.devstack.run import VAULT_PORT
     from autoglm.models.demo import init_demo_models
 
     models_dir = Path(args.dir)
     print(f"preparing demo models in {models_dir} (first run trains a tokenizer, ~10 s)...")
-    init_demo_models(models_dir, force=args.force)
+    public_key = init_demo_models(models_dir, force=args.force)
     print(f"signed demo models ready: {models_dir}/demo-glm, {models_dir}/all-MiniLM-L6-v2")
-    print(f"dev signing key: {models_dir}/.signing/ (public half goes to Vault on 'make run')")
+    if port_open(VAULT_PORT):
+        # The dev Vault of `make run` is up: inference verifies against this key from now on.
+        store_signing_key(f"http://127.0.0.1:{VAULT_PORT}", public_key)
+        print(f"dev signing key: {models_dir}/.signing/; public half stored in the dev Vault")
+    else:
+        print(f"dev signing key: {models_dir}/.signing/ (public half goes to Vault on 'make run')")
     return 0
 
 

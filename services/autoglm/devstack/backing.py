@@ -83,11 +83,22 @@ def start_vault(port: int, log_path: Path, token: str = DEV_VAULT_TOKEN) -> Mana
     return proc
 
 
+def store_signing_key(addr: str, public_key: bytes, token: str = DEV_VAULT_TOKEN) -> None:
+    """Put the model-signing public key where inference reads it (``model-signing``)."""
+    client = hvac.Client(url=addr, token=token)
+    client.secrets.kv.v2.create_or_update_secret(
+        path=f"{VAULT_PREFIX}/model-signing",
+        secret={"public-key": public_key.decode()},
+        mount_point=VAULT_MOUNT,
+    )
+
+
 def seed_vault(
     addr: str, signing_public_key: bytes, token: str = DEV_VAULT_TOKEN
 ) -> dict[str, dict[str, str]]:
     """Write the secrets the apps read (fresh random values each dev start)."""
     client = hvac.Client(url=addr, token=token)
+    store_signing_key(addr, signing_public_key, token)
     values: dict[str, dict[str, str]] = {
         "model-signing": {"public-key": signing_public_key.decode()},
         "jwt": {
@@ -100,6 +111,8 @@ def seed_vault(
         "archive": {"encryption-key": base64.b64encode(secrets.token_bytes(32)).decode()},
     }
     for name, data in values.items():
+        if name == "model-signing":
+            continue  # written above
         client.secrets.kv.v2.create_or_update_secret(
             path=f"{VAULT_PREFIX}/{name}", secret=data, mount_point=VAULT_MOUNT
         )
