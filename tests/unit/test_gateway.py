@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -516,3 +517,25 @@ def test_a_blocked_term_longer_than_the_default_holdback_is_never_half_sent(
     events = _sse(client.post("/v1/chat/completions", json=dict(CHAT, stream=True), headers=USER))
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1])
     assert text == "fine. " and events[-2]["choices"][0]["finish_reason"] == "content_filter"
+
+
+def test_a_streams_audit_event_is_published_when_it_ends(
+    client: FlaskClient, sidecar: FakeSidecar, stream: FakeStream
+) -> None:
+    """The event of an SSE response covers the whole stream, not its first bytes."""
+    slow = ["a", "b", "c"]
+
+    def deltas() -> Iterator[dict[str, Any]]:
+        for d in slow:
+            time.sleep(0.05)
+            yield {"delta": d}
+        yield {"result": {**_result({"request_id": "r"}), "text": "abc"}}
+
+    stream._run = deltas  # type: ignore[method-assign]
+    resp = client.post("/v1/chat/completions", json=dict(CHAT, stream=True), headers=USER)
+    assert not [p for t, p in sidecar.published if t == "audit"]  # not at the headers
+    body = resp.get_data(as_text=True)
+    resp.close()
+    assert "[DONE]" in body
+    (event,) = [p for t, p in sidecar.published if t == "audit"]
+    assert event["status"] == 200 and event["latency_ms"] >= 100

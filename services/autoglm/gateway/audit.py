@@ -43,14 +43,27 @@ def install_audit(app: Flask, sidecar: SidecarAPI, *, trust_forwarded: bool) -> 
             model=g.get("model"),
             client_ip=_client_ip(trust_forwarded),
             status=resp.status_code,
-            latency_ms=round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 2),
+            latency_ms=0.0,
             trace_id=_trace_id(),
             request_id=g.get("request_id"),
         )
-        try:
-            sidecar.publish(AUDIT_TOPIC, event.model_dump(mode="json"))
-        except AutoGLMError as exc:
-            log.error("audit event not published", extra={"reason": exc.message})
+        started = g.get("started", time.monotonic())
+
+        def publish() -> None:
+            done = event.model_copy(
+                update={"latency_ms": round((time.monotonic() - started) * 1000, 2)}
+            )
+            try:
+                sidecar.publish(AUDIT_TOPIC, done.model_dump(mode="json"))
+            except AutoGLMError as exc:
+                log.error("audit event not published", extra={"reason": exc.message})
+
+        if resp.is_streamed:
+            # A stream (SSE) is still being served: its event goes out when it has ended,
+            # so the latency covers the whole stream, not just its first bytes.
+            resp.call_on_close(publish)
+        else:
+            publish()
         return resp
 
 
