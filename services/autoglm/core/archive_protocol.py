@@ -158,8 +158,10 @@ MAX_AUDIT_EVENTS = 1000
 DEFAULT_AUDIT_EVENTS = 100
 
 
-class AuditQueryRequest(Payload):
-    tenant: str = TENANT_FIELD
+class AuditPage(Payload):
+    """One page of one day's audit events: what the gateway's query and the archiver's
+    ``audit_query`` share."""
+
     day: str = Field(pattern=AUDIT_DAY)
     #: How many of the day's events to skip (the previous page's ``next_offset``).
     offset: int = Field(default=0, ge=0)
@@ -169,6 +171,10 @@ class AuditQueryRequest(Payload):
     @classmethod
     def _calendar_day(cls, value: str) -> str:
         return calendar_day(value)
+
+
+class AuditQueryRequest(AuditPage):
+    tenant: str = TENANT_FIELD
 
 
 class AuditQueryReply(Payload):

@@ -25,9 +25,7 @@ def audit_log_blueprint(sidecar: SidecarAPI, *, archiver_app_id: str) -> Bluepri
         query = parse(AuditQuery, request.args.to_dict())
         tenant = query.tenant or principal.tenant
         authorize(principal, Action.AUDIT_READ, owner_tenant=tenant)
-        payload = AuditQueryRequest(
-            tenant=tenant, day=query.day, offset=query.offset, limit=query.limit
-        )
+        payload = AuditQueryRequest(**query.model_dump(exclude={"tenant"}), tenant=tenant)
         reply = AuditQueryReply.model_validate(
             sidecar.invoke(archiver_app_id, AUDIT_QUERY, payload.model_dump(mode="json"))
         )
