@@ -203,24 +203,45 @@ class AuditEvent(Payload):
     request_id: str | None = None
 
 
-def _surrogate_at(value: Any, loc: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
-    """Where a lone UTF-16 surrogate sits in decoded JSON, if anywhere.
+#: Deepest nesting of arrays and objects accepted in a request body. Real requests
+#: nest a few levels; deeper ones only cost stack and CPU wherever they are walked.
+MAX_JSON_DEPTH = 64
 
-    JSON may escape one (``"\\ud800"``) and ``json.loads`` accepts it, but such a
-    string cannot be encoded as UTF-8 on its way to a sidecar, a log or a file."""
-    if isinstance(value, str):
-        return loc if _SURROGATE.search(value) else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = _surrogate_at(key, (*loc, key)) or _surrogate_at(item, (*loc, key))
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _surrogate_at(item, (*loc, index))
-            if found is not None:
-                return found
-    return None
+
+def _check_decoded(value: Any) -> None:
+    """Refuse nesting deeper than ``MAX_JSON_DEPTH`` and lone UTF-16 surrogates.
+
+    JSON may escape a surrogate (``"\\ud800"``) and ``json.loads`` accepts it, but such a
+    string cannot be encoded as UTF-8 on its way to a sidecar, a log or a file. The walk
+    is iterative, so no body can exhaust the stack here."""
+    todo: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while todo:
+        item, loc = todo.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                param = ".".join(str(p) for p in loc) or None
+                raise InvalidRequestError(
+                    f"'{param}': contains a lone UTF-16 surrogate (not valid Unicode text)",
+                    param=param,
+                    code="invalid_unicode",
+                )
+            continue
+        if not isinstance(item, (dict, list)):
+            continue
+        if len(loc) >= MAX_JSON_DEPTH:
+            raise _too_deep()
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        for key, child in reversed(list(pairs)):
+            todo.append((child, (*loc, key)))
+            if isinstance(key, str) and _SURROGATE.search(key):
+                todo.append((key, (*loc, key)))
+
+
+def _too_deep() -> InvalidRequestError:
+    return InvalidRequestError(
+        f"body is nested too deeply: at most {MAX_JSON_DEPTH} levels of arrays and objects",
+        code="invalid_json",
+    )
 
 
 def load_json_object(data: bytes | str) -> dict[str, Any]:
@@ -229,16 +250,12 @@ def load_json_object(data: bytes | str) -> dict[str, Any]:
         value = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        # The C decoder gives up at the interpreter's recursion limit (~1000 levels).
+        raise _too_deep() from None
     if not isinstance(value, dict):
         raise InvalidRequestError("body must be a JSON object", code="invalid_json")
-    loc = _surrogate_at(value)
-    if loc is not None:
-        param = ".".join(str(p) for p in loc) or None
-        raise InvalidRequestError(
-            f"'{param}': contains a lone UTF-16 surrogate (not valid Unicode text)",
-            param=param,
-            code="invalid_unicode",
-        )
+    _check_decoded(value)
     return value
 
 

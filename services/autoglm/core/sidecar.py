@@ -45,6 +45,21 @@ def path_segment(value: str, what: str) -> str:
     return value
 
 
+#: daprd prefixes state keys as ``{app id}||{key}`` and refuses a key that holds the
+#: separator itself (ERR_MALFORMED_REQUEST), so such an id can never name a record.
+STATE_KEY_SEPARATOR = "||"
+
+
+def state_key(key: str) -> str:
+    """``key`` if daprd can store it, else an InvalidRequestError naming the problem."""
+    if STATE_KEY_SEPARATOR in key:
+        raise InvalidRequestError(
+            "ids may not contain '||' (reserved by Dapr as its state key separator)",
+            code="invalid_id",
+        )
+    return key
+
+
 @dataclass(frozen=True)
 class StateEntry:
     value: Any
@@ -169,7 +184,8 @@ class Sidecar:
 
     @staticmethod
     def _state_path(store: str, key: str) -> str:
-        return f"/v1.0/state/{path_segment(store, 'state store')}/{path_segment(key, 'state key')}"
+        segment = path_segment(state_key(key), "state key")
+        return f"/v1.0/state/{path_segment(store, 'state store')}/{segment}"
 
     # -- pub/sub ---------------------------------------------------------------------
     def publish(self, topic: str, payload: dict[str, Any], pubsub: str = PUBSUB) -> None:
@@ -199,7 +215,7 @@ class Sidecar:
     ) -> None:
         """Write ``key``. With ``etag`` (or ``create_only``) a concurrent writer's win is a
         ``ConflictError``; without either it is last-write-wins. ``ttl_s`` expires it."""
-        item: dict[str, Any] = {"key": key, "value": value}
+        item: dict[str, Any] = {"key": state_key(key), "value": value}
         if ttl_s is not None:
             item["metadata"] = {"ttlInSeconds": str(ttl_s)}
         if etag is not None or create_only:

@@ -1,8 +1,11 @@
 """One audit event per API request, published to the ``audit`` topic.
 
-Events hold who did what to which resource and how it ended; never bodies. Paths can
-carry personal data (ids chosen by clients), so the resource is masked like any
-other free text.
+Events hold who did what to which resource and how it ended; never bodies. Every field
+a client or an identity provider chooses can carry personal data and is masked like
+free text: the path (ids chosen by clients, e.g. a card number as a job id), the token's
+subject (often an e-mail address), the model name and the request id. What the gateway
+itself sets (tenant, role, action, status, ids and times) is kept, so the trail stays
+useful: the tenant is the archive's partition key and is assigned by the operator.
 """
 
 from __future__ import annotations
@@ -36,16 +39,16 @@ def install_audit(app: Flask, sidecar: SidecarAPI, *, trust_forwarded: bool) -> 
         principal = g.get("principal")
         event = AuditEvent(
             tenant=principal.tenant if principal else "_anonymous",
-            user=principal.subject if principal else None,
+            user=_masked(principal.subject if principal else None),
             role=principal.role if principal else None,
             action=f"{request.method} {request.url_rule.rule if request.url_rule else '-'}",
             resource=mask_pii(request.path),
-            model=g.get("model"),
+            model=_masked(g.get("model")),
             client_ip=_client_ip(trust_forwarded),
             status=resp.status_code,
             latency_ms=0.0,
             trace_id=_trace_id(),
-            request_id=g.get("request_id"),
+            request_id=_masked(g.get("request_id")),
         )
         started = g.get("started", time.monotonic())
 
@@ -65,6 +68,10 @@ def install_audit(app: Flask, sidecar: SidecarAPI, *, trust_forwarded: bool) -> 
         else:
             publish()
         return resp
+
+
+def _masked(value: str | None) -> str | None:
+    return mask_pii(value) if value else value
 
 
 def _client_ip(trust_forwarded: bool) -> str | None:

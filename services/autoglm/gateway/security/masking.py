@@ -11,8 +11,35 @@ half-masked by a later rule.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
-_RULES: list[tuple[re.Pattern[str], str]] = [
+#: A payment card number: 13 to 19 digits in one run, or grouped the way cards are
+#: printed (4-4-4-4[-3], Amex 4-6-5) with spaces or dashes; not part of a longer run
+#: of letters or digits (hex ids stay untouched), nor after a "+" (phone numbers).
+_CARD = re.compile(
+    r"(?<![0-9A-Za-z+])"
+    r"(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{4}(?:\1\d{3})?|\d{4}([ -])\d{6}\2\d{5})"
+    r"(?![0-9A-Za-z])"
+)
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = int(char)
+        if index % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _mask_card(match: re.Match[str]) -> str:
+    """Only numbers that pass the Luhn check: long counters and timestamps stay."""
+    digits = re.sub(r"[ -]", "", match.group())
+    return "[CARD]" if _luhn_ok(digits) else match.group()
+
+
+_RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [REDACTED]"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[JWT]"),
     # key=value / "key": "value" credentials in query strings, headers and JSON.
@@ -37,6 +64,7 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
         ),
         "[ID_NUMBER]",
     ),
+    (_CARD, _mask_card),
     # US social security number.
     (re.compile(r"(?<![0-9-])\d{3}-\d{2}-\d{4}(?![0-9-])"), "[ID_NUMBER]"),
     # Chinese mobile, optionally +86, optionally grouped 3-4-4.
@@ -57,7 +85,8 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
 
 
 def mask_pii(text: str) -> str:
-    """``text`` with phone numbers, e-mail addresses, ID numbers and credentials masked."""
+    """``text`` with phone numbers, e-mail addresses, card and ID numbers and credentials
+    masked."""
     for pattern, replacement in _RULES:
         text = pattern.sub(replacement, text)
     return text
