@@ -21,14 +21,21 @@ USER = bearer("acme")
 
 
 def _result(payload: dict[str, Any], text: str = "hello") -> dict[str, Any]:
-    return {
+    n = int(payload.get("n") or 1)
+    result: dict[str, Any] = {
         "request_id": payload["request_id"],
         "model": "demo-glm",
         "text": text,
         "finish_reason": "length",
         "prompt_tokens": 7,
-        "completion_tokens": 5,
+        "completion_tokens": 5 * n,
     }
+    if n > 1:
+        result["choices"] = [
+            {"index": i, "text": text, "finish_reason": "length", "completion_tokens": 5}
+            for i in range(n)
+        ]
+    return result
 
 
 def _frames(deltas: list[str]) -> Iterator[dict[str, Any]]:

@@ -50,10 +50,13 @@ def test_chat_completion_has_openai_shape(client: FlaskClient, sidecar: FakeSide
     body = resp.get_json()
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
     assert [c["index"] for c in body["choices"]] == [0, 1]
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
+    message = body["choices"][0]["message"]
+    assert message["role"] == "assistant" and message["content"] == "hello"
+    assert "tool_calls" not in message and body["choices"][0]["logprobs"] is None
     assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 10, "total_tokens": 17}
-    seeds = [p["sampling"]["seed"] for _, m, p in sidecar.invocations if m == "generate"]
-    assert seeds == [1, 2]
+    # One generation group of n choices, seeded once (the engine seeds choice i seed + i).
+    calls = [p for _, m, p in sidecar.invocations if m == "generate"]
+    assert [(p["n"], p["sampling"]["seed"]) for p in calls] == [(2, 1)]
 
 
 def test_chat_stream_is_sse_ending_in_done(client: FlaskClient, stream: FakeStream) -> None:
@@ -101,10 +104,41 @@ def test_bad_input_is_400_naming_the_field(
     assert error["param"] == param and error["type"] == "invalid_request_error"
 
 
-def test_unsupported_penalty_is_refused_not_ignored(client: FlaskClient) -> None:
-    resp = client.post("/v1/chat/completions", json=dict(CHAT, presence_penalty=1), headers=USER)
+@pytest.mark.parametrize(
+    "field", [{"prediction": {"type": "content", "content": "x"}}, {"audio": {}}, {"store": True}]
+)
+def test_unimplemented_openai_field_is_refused_by_name(
+    client: FlaskClient, field: dict[str, Any]
+) -> None:
+    resp = client.post("/v1/chat/completions", json={**CHAT, **field}, headers=USER)
     assert resp.status_code == 400
-    assert "presence_penalty" in resp.get_json()["error"]["message"]
+    assert resp.get_json()["error"]["param"] == next(iter(field))
+
+
+def test_penalties_and_label_fields_reach_the_engine(
+    client: FlaskClient, sidecar: FakeSidecar
+) -> None:
+    body = dict(
+        CHAT,
+        presence_penalty=1,
+        frequency_penalty=-0.5,
+        repetition_penalty=1.2,
+        logit_bias={"7": -100},
+        min_tokens=2,
+        stop_token_ids=[9],
+        ignore_eos=True,
+        metadata={"team": "a"},
+        store=False,
+        service_tier="auto",
+        user="u1",
+    )
+    resp = client.post("/v1/chat/completions", json=body, headers=USER)
+    assert resp.status_code == 200, resp.get_json()
+    sampling = next(p for _, m, p in sidecar.invocations if m == "generate")["sampling"]
+    assert sampling["presence_penalty"] == 1 and sampling["frequency_penalty"] == -0.5
+    assert sampling["repetition_penalty"] == 1.2 and sampling["logit_bias"] == {"7": -100}
+    assert sampling["min_tokens"] == 2 and sampling["stop_token_ids"] == [9]
+    assert sampling["ignore_eos"] is True
 
 
 def test_invalid_json_is_400(client: FlaskClient) -> None:

@@ -13,7 +13,16 @@ import time
 import uuid
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from autoglm.core.errors import InvalidRequestError
 
@@ -51,9 +60,151 @@ class Payload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ToolCallFunction(Payload):
+    name: str = Field(min_length=1, max_length=64)
+    #: The arguments as a JSON text, as OpenAI sends them.
+    arguments: str = Field(default="{}", max_length=65536)
+
+
+class ToolCall(Payload):
+    id: str = Field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}", max_length=128)
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(Payload):
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    """A turn: ``content`` is text ("" for an assistant turn that only calls tools);
+    OpenAI's list of text parts is accepted and joined. Assistant turns may carry
+    ``tool_calls``; ``tool`` turns answer one with ``tool_call_id``."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str = ""
+    name: str | None = Field(default=None, max_length=64)
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=128)
+    tool_call_id: str | None = Field(default=None, max_length=128)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text(cls, value: object) -> object:
+        if value is None:
+            return ""
+        if isinstance(value, list):
+            texts: list[object] = []
+            for part in value:
+                if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
+                    raise ValueError("only text content parts are supported")
+                texts.append(part.get("text"))
+            if not all(isinstance(t, str) for t in texts):
+                raise ValueError("a text content part needs a 'text' string")
+            return "".join(str(t) for t in texts)
+        return value
+
+    @model_validator(mode="after")
+    def _roles(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Unset tool fields are left out, so plain turns stay ``{role, content}``."""
+        data: dict[str, Any] = handler(self)
+        for key in ("name", "tool_calls", "tool_call_id"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+    def template_dict(self) -> dict[str, Any]:
+        """The message as chat templates take it (no unset fields; arguments parsed)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.name:
+            out["name"] = self.name
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {
+                        "name": c.function.name,
+                        "arguments": _json_or_text(c.function.arguments),
+                    },
+                }
+                for c in self.tool_calls
+            ]
+        return out
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class FunctionDef(Payload):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = Field(default=None, max_length=8192)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(Payload):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class NamedFunction(Payload):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(Payload):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class JsonSchemaFormat(Payload):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    name: str = Field(default="response", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Payload):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a 'json_schema' object")
+        return self
+
+
+class StructuredOutputs(Payload):
+    """Extension (as vLLM's ``structured_outputs``): exactly one constraint."""
+
+    json_: dict[str, Any] | bool | None = Field(default=None, alias="json")
+    regex: str | None = Field(default=None, min_length=1, max_length=4096)
+    choice: list[str] | None = Field(default=None, min_length=1, max_length=1024)
+    grammar: str | None = Field(default=None, min_length=1, max_length=65536)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StructuredOutputs:
+        given = [k for k in ("json_", "regex", "choice", "grammar") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'json', 'regex', 'choice' or 'grammar'")
+        return self
 
 
 #: Stop sequences per request (OpenAI allows 4; a few more cost nothing).
@@ -72,10 +223,37 @@ class SamplingParams(Payload):
     #: torch's generator seeds are 64-bit.
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
+    #: OpenAI's penalties, on the tokens generated so far.
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    #: Extension (as in Hugging Face / vLLM): > 1 discourages any token already in the
+    #: prompt or output, < 1 favours it.
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    #: Token id -> bias added to its logit (-100 bans, 100 forces).
+    logit_bias: dict[int, float] = Field(default_factory=dict, max_length=1024)
+    #: No end of sequence (EOS or ``stop_token_ids``) before this many tokens.
+    min_tokens: int = Field(default=0, ge=0, le=32768)
+    #: More token ids that end the generation (the token is not part of the text).
+    stop_token_ids: list[int] = Field(default_factory=list, max_length=64)
+    #: Extension for benchmarks: keep generating past the model's end-of-sequence tokens.
+    ignore_eos: bool = False
+    #: Return the chosen tokens' log-probabilities, with this many alternatives each.
+    logprobs: bool = False
+    top_logprobs: int = Field(default=0, ge=0, le=20)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, bias: dict[int, float]) -> dict[int, float]:
+        for token, value in bias.items():
+            if not -100.0 <= value <= 100.0:
+                raise ValueError(f"bias of token {token} must be between -100 and 100")
+            if token < 0:
+                raise ValueError(f"token id {token} is negative")
+        return bias
 
 
 class GenerateRequest(Payload):
@@ -89,18 +267,71 @@ class GenerateRequest(Payload):
     #: The caller gives up after this long (e.g. the gateway's HTTP timeout); the engine
     #: then drops the request instead of finishing work nobody will read.
     timeout_s: float | None = Field(default=None, gt=0, le=86400)
+    #: Completions generated for the prompt: one group, the prompt prefilled once.
+    n: int = Field(default=1, ge=1, le=16)
+    #: Constrained decoding: OpenAI's ``response_format`` ...
+    response_format: ResponseFormat | None = None
+    #: ... or the extension's regex / choice / JSON schema / Lark grammar.
+    structured_outputs: StructuredOutputs | None = None
+    #: Function tools the model may call (rendered by the model's chat template).
+    tools: list[ToolDef] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("exactly one of 'messages' or 'prompt' is required")
+        if self.response_format is not None and self.structured_outputs is not None:
+            raise ValueError("give either 'response_format' or 'structured_outputs', not both")
+        if self.tools and self.prompt is not None:
+            raise ValueError("'tools' needs chat 'messages'")
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice):
+            names = [t.function.name for t in self.tools or []]
+            if choice.function.name not in names:
+                raise ValueError(f"tool_choice names {choice.function.name!r}, not in tools")
+        elif choice == "required" and not self.tools:
+            raise ValueError("tool_choice 'required' needs 'tools'")
         return self
 
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the model is offered tools (``tool_choice`` is not 'none')."""
+        return bool(self.tools) and self.tool_choice != "none"
 
-FinishReason = Literal["stop", "length", "content_filter", "cancelled"]
+
+FinishReason = Literal["stop", "length", "content_filter", "cancelled", "tool_calls"]
+
+
+class TopLogprob(Payload):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(Payload):
+    """One generated token, OpenAI's chat ``logprobs.content[i]``."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class GenerateChoice(Payload):
+    index: int = 0
+    text: str
+    finish_reason: FinishReason
+    completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class GenerateResult(Payload):
+    """The first (or only) completion at the top level; with ``n`` > 1 all of them in
+    ``choices`` too, and ``completion_tokens`` counts them all."""
+
     request_id: str
     model: str
     text: str
@@ -108,6 +339,22 @@ class GenerateResult(Payload):
     prompt_tokens: int
     completion_tokens: int
     created: int = Field(default_factory=lambda: int(time.time()))
+    logprobs: list[TokenLogprob] | None = None
+    tool_calls: list[ToolCall] | None = None
+    choices: list[GenerateChoice] = Field(default_factory=list)
+
+    def all_choices(self) -> list[GenerateChoice]:
+        if self.choices:
+            return self.choices
+        return [
+            GenerateChoice(
+                text=self.text,
+                finish_reason=self.finish_reason,
+                completion_tokens=self.completion_tokens,
+                logprobs=self.logprobs,
+                tool_calls=self.tool_calls,
+            )
+        ]
 
 
 class EmbedRequest(Payload):

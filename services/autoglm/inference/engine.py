@@ -21,10 +21,13 @@ import torch
 
 from autoglm.core.errors import InvalidRequestError
 from autoglm.core.schemas import GenerateRequest, GenerateResult, SamplingParams
+from autoglm.inference import outputs
 from autoglm.inference.adapters import ModelAdapter, adapter_for, model_type_of
+from autoglm.inference.constraints import GrammarCompiler
 from autoglm.inference.embedder import Embedder
 from autoglm.inference.kvcache import PrefixCache
 from autoglm.inference.registry import ModelRegistry, ModelSpec
+from autoglm.inference.sampling import TokenText
 from autoglm.inference.scheduler import RequestHandle, Scheduler, StepStats
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,22 @@ class LoadedModel:
     embedder: Embedder | None = None
     eos_token_ids: list[int] = field(default_factory=list)
     loaded_at: float = field(default_factory=time.time)
+    _grammar: GrammarCompiler | None = None
+    _token_text: TokenText | None = None
+
+    def grammar(self) -> GrammarCompiler:
+        """The model's grammar compiler (built on first use: constrained decoding)."""
+        if self._grammar is None:
+            vocab = int(self.model.get_output_embeddings().weight.shape[0])
+            eos = self.eos_token_ids[0] if self.eos_token_ids else self.tokenizer.eos_token_id
+            self._grammar = GrammarCompiler(self.tokenizer, vocab, int(eos))
+        return self._grammar
+
+    @property
+    def token_text(self) -> TokenText:
+        if self._token_text is None:
+            self._token_text = TokenText(self.tokenizer)
+        return self._token_text
 
     @property
     def kind(self) -> str:
@@ -296,9 +315,8 @@ class AutoGLMEngine:
     # -- generation ------------------------------------------------------------------
     def encode(self, loaded: LoadedModel, request: GenerateRequest) -> list[int]:
         if request.messages is not None:
-            text = loaded.adapter.chat_prompt(
-                loaded.tokenizer, [m.model_dump() for m in request.messages]
-            )
+            tools = request.tools if request.calls_tools else None
+            text = loaded.adapter.chat_prompt(loaded.tokenizer, request.messages, tools)
         else:
             text = request.prompt or ""
         ids: list[int] = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -315,13 +333,30 @@ class AutoGLMEngine:
         return ids
 
     def submit(self, request: GenerateRequest, stream: bool = False) -> RequestHandle:
-        """Queue ``request``; the handle gives the result, streamed text, or cancellation."""
+        """Queue ``request``; the handle gives the result, streamed text, or cancellation.
+        Its constraint is compiled here, on the caller's thread (outputs.prepare). With
+        ``n`` > 1 its sequences are queued as one group (prompt prefilled once)."""
         loaded = self.get(request.model)
         assert loaded.scheduler is not None
-        return loaded.scheduler.submit(request, self.encode(loaded, request), stream=stream)
+        ids = self.encode(loaded, request)
+        plan = outputs.prepare(loaded, request)
+        if request.n == 1:
+            return loaded.scheduler.submit(request, ids, stream=stream, plan=plan)
+        if stream:
+            raise InvalidRequestError("n > 1 cannot be streamed", param="n")
+        handles = loaded.scheduler.submit_group(
+            outputs.group_requests(request), ids, outputs.group_plans(plan, request.n)
+        )
+        return outputs.GroupHandle(request, handles)  # type: ignore[return-value]
 
     def generate(self, request: GenerateRequest, timeout: float | None = None) -> GenerateResult:
-        return self.submit(request).result(timeout or self.request_timeout_s + 5)
+        handle = self.submit(request)
+        return self.finish(handle, handle.result(timeout or self.request_timeout_s + 5))
+
+    @staticmethod
+    def finish(handle: RequestHandle, result: GenerateResult) -> GenerateResult:
+        """The result with its log-probabilities and parsed tool calls (outputs.finish)."""
+        return outputs.finish(handle, result)
 
     def stream(self, request: GenerateRequest) -> Iterator[str]:
         """Text deltas as they are decoded; closing the iterator cancels the request."""

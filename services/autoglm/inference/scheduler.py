@@ -32,7 +32,7 @@ from autoglm.inference.kvcache import (
     cache_from_layers,
     cache_layers,
 )
-from autoglm.inference.sampling import make_generator, sample
+from autoglm.inference.sampling import SamplingPlan, SequenceSampler, make_generator
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ class RequestHandle:
         self.streaming = False
         #: Sequences in the batch when this one joined it (for traces and metrics).
         self.batch_size_at_join = 0
+        #: Prepared by the engine: constraint, log-probability output (sampling.py).
+        self.plan = SamplingPlan()
 
     # scheduler side
     def _emit(self, text: str) -> None:
@@ -119,7 +121,7 @@ class RequestHandle:
 class _Sequence:
     handle: RequestHandle
     prompt_ids: list[int]
-    generator: torch.Generator | None
+    sampler: SequenceSampler
     text: IncrementalText | None  # None: decode once at the end (no stream, no stops)
     deadline: float
     output_ids: list[int] = field(default_factory=list)
@@ -165,24 +167,43 @@ class Scheduler:
 
     # -- callers -------------------------------------------------------------------
     def submit(
-        self, request: GenerateRequest, prompt_ids: list[int], stream: bool = False
+        self,
+        request: GenerateRequest,
+        prompt_ids: list[int],
+        stream: bool = False,
+        plan: SamplingPlan | None = None,
     ) -> RequestHandle:
         """Queue a request. ``stream`` asks for text as it is decoded; without it (and
         without stop strings) text is decoded once at the end, which is cheaper."""
-        handle = RequestHandle(request)
-        handle.streaming = stream
+        return self.submit_group([request], prompt_ids, [plan or SamplingPlan()], stream)[0]
+
+    def submit_group(
+        self,
+        requests: list[GenerateRequest],
+        prompt_ids: list[int],
+        plans: list[SamplingPlan],
+        stream: bool = False,
+    ) -> list[RequestHandle]:
+        """Queue sequences of one prompt together (``n`` > 1): they are admitted in the
+        same iteration when the batch has room, and the prompt is prefilled once."""
+        handles = []
+        for request, plan in zip(requests, plans, strict=True):
+            handle = RequestHandle(request)
+            handle.streaming = stream
+            handle.plan = plan
+            handles.append(handle)
         with self._cv:
             if self._stop:
                 raise OverloadedError("model is shutting down", code="shutting_down")
-            if len(self._waiting) >= self.max_queue:
+            if len(self._waiting) + len(handles) > self.max_queue:
                 self._drop_cancelled()
-            if len(self._waiting) >= self.max_queue:
+            if len(self._waiting) + len(handles) > self.max_queue:
                 raise OverloadedError(
                     f"inference queue is full ({self.max_queue} waiting); retry later"
                 )
-            self._waiting.append((handle, prompt_ids))
+            self._waiting.extend((handle, prompt_ids) for handle in handles)
             self._cv.notify()
-        return handle
+        return handles
 
     def _drop_cancelled(self) -> None:
         """Give the places of requests cancelled while waiting back (caller holds _cv)."""
@@ -276,7 +297,12 @@ class Scheduler:
                 _Sequence(
                     handle=handle,
                     prompt_ids=prompt_ids,
-                    generator=make_generator(handle.request.sampling.seed, self.device),
+                    sampler=handle.plan.sampler(
+                        handle.request.sampling,
+                        make_generator(handle.request.sampling.seed, self.device),
+                        self.eos,
+                        prompt_ids,
+                    ),
                     text=(
                         IncrementalText(self.tokenizer, handle.request.sampling.stop)
                         if handle.streaming or handle.request.sampling.stop
@@ -310,14 +336,19 @@ class Scheduler:
             self._prefill_together(misses)
 
     def _prefill_together(self, seqs: list[_Sequence]) -> None:
-        width = max(len(s.prompt_ids) for s in seqs)
+        # Identical prompts (the n sequences of one group) are computed once and their
+        # rows of keys/values copied.
+        unique: dict[tuple[int, ...], int] = {}
+        rows = [unique.setdefault(tuple(s.prompt_ids), len(unique)) for s in seqs]
+        prompts = [list(p) for p in unique]
+        width = max(len(p) for p in prompts)
         pad = int(self.tokenizer.pad_token_id or 0)
         ids = torch.tensor(
-            [[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in seqs],
+            [[pad] * (width - len(p)) + p for p in prompts],
             device=self.device,
         )
         mask = torch.tensor(
-            [[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in seqs],
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts],
             device=self.device,
         )
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
@@ -331,7 +362,12 @@ class Scheduler:
             use_cache=True,
             logits_to_keep=1,
         )
-        self._join(seqs, cache_layers(out.past_key_values), mask, out.logits[:, -1])
+        layers, logits = cache_layers(out.past_key_values), out.logits[:, -1]
+        if len(prompts) < len(seqs):
+            index = torch.tensor(rows, device=self.device)
+            layers = [(k.index_select(0, index), v.index_select(0, index)) for k, v in layers]
+            mask, logits = mask.index_select(0, index), logits.index_select(0, index)
+        self._join(seqs, layers, mask, logits)
 
     def _join(
         self,
@@ -383,20 +419,18 @@ class Scheduler:
     def _accept(self, seq: _Sequence, logits: torch.Tensor, greedy: int | None = None) -> str:
         """Choose and record the next token; return a finish reason or ''."""
         params = seq.handle.request.sampling
-        token = (
-            greedy
-            if (params.greedy and greedy is not None)
-            else sample(logits, params, seq.generator)
-        )
+        token, end = seq.sampler.next_token(logits, greedy)
         if seq.handle.first_token_at is None:
             seq.handle.first_token_at = time.monotonic()
         seq.output_ids.append(token)
-        if token in self.eos:
+        if end == "eos":
             return "stop"
         if seq.text is not None:
             seq.handle._emit(seq.text.push(token))
             if seq.text.stopped:
                 return "stop"
+        if end:
+            return "stop"
         if len(seq.output_ids) >= params.max_tokens:
             return "length"
         return ""
@@ -419,7 +453,8 @@ class Scheduler:
                 seq.handle._emit(seq.text.flush())
                 text = seq.text.text
             else:
-                ids = seq.output_ids[:-1] if reason == "stop" else seq.output_ids
+                ended = seq.output_ids and seq.output_ids[-1] in seq.sampler.end_ids
+                ids = seq.output_ids[:-1] if ended else seq.output_ids
                 text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
                 seq.handle._emit(text)
             seq.handle._finish(

@@ -35,6 +35,7 @@ from autoglm.core.schemas import (
     parse,
 )
 from autoglm.core.sidecar import SidecarAPI, error_reply
+from autoglm.inference import outputs
 from autoglm.inference.engine import AutoGLMEngine
 from autoglm.inference.metrics import InferenceMetrics
 
@@ -108,7 +109,7 @@ class InferenceService:
         if keep_alive is not None:
             while not handle.wait(self.claim_ttl_s / 3) and time.monotonic() < deadline:
                 keep_alive()
-        result = handle.result(max(0.0, deadline - time.monotonic()))
+        result = self.engine.finish(handle, handle.result(max(0.0, deadline - time.monotonic())))
         if handle.ttft is not None:
             self.metrics.ttft.labels(result.model).observe(handle.ttft)
         trace.get_current_span().set_attributes(
@@ -138,8 +139,10 @@ class InferenceService:
         return self._reply("generate", None, work)
 
     def stream(self, body: bytes) -> Iterator[bytes]:
-        """JSON lines: ``{"delta": text}`` as decoded, then ``{"result": ...}`` or
-        ``{"error": ...}``. Abandoning the iterator cancels the generation."""
+        """JSON lines: ``{"delta": text}`` as decoded (with ``"logprobs"`` when asked),
+        ``{"tool_calls": [...]}`` deltas when the model calls tools, then
+        ``{"result": ...}`` or ``{"error": ...}``. Abandoning the iterator cancels the
+        generation."""
         try:
             request = parse(GenerateRequest, body)
             handle = self.engine.submit(request, stream=True)
@@ -147,9 +150,9 @@ class InferenceService:
             yield error_reply(exc).encode()
             return
         try:
-            for delta in handle:
-                yield json.dumps({"delta": delta}).encode()
-            result = handle.result(1)
+            for frame in outputs.stream_frames(handle):
+                yield json.dumps(frame).encode()
+            result = self.engine.finish(handle, handle.result(1))
             if handle.ttft is not None:
                 self.metrics.ttft.labels(result.model).observe(handle.ttft)
             yield json.dumps({"result": result.model_dump(mode="json")}).encode()

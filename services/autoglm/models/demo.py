@@ -33,10 +33,25 @@ SPECIAL_TOKENS = [
 ]
 EOS_TOKENS = ["<|endoftext|>", "<|user|>", "<|observation|>"]
 
-#: GLM-4's chat format: ``[gMASK]<sop><|role|>\ncontent...<|assistant|>\n``.
+#: GLM-4's chat format: ``[gMASK]<sop><|role|>\ncontent...<|assistant|>\n``. With
+#: ``tools``, a system turn lists them (as GLM-4's template does); an assistant turn's
+#: tool call is the function's name on a line, then its JSON arguments; a tool result is
+#: an ``<|observation|>`` turn.
 CHAT_TEMPLATE = (
     "[gMASK]<sop>"
-    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{% endfor %}"
+    "{% if tools %}<|system|>\n# Available tools"
+    "{% for tool in tools %}\n\n## {{ tool['function']['name'] }}\n\n"
+    "{{ tool['function'] | tojson }}{% endfor %}\n\n"
+    "To call a tool, answer with its name on one line, then its arguments as a JSON object."
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'tool' %}<|observation|>\n{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' and message.get('tool_calls') %}"
+    "{% if message['content'] %}<|assistant|>\n{{ message['content'] }}{% endif %}"
+    "{% for call in message['tool_calls'] %}<|assistant|>\n{{ call['function']['name'] }}\n"
+    "{{ call['function']['arguments'] | tojson }}{% endfor %}"
+    "{% else %}<|{{ message['role'] }}|>\n{{ message['content'] }}{% endif %}"
+    "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 

@@ -5,12 +5,23 @@ when it is closed: finished, failed, cut or abandoned by the client."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from autoglm.core.errors import AutoGLMError
 from autoglm.core.schemas import FinishReason, GenerateRequest, GenerateResult, parse
 from autoglm.gateway.inference_client import InferenceClient
 from autoglm.gateway.security.content_filter import ContentFilter
+
+
+@dataclass
+class Piece:
+    """What one SSE chunk carries: text, the log-probabilities that came with it, or a
+    tool-call delta (OpenAI's ``delta.tool_calls`` items)."""
+
+    text: str = ""
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class TokenStream:
@@ -51,32 +62,46 @@ class TokenStream:
         return cls(first, frames, content_filter, on_close)
 
     def __iter__(self) -> Iterator[str]:
-        """Non-empty text deltas; stops early when the filter cuts the output. With a
-        filter, the last ``stream_holdback`` characters wait for the next delta, so a blocked
-        term split across deltas is never half-sent before the cut."""
+        """Non-empty text deltas (see ``pieces``)."""
+        for piece in self.pieces():
+            if piece.text:
+                yield piece.text
+
+    def pieces(self) -> Iterator[Piece]:
+        """Text deltas with their log-probabilities, and tool-call deltas; stops early
+        when the filter cuts the output. With a filter, the last ``stream_holdback``
+        characters wait for the next delta, so a blocked term split across deltas is
+        never half-sent before the cut."""
         holdback = self._filter.stream_holdback
         sent = 0
+        logprobs: list[dict[str, Any]] = []
         pending = [self._first] if self._first else []
         for frame in _chain(pending, self._frames):
             if "result" in frame:
                 self.result = parse(GenerateResult, frame["result"])
                 self.finish_reason = self.result.finish_reason
                 continue
+            if "tool_calls" in frame:
+                self.deltas += 1
+                yield Piece(tool_calls=list(frame["tool_calls"]))
+                continue
             self.deltas += 1
             self.text += str(frame.get("delta", ""))
+            logprobs.extend(frame.get("logprobs") or [])
             cut = self._filter.first_violation(self.text)
             if cut is not None:
                 self.text = self.text[:cut]
                 self.finish_reason = "content_filter"
                 if self.text[sent:]:
-                    yield self.text[sent:]
+                    yield Piece(self.text[sent:], logprobs)
                 return
             ready = len(self.text) - holdback
-            if ready > sent:
-                yield self.text[sent:ready]
-                sent = ready
-        if self.text[sent:]:
-            yield self.text[sent:]
+            if ready > sent or (logprobs and not holdback):
+                yield Piece(self.text[sent:ready] if ready > sent else "", logprobs)
+                sent = max(sent, ready)
+                logprobs = []
+        if self.text[sent:] or logprobs:
+            yield Piece(self.text[sent:], logprobs)
 
     @property
     def usage(self) -> tuple[int, int]:

@@ -17,8 +17,9 @@ from autoglm.core.errors import AutoGLMError, InvalidRequestError
 from autoglm.core.schemas import (
     ChatMessage,
     FinishReason,
+    GenerateChoice,
     GenerateRequest,
-    SamplingParams,
+    TokenLogprob,
     parse,
 )
 from autoglm.gateway import sse
@@ -31,6 +32,7 @@ from autoglm.gateway.openai.chat.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChoiceDelta,
+    ChoiceLogprobs,
     ChunkChoice,
     completion_id,
 )
@@ -92,26 +94,27 @@ class ChatCompletionService:
             if hit is not None:
                 return ChatOutcome(hit, cached=True)
         prompt = self._prompt(session, request)
-        results = [
-            self.filter.filter_result(
-                self.inference.generate(self.generate_request(request, prompt, i))
-            )
-            for i in range(request.n)
-        ]
+        result = self.inference.generate(self.generate_request(request, prompt))
+        choices = [self._filtered(c) for c in result.all_choices()]
         if session is not None:
-            reply = ChatMessage(role="assistant", content=results[0].text)
+            first = choices[0]
+            reply = ChatMessage(role="assistant", content=first.text, tool_calls=first.tool_calls)
             self.sessions.append(session, etag, [*request.messages, reply])
         response = ChatCompletionResponse(
-            model=results[0].model,
+            model=result.model,
             choices=[
                 ChatCompletionChoice(
                     index=i,
-                    message=ChatCompletionMessage(content=r.text),
-                    finish_reason=r.finish_reason,
+                    message=ChatCompletionMessage(
+                        content=None if c.tool_calls and not c.text else c.text,
+                        tool_calls=c.tool_calls,
+                    ),
+                    finish_reason=c.finish_reason,
+                    logprobs=ChoiceLogprobs(content=c.logprobs) if request.logprobs else None,
                 )
-                for i, r in enumerate(results)
+                for i, c in enumerate(choices)
             ],
-            usage=Usage.of(results[0].prompt_tokens, sum(r.completion_tokens for r in results)),
+            usage=Usage.of(result.prompt_tokens, result.completion_tokens),
         ).to_json()
         if cache_key and self.cache is not None:
             self.cache.put(cache_key, response)
@@ -122,7 +125,7 @@ class ChatCompletionService:
         """Read the session and start the generation (either may fail with a proper HTTP
         status), then return the SSE body."""
         session, etag = self._session(tenant, request)
-        generate = self.generate_request(request, self._prompt(session, request), 0)
+        generate = self.generate_request(request, self._prompt(session, request))
         # Charged when the SSE body closes the stream (``_sse``'s finally).
         stream = TokenStream.open(self.inference, generate, self.filter, token_meter())
         return self._sse(request, session, etag, stream)
@@ -138,21 +141,36 @@ class ChatCompletionService:
             id=completion_id(), created=int(time.time()), model=request.model, choices=[]
         )
 
-        def chunk(delta: ChoiceDelta, finish: FinishReason | None = None) -> bytes:
-            choice = ChunkChoice(delta=delta, finish_reason=finish)
+        def chunk(
+            delta: ChoiceDelta,
+            finish: FinishReason | None = None,
+            logprobs: list[dict[str, object]] | None = None,
+        ) -> bytes:
+            lps = (
+                ChoiceLogprobs(content=[TokenLogprob.model_validate(lp) for lp in logprobs])
+                if request.logprobs and logprobs is not None
+                else None
+            )
+            choice = ChunkChoice(delta=delta, finish_reason=finish, logprobs=lps)
             return sse.event(head.model_copy(update={"choices": [choice]}).model_dump(mode="json"))
 
         completed = False
         try:
             yield chunk(ChoiceDelta(role="assistant", content=""))
-            for delta in stream:
-                yield chunk(ChoiceDelta(content=delta))
+            for piece in stream.pieces():
+                if piece.tool_calls:
+                    yield chunk(ChoiceDelta(tool_calls=piece.tool_calls))
+                else:
+                    yield chunk(ChoiceDelta(content=piece.text), logprobs=piece.logprobs)
             yield chunk(ChoiceDelta(), stream.finish_reason)
             if request.stream_options and request.stream_options.include_usage:
                 usage = head.model_copy(update={"usage": Usage.of(*stream.usage)})
                 yield sse.event(usage.model_dump(mode="json"))
             if session is not None:
-                reply = ChatMessage(role="assistant", content=stream.text)
+                calls = stream.result.tool_calls if stream.result else None
+                reply = ChatMessage(
+                    role="assistant", content="" if calls else stream.text, tool_calls=calls
+                )
                 self.sessions.append(session, etag, [*request.messages, reply])
             completed = True
             yield sse.DONE
@@ -188,23 +206,39 @@ class ChatCompletionService:
             request.max_completion_tokens or request.max_tokens or self.settings.default_max_tokens
         )
 
+    def _filtered(self, choice: GenerateChoice) -> GenerateChoice:
+        """A choice cut at the content filter's first blocked term."""
+        cut = self.filter.first_violation(choice.text)
+        if cut is None:
+            return choice
+        return choice.model_copy(
+            update={"text": choice.text[:cut], "finish_reason": "content_filter"}
+        )
+
     def generate_request(
-        self, request: ChatCompletionRequest, prompt: list[ChatMessage], i: int
+        self, request: ChatCompletionRequest, prompt: list[ChatMessage]
     ) -> GenerateRequest:
-        sampling = SamplingParams(
-            max_tokens=self._max_tokens(request),
-            temperature=request.temperature,
-            top_p=request.top_p,
-            top_k=request.top_k,
-            # Distinct but reproducible seeds for the n choices.
-            seed=None if request.seed is None else request.seed + i,
-            stop=request.stop_list,
+        """The engine request for a chat request: one generation group of ``n`` choices
+        (the prompt is prefilled once), with its constraints, tools and log-probabilities.
+        Reusable by other chat-shaped endpoints."""
+        sampling = request.sampling(
+            self._max_tokens(request),
+            logprobs=request.logprobs,
+            top_logprobs=request.top_logprobs or 0,
         )
         return GenerateRequest(
             model=request.model,
             messages=prompt,
             sampling=sampling,
             timeout_s=self.settings.request_timeout_s,
+            n=request.n,
+            response_format=request.response_format,
+            structured_outputs=request.structured_outputs,
+            tools=request.tools,
+            tool_choice=request.tool_choice,
+            parallel_tool_calls=(
+                True if request.parallel_tool_calls is None else request.parallel_tool_calls
+            ),
         )
 
     def _cache_key(self, tenant: str, request: ChatCompletionRequest) -> str | None:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from autoglm.core.schemas import FinishReason
+from autoglm.core.schemas import FinishReason, TokenLogprob
 from autoglm.gateway.openai.protocol import GenerationRequest, Usage
 
 
@@ -17,17 +17,39 @@ class CompletionRequest(GenerationRequest):
     prompt: str | list[str] = Field(min_length=1)
     max_tokens: int = Field(default=16, ge=1)
     echo: bool = False
+    #: Log-probabilities of the generated tokens, with this many alternatives each.
+    logprobs: int | None = Field(default=None, ge=0, le=20)
 
     @property
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
+class CompletionLogprobs(BaseModel):
+    """The legacy completions form of log-probabilities."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+    @staticmethod
+    def of(entries: list[TokenLogprob], offset: int = 0) -> CompletionLogprobs:
+        out = CompletionLogprobs()
+        for entry in entries:
+            out.tokens.append(entry.token)
+            out.token_logprobs.append(entry.logprob)
+            out.top_logprobs.append({t.token: t.logprob for t in entry.top_logprobs})
+            out.text_offset.append(offset)
+            offset += len(entry.token)
+        return out
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):

@@ -1,0 +1,196 @@
+"""Grammar-constrained decoding with llguidance: JSON schemas, regexes, choices, Lark.
+
+A request's constraint (``response_format``, ``structured_outputs``, or forced tool
+calls) becomes an llguidance grammar. ``GrammarCompiler`` (one per loaded model) checks
+and compiles it on the caller's thread — never the scheduler's — and caches the check by
+grammar text, so a schema used again costs one lookup. A bad schema or grammar is an
+``InvalidRequestError`` naming the problem, before anything is queued.
+
+Each sequence gets its own ``Constraint`` (an ``LLMatcher``). After every token it
+consumes, the mask for the next one is computed on a small thread pool while the model
+runs its next forward pass (llguidance releases the GIL), so the scheduler only waits
+for it if the forward pass was faster. Masks are bit sets over the vocabulary; tokens
+outside the tokenizer (padded logits) are never allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from autoglm.core.errors import InvalidRequestError
+from autoglm.core.schemas import GenerateRequest
+
+log = logging.getLogger(__name__)
+
+#: JSON output without free whitespace: a model cannot pad it forever.
+_JSON_OPTIONS: Any = {"whitespace_flexible": False}
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grammar-mask")
+
+
+def schema_problem(schema: object) -> str | None:
+    """What is wrong with a JSON schema (Draft 2020-12 meta-schema), or None."""
+    if not isinstance(schema, dict):
+        return "the schema must be a JSON object"
+    import jsonschema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path)
+        return f"invalid JSON schema{f' at {where!r}' if where else ''}: {exc.message}"
+    return None
+
+
+def json_grammar(schema: dict[str, Any], param: str) -> str:
+    import llguidance
+
+    problem = schema_problem(schema)
+    if problem:
+        raise InvalidRequestError(problem, param=param, code="invalid_schema")
+    try:
+        return str(llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS))
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequestError(
+            f"schema cannot be compiled: {exc}", param=param, code="invalid_schema"
+        ) from None
+
+
+def lark_literal(text: str) -> str:
+    """A Lark string literal for ``text`` (JSON escapes are valid Lark escapes)."""
+    return json.dumps(text)
+
+
+def request_grammar(request: GenerateRequest) -> tuple[str, str] | None:
+    """The (grammar, request field) of a request's output constraint, if it has one.
+    Tool calls are handled by the model adapter, which knows the call format."""
+    import llguidance
+
+    fmt = request.response_format
+    if fmt is not None:
+        if fmt.type == "json_object":
+            return json_grammar({"type": "object"}, "response_format"), "response_format"
+        if fmt.type == "json_schema" and fmt.json_schema is not None:
+            param = "response_format.json_schema.schema"
+            return json_grammar(fmt.json_schema.schema_ or {"type": "object"}, param), param
+        return None
+    so = request.structured_outputs
+    if so is None:
+        return None
+    if so.json_ is not None:
+        schema = {"type": "object"} if isinstance(so.json_, bool) else so.json_
+        return json_grammar(schema, "structured_outputs.json"), "structured_outputs.json"
+    if so.regex is not None:
+        return str(llguidance.LLMatcher.grammar_from_regex(so.regex)), "structured_outputs.regex"
+    if so.choice is not None:
+        alternatives = " | ".join(lark_literal(c) for c in so.choice)
+        grammar = llguidance.LLMatcher.grammar_from_lark(f"start: {alternatives}")
+        return str(grammar), "structured_outputs.choice"
+    assert so.grammar is not None
+    return str(llguidance.LLMatcher.grammar_from_lark(so.grammar)), "structured_outputs.grammar"
+
+
+class GrammarCompiler:
+    """One model's tokenizer as llguidance sees it, plus a cache of checked grammars."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_id: int, cache_size: int = 512):
+        import llguidance.hf
+
+        self.vocab_size = vocab_size
+        self.tokenizer = llguidance.hf.from_tokenizer(
+            tokenizer, n_vocab=vocab_size, eos_token=eos_token_id
+        )
+        self.eos = eos_token_id
+        self._checked: OrderedDict[str, str | None] = OrderedDict()
+        self._lock = threading.Lock()
+        self.cache_size = cache_size
+
+    def check(self, grammar: str, param: str) -> None:
+        """Raise InvalidRequestError when llguidance cannot use ``grammar``."""
+        import llguidance
+
+        with self._lock:
+            known = grammar in self._checked
+            problem = self._checked.get(grammar)
+            if known:
+                self._checked.move_to_end(grammar)
+        if not known:
+            failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+                grammar, self.tokenizer
+            )
+            problem = "; ".join(messages) if failed else None
+            with self._lock:
+                self._checked[grammar] = problem
+                while len(self._checked) > self.cache_size:
+                    self._checked.popitem(last=False)
+        if problem:
+            raise InvalidRequestError(
+                f"constraint cannot be compiled: {problem[:500]}",
+                param=param,
+                code="invalid_grammar",
+            )
+
+    def constraint(self, grammar: str, param: str) -> Constraint:
+        """A fresh matcher for one sequence (its first mask is computed right away)."""
+        import llguidance
+
+        self.check(grammar, param)
+        matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=1)
+        if matcher.is_error():
+            raise InvalidRequestError(
+                f"constraint cannot be compiled: {matcher.get_error()[:500]}",
+                param=param,
+                code="invalid_grammar",
+            )
+        return Constraint(matcher, self.vocab_size, self.eos)
+
+
+class Constraint:
+    """One sequence's grammar state: the mask of allowed next tokens, and progress."""
+
+    def __init__(self, matcher: Any, vocab_size: int, eos: int) -> None:
+        self.matcher = matcher
+        self.vocab_size = vocab_size
+        self.eos = eos
+        self.end_allowed = False
+        self.failed = False
+        self._next: Future[torch.Tensor] = _POOL.submit(self._compute)
+
+    def fork(self) -> Constraint:
+        """An independent copy (``n`` > 1: each choice follows the grammar on its own)."""
+        return Constraint(self.matcher.deep_copy(), self.vocab_size, self.eos)
+
+    def _compute(self) -> torch.Tensor:
+        words = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+        bits = np.unpackbits(words, bitorder="little")[: self.vocab_size].astype(bool)
+        return torch.from_numpy(bits)
+
+    def allowed(self, vocab: int) -> torch.Tensor | None:
+        """Bool mask ``[vocab]`` of the tokens the grammar allows next."""
+        mask = self._next.result()
+        self.end_allowed = self.eos < mask.shape[0] and bool(mask[self.eos])
+        if vocab > mask.shape[0]:
+            mask = torch.cat([mask, torch.zeros(vocab - mask.shape[0], dtype=torch.bool)])
+        if not bool(mask.any()):
+            return None  # the grammar is finished or broken: nothing to enforce
+        return mask[:vocab]
+
+    def advance(self, token: int) -> bool:
+        """Consume ``token``; True when the grammar is complete (nothing may follow)."""
+        if token == self.eos and self.end_allowed:
+            return True
+        if not self.matcher.consume_token(token):
+            self.failed = True
+            log.warning("token rejected by grammar", extra={"error": self.matcher.get_error()})
+            return True
+        if self.matcher.is_stopped():
+            return True
+        self._next = _POOL.submit(self._compute)
+        return False
