@@ -16,8 +16,15 @@ earlier run's identical prompts.
 It also measures the prefix cache: time to first token of turn 5 of a conversation
 against turn 1. The last line printed is a JSON object with the headline numbers.
 
+``--scenario mixed`` measures what a long prompt does to everyone else: 32 short
+prompts alone (``short_tok_s``), then 28 short prompts with 4 prompts of ~2,800 tokens
+among them (``mixed_tok_s``: every generated token of the run over its wall time;
+``short_in_mixed_tok_s``: the short requests' tokens over the time until the last short
+one finished), 32 new tokens each, greedy. It reports time per output token of the short
+requests while the long ones are admitted and the KV cache's bytes per cached token.
+
     python load/bench_engine.py [--model .models/demo-glm] [--requests 32] [--max-tokens 64]
-                                [--repeat 3]
+                                [--repeat 3] [--scenario all|batching|mixed]
 """
 
 from __future__ import annotations
@@ -183,6 +190,118 @@ def prefix_cache_ttft(engine: AutoGLMEngine, turns: int = 5) -> dict[str, float]
     }
 
 
+def long_prompts(tokenizer: Any, n: int, tokens: int) -> list[str]:
+    """``n`` distinct prompts of about ``tokens`` tokens each (stdlib docstrings)."""
+    from autoglm.models.demo import _corpus
+
+    ids: list[int] = tokenizer("\n\n".join(_corpus()), add_special_tokens=False)["input_ids"]
+    step = max(1, (len(ids) - tokens) // max(1, n))
+    out = []
+    for i in range(n):
+        text = str(tokenizer.decode(ids[i * step : i * step + tokens]))
+        out.append(f"Document {i}. Summarise it.\n{text}")
+    return out
+
+
+def kv_stats(engine: AutoGLMEngine) -> tuple[int, int]:
+    """(bytes the KV cache holds for running sequences, tokens they have cached)."""
+    scheduler: Any = engine.get(None).scheduler
+    if hasattr(scheduler, "kv_usage"):
+        used: tuple[int, int] = scheduler.kv_usage()
+        return used
+    batch = getattr(scheduler, "_batch", None)  # the left-padded cache before issue 17
+    if batch is None or batch.cache is None or batch.mask is None:
+        return 0, 0
+    nbytes = sum(
+        t.numel() * t.element_size()
+        for layer in batch.cache.layers
+        for t in (layer.keys, layer.values)
+    )
+    return nbytes, int(batch.mask.sum())
+
+
+def mixed_scenario(
+    engine: AutoGLMEngine, max_tokens: int, repeat: int, long_tokens: int
+) -> dict[str, Any]:
+    lm = engine.get(None)
+    shorts = prompts(32)
+    longs = long_prompts(lm.tokenizer, 4, long_tokens)
+    long_lens = [len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in longs]
+    # 28 short and 4 long, the long ones spread among the short ones' arrivals.
+    mixed = list(shorts[:28])
+    for k, text in enumerate(longs):
+        mixed.insert(k * 8 + 2, text)
+    is_long = [t in longs for t in mixed]
+
+    def run(texts: list[str], longs_mask: list[bool]) -> dict[str, Any]:
+        clear_prefix_cache(engine)
+        finished: dict[int, float] = {}
+        handles = []
+        samples: list[tuple[int, int]] = []
+        stop = threading.Event()
+
+        def sampler() -> None:
+            while not stop.wait(0.01):
+                samples.append(kv_stats(engine))
+
+        watch = threading.Thread(target=sampler, daemon=True)
+        start = time.monotonic()
+        watch.start()
+        for text in texts:
+            req = GenerateRequest(
+                prompt=text, sampling=SamplingParams(max_tokens=max_tokens, temperature=0)
+            )
+            handles.append(engine.submit(req))
+            time.sleep(0.005)
+        pending = set(range(len(handles)))
+        while pending:
+            for i in list(pending):
+                if handles[i].wait(0.001):
+                    finished[i] = time.monotonic()
+                    pending.discard(i)
+        elapsed = time.monotonic() - start
+        stop.set()
+        watch.join()
+        results = [h.result(1) for h in handles]
+        short_ids = [i for i, long_ in enumerate(longs_mask) if not long_]
+        short_end = max(finished[i] for i in short_ids) - start
+        tpot = [
+            (finished[i] - (handles[i].first_token_at or finished[i]))
+            / max(1, results[i].completion_tokens - 1)
+            for i in short_ids
+        ]
+        kv = [(b, t) for b, t in samples if t]
+        peak = max(kv, key=lambda x: x[1]) if kv else (0, 0)
+        return {
+            "tok_s": sum(r.completion_tokens for r in results) / elapsed,
+            "short_tok_s": sum(results[i].completion_tokens for i in short_ids) / short_end,
+            "seconds": elapsed,
+            "tpot_p50_s": pct(tpot, 0.5),
+            "tpot_p99_s": pct(tpot, 0.99),
+            "kv_bytes_peak": peak[0],
+            "kv_tokens_peak": peak[1],
+        }
+
+    short = median_run(repeat, lambda: run(shorts, [False] * len(shorts)))
+    mix = median_run(repeat, lambda: run(mixed, is_long))
+    per_token = mix["kv_bytes_peak"] / mix["kv_tokens_peak"] if mix["kv_tokens_peak"] else 0.0
+    return {
+        "long_prompt_tokens": long_lens,
+        "short_tok_s": round(short["tok_s"], 1),
+        "short_tpot_p50_ms": round(short["tpot_p50_s"] * 1000, 2),
+        "mixed_tok_s": round(mix["tok_s"], 1),
+        "mixed_over_short": round(mix["tok_s"] / short["tok_s"], 3),
+        "short_in_mixed_tok_s": round(mix["short_tok_s"], 1),
+        "short_in_mixed_over_short": round(mix["short_tok_s"] / short["tok_s"], 3),
+        "mixed_seconds": round(mix["seconds"], 2),
+        "mixed_short_tpot_p50_ms": round(mix["tpot_p50_s"] * 1000, 2),
+        "mixed_short_tpot_p99_ms": round(mix["tpot_p99_s"] * 1000, 2),
+        "kv_bytes_per_cached_token": round(per_token, 1),
+        "kv_peak_mb": round(mix["kv_bytes_peak"] / 2**20, 2),
+        "kv_peak_tokens": mix["kv_tokens_peak"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=".models/demo-glm")
@@ -192,6 +311,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--stagger-ms", type=float, default=5.0)
     ap.add_argument("--repeat", type=int, default=3, help="runs per setting; median reported")
+    ap.add_argument("--scenario", choices=["all", "batching", "mixed"], default="all")
+    ap.add_argument("--long-tokens", type=int, default=2800, help="mixed: long prompt size")
+    ap.add_argument("--mixed-max-tokens", type=int, default=32)
     args = ap.parse_args()
     model = Path(args.model)
     if not (model / "config.json").is_file():
@@ -207,6 +329,22 @@ def main() -> None:
         f"machine: {platform.machine()} {torch.get_num_threads()} threads, "
         f"device {engine.device}, dtype {args.dtype}, model {model}"
     )
+    summary: dict[str, Any] = {"device": str(engine.device), "dtype": args.dtype}
+    if args.scenario in ("all", "mixed"):
+        mixed = mixed_scenario(engine, args.mixed_max_tokens, args.repeat, args.long_tokens)
+        print(
+            f"mixed               short only {mixed['short_tok_s']:.1f} tok/s, 28 short + 4 "
+            f"long {mixed['mixed_tok_s']:.1f} tok/s (x{mixed['mixed_over_short']}), short "
+            f"requests among them {mixed['short_in_mixed_tok_s']:.1f} tok/s "
+            f"(x{mixed['short_in_mixed_over_short']}); short TPOT p50 "
+            f"{mixed['mixed_short_tpot_p50_ms']}ms p99 {mixed['mixed_short_tpot_p99_ms']}ms; "
+            f"KV {mixed['kv_bytes_per_cached_token']} bytes/cached token"
+        )
+        summary.update(mixed)
+    if args.scenario == "mixed":
+        engine.close()
+        print(json.dumps(summary))
+        return
     hf = median_run(args.repeat, lambda: hf_sequential(engine, texts, args.max_tokens))
     print(
         f"hf_sequential       {hf['tok_s']:8.1f} tok/s  p50 {hf['p50_s']:.3f}s  "
@@ -236,7 +374,7 @@ def main() -> None:
         f"({int(prefix['prompt_tokens_last_turn'])} prompt tokens)"
     )
     engine.close()
-    summary = {
+    summary |= {
         "hf_sequential_tok_s": round(hf["tok_s"], 1),
         "static_batch_tok_s": round(static["tok_s"], 1),
         "engine_tok_s_at_1": round(runs[1]["tok_s"], 1),
@@ -249,8 +387,6 @@ def main() -> None:
         "ttft_p50_ms_at_32": round(runs[32]["ttft_p50_s"] * 1000, 1),
         "prefix_ttft_turn1_ms": round(prefix["ttft_turn1_s"] * 1000, 1),
         "prefix_ttft_turn5_ms": round(prefix["ttft_turn5_s"] * 1000, 1),
-        "device": str(engine.device),
-        "dtype": args.dtype,
     }
     print(json.dumps(summary))
 

@@ -60,8 +60,10 @@ class FakeStream:
         self.deltas = ["Hel", "lo", " world"]
         self.error: Exception | None = None
         self.closed = 0
+        self.payloads: list[dict[str, Any]] = []
 
     def __call__(self, payload: dict[str, Any], app_id: str, timeout: float) -> Iterator[Any]:
+        self.payloads.append(payload)
         if self.error:
             raise self.error
         return self._run()

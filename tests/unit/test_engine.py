@@ -59,15 +59,17 @@ def test_unknown_model_is_404(engine: AutoGLMEngine) -> None:
 
 
 def test_size_is_estimated_before_loading(engine: AutoGLMEngine) -> None:
-    """The estimate (weight files on disk, scaled to the loading dtype) is what the
-    registry makes room for before reading any weights, so it must match the real size."""
+    """The estimate (weight files on disk, scaled to the loading dtype, plus the KV pool)
+    is what the registry makes room for before reading any weights, so it must match the
+    real size."""
     loaded = engine.get(None)
     spec = ModelSpec("demo-glm", loaded.path)
     estimate = engine._estimate(spec)
     assert abs(estimate - loaded.nbytes) <= 0.05 * loaded.nbytes
     engine.dtype_name, engine.dtype = "bfloat16", torch.bfloat16
     try:
-        assert engine._estimate(spec) == estimate // 2
+        kv = engine.kv_cache_bytes
+        assert engine._estimate(spec) - kv == (estimate - kv) // 2
     finally:
         engine.dtype_name, engine.dtype = "float32", torch.float32
     assert engine._estimate(ModelSpec("gone", loaded.path / "missing")) == 0

@@ -331,6 +331,23 @@ def test_completions_batch_and_stream(client: FlaskClient, sidecar: FakeSidecar)
     assert "".join(e["choices"][0]["text"] for e in events[:-1]) == "Hello world"
 
 
+def test_the_tenant_travels_with_every_generate_request(
+    client: FlaskClient, sidecar: FakeSidecar, stream: FakeStream
+) -> None:
+    """The engine schedules tenants fairly: invocation, stream and pub/sub all carry it."""
+    client.post("/v1/chat/completions", json=CHAT, headers=USER)
+    client.post("/v1/completions", json={"model": "demo-glm", "prompt": "a"}, headers=USER)
+    _sse(client.post("/v1/chat/completions", json=dict(CHAT, stream=True), headers=USER))
+    body = {"model": "demo-glm", "prompt": "a", "stream": True}
+    _sse(client.post("/v1/completions", json=body, headers=USER))
+    assert client.post("/v1/jobs", json=CHAT, headers=USER).status_code == 202
+    invoked = [p["tenant"] for _, m, p in sidecar.invocations if m == "generate"]
+    streamed = [p["tenant"] for p in stream.payloads]
+    published = [e["request"]["tenant"] for t, e in sidecar.published if t == "inference.requests"]
+    assert invoked == ["acme", "acme"] and streamed == ["acme", "acme"]
+    assert published == ["acme"]
+
+
 # -- content filter -------------------------------------------------------------------
 def test_content_filter_blocks_input_and_cuts_output(
     sidecar: FakeSidecar, stream: FakeStream

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoglm.core.errors import AutoGLMError, DeadlineExceededError, OverloadedError
+from autoglm.core.errors import (
+    AutoGLMError,
+    DeadlineExceededError,
+    InvalidRequestError,
+    OverloadedError,
+)
 from autoglm.core.schemas import ChatMessage, GenerateRequest, SamplingParams
 from autoglm.inference.engine import AutoGLMEngine
 from autoglm.inference.scheduler import StepStats
@@ -246,5 +251,95 @@ def test_generated_tokens_include_each_requests_first_token(demo_model_dir: Path
                 break
             time.sleep(0.01)
         assert counted == expected
+    finally:
+        eng.close()
+
+
+#: About 400 tokens: with the short prompts, a mix the paged cache must chunk and share.
+LONG = "Return the value of the attribute named by the string, " * 40
+
+
+def _mixed_prompts() -> list[str]:
+    return [
+        PROMPTS[0],
+        LONG + "first",
+        PROMPTS[1],
+        PROMPTS[2],
+        "Explain the logging module. " + LONG,
+        PROMPTS[3],
+        LONG + "second",  # shares its first blocks with the first long prompt
+    ]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"interleaved_prefill_tokens": 8, "max_step_tokens": 24},  # many small chunks
+        {"kv_cache_mb": 1, "max_step_tokens": 64},  # 512-token pool: preemptions
+    ],
+    ids=["defaults", "small-chunks", "tiny-pool"],
+)
+def test_mixed_arrivals_match_hf_generate_alone(
+    demo_model_dir: Path, config: dict[str, int]
+) -> None:
+    """Short and long prompts arriving over time, whatever shares their steps, chunks
+    or pool: each greedy output is what ``generate`` gives for that prompt alone."""
+    eng = AutoGLMEngine(demo_model_dir, warmup=False, **config)  # type: ignore[arg-type]
+    try:
+        handles = []
+        for i, prompt in enumerate(_mixed_prompts()):
+            handles.append((prompt, eng.submit(_req(prompt, 12 + i))))
+            time.sleep(0.01 * (i % 3))
+        for prompt, handle in handles:
+            expected = _hf_greedy(eng, prompt, handle.request.sampling.max_tokens)
+            assert handle.result(120).text == expected, prompt[:40]
+        scheduler = eng.get(None).scheduler
+        assert scheduler is not None and scheduler.blocks.num_used == 0
+        if "kv_cache_mb" in config:
+            assert scheduler.policy.preemptions > 0
+        else:
+            assert scheduler.blocks.hits > 0  # the shared long prefix
+    finally:
+        eng.close()
+
+
+def test_seeded_sampling_in_a_mixed_batch_matches_itself_alone(demo_model_dir: Path) -> None:
+    eng = AutoGLMEngine(demo_model_dir, warmup=False, kv_cache_mb=1, max_step_tokens=32)
+    try:
+        seeded = [
+            _req(p, 16, temperature=0.8, top_p=0.9, seed=7 + i)
+            for i, p in enumerate(_mixed_prompts()[:4])
+        ]
+        alone = [eng.generate(r).text for r in seeded]
+        noise = [eng.submit(_req(LONG + str(i), 20, temperature=1.0)) for i in range(2)]
+        together = [eng.submit(r) for r in seeded]
+        assert [h.result(120).text for h in together] == alone
+        for h in noise:
+            h.result(120)
+    finally:
+        eng.close()
+
+
+def test_kv_memory_follows_the_tokens_held(engine: AutoGLMEngine) -> None:
+    scheduler = engine.get(None).scheduler
+    assert scheduler is not None
+    handles = [engine.submit(_req(p, 200), stream=True) for p in (LONG, PROMPTS[2])]
+    for h in handles:
+        next(iter(h))
+    nbytes, tokens = scheduler.kv_usage()
+    # Blocks are allocated per sequence: no padding of the short one to the long one.
+    per_token = scheduler.cache.bytes_per_token
+    assert tokens > 400 and nbytes <= per_token * (tokens + 2 * 16 * 2)
+    for h in handles:
+        h.cancel()
+        h.result(30)
+
+
+def test_a_request_larger_than_the_pool_is_refused(demo_model_dir: Path) -> None:
+    eng = AutoGLMEngine(demo_model_dir, warmup=False, kv_cache_mb=1)
+    try:
+        with pytest.raises(InvalidRequestError, match="KV cache"):
+            eng.submit(_req(LONG, 1000))
     finally:
         eng.close()

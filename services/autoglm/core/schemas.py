@@ -277,6 +277,11 @@ class GenerateRequest(Payload):
     tools: list[ToolDef] | None = Field(default=None, max_length=128)
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
+    #: Whose request this is: the engine schedules tenants fairly and caps each one's
+    #: share. Set by the gateway from the authenticated principal.
+    tenant: str = Field(
+        default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:

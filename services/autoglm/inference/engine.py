@@ -25,7 +25,8 @@ from autoglm.inference import outputs
 from autoglm.inference.adapters import ModelAdapter, adapter_for, model_type_of
 from autoglm.inference.constraints import GrammarCompiler
 from autoglm.inference.embedder import Embedder
-from autoglm.inference.kvcache import PrefixCache
+from autoglm.inference.kvcache import ATTN_IMPLEMENTATION, PagedKVCache, register_attention
+from autoglm.inference.policy import PolicyConfig, TenantLimits
 from autoglm.inference.registry import ModelRegistry, ModelSpec
 from autoglm.inference.sampling import TokenText
 from autoglm.inference.scheduler import RequestHandle, Scheduler, StepStats
@@ -129,6 +130,13 @@ class AutoGLMEngine:
         max_batch_size: int = 32,
         max_queue: int = 256,
         prefix_cache_mb: int = 256,
+        kv_cache_mb: int = 512,
+        kv_cache_gpu_fraction: float = 0.5,
+        kv_block_size: int = 16,
+        max_step_tokens: int = 512,
+        interleaved_prefill_tokens: int = 48,
+        tenant_limits: TenantLimits | None = None,
+        tenant_overrides: dict[str, TenantLimits] | None = None,
         request_timeout_s: float = 300.0,
         memory_budget_mb: int = 16384,
         gpu_memory_fraction: float | None = None,
@@ -156,6 +164,16 @@ class AutoGLMEngine:
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.prefix_cache_bytes = prefix_cache_mb * 1024 * 1024
+        self.kv_cache_bytes = kv_cache_mb * 1024 * 1024
+        self.kv_cache_gpu_fraction = kv_cache_gpu_fraction
+        self.kv_block_size = kv_block_size
+        self.policy = PolicyConfig(
+            max_batch_size=max_batch_size,
+            max_step_tokens=max_step_tokens,
+            interleaved_prefill_tokens=interleaved_prefill_tokens,
+            default_limits=tenant_limits or TenantLimits(),
+            tenant_limits=dict(tenant_overrides or {}),
+        )
         self.request_timeout_s = request_timeout_s
         self.verify = verify
         self.warmup = warmup
@@ -213,7 +231,10 @@ class AutoGLMEngine:
                 embedder.embed(["warm up"])
         else:
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
+            register_attention()
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                path, dtype=self.dtype, attn_implementation=ATTN_IMPLEMENTATION
+            )
             model = model.to(self.device)
             model.eval()
             if self.dtype_name == "int8":
@@ -226,14 +247,22 @@ class AutoGLMEngine:
             )
             eos_ids = adapter.stop_token_ids(model, tokenizer)
             model_id, hook = spec.id, self.on_step
+            cache = PagedKVCache(
+                model.config,
+                self.device,
+                self.dtype,
+                budget_bytes=self._kv_budget(),
+                block_size=self.kv_block_size,
+            )
             scheduler = Scheduler(
                 model,
                 tokenizer,
                 spec.id,
                 eos_ids,
-                max_batch_size=self.max_batch_size,
+                cache,
                 max_queue=self.max_queue,
-                prefix_cache=PrefixCache(self.prefix_cache_bytes),
+                policy=self.policy,
+                prefix_cache_blocks=self.prefix_cache_bytes // cache.bytes_per_block,
                 request_timeout_s=self.request_timeout_s,
                 on_step=(lambda stats: hook(model_id, stats)) if hook else None,
             )
@@ -243,7 +272,7 @@ class AutoGLMEngine:
                 adapter,
                 tokenizer,
                 max_ctx,
-                _nbytes(model),
+                _nbytes(model) + cache.nbytes,
                 model=model,
                 scheduler=scheduler,
                 eos_token_ids=eos_ids,
@@ -264,11 +293,19 @@ class AutoGLMEngine:
         )
         return loaded
 
+    def _kv_budget(self) -> int:
+        """Bytes for a model's KV pool: ``kv_cache_mb`` on CPU; on CUDA a fraction of the
+        memory free once the weights are loaded."""
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free * self.kv_cache_gpu_fraction)
+        return self.kv_cache_bytes
+
     def _estimate(self, spec: ModelSpec) -> int:
         """Bytes the model will take once loaded, known before loading it so the registry
         can make room first: its weight files' sizes on disk, scaled from the checkpoint's
-        dtype to the one it is loaded in. Only file sizes and config.json are read, so
-        nothing unverified is loaded."""
+        dtype to the one it is loaded in, plus a causal LM's KV pool. Only file sizes and
+        config.json are read, so nothing unverified is loaded."""
         try:
             files = [p for p in spec.path.rglob("*") if p.is_file() and not p.is_symlink()]
             # from_pretrained reads safetensors when there are any, else the .bin files.
@@ -286,7 +323,9 @@ class AutoGLMEngine:
         kind = adapter_for(str(config.get("model_type", ""))).kind
         if self.dtype_name == "int8" and kind == "generate":
             target = 1  # causal LMs' Linear weights are quantized; encoders are not
-        return on_disk * target // stored
+        # A causal LM also gets its KV pool (on CUDA sized from what is free after it).
+        kv = self.kv_cache_bytes if kind == "generate" and self.device.type != "cuda" else 0
+        return on_disk * target // stored + kv
 
     def load_model(self, model_id: str) -> None:
         self.registry.load(model_id)

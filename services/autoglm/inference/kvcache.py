@@ -1,187 +1,205 @@
-"""KV caches: one left-padded batch cache for the running sequences, and a prefix cache.
+"""The paged KV cache: one preallocated pool of fixed-size blocks, and the attention that
+reads each sequence's own blocks.
 
-``BatchKV`` keeps every running sequence's keys and values in one ``DynamicCache`` whose
-rows are left-padded to a common length, so a decode step is one forward pass for the
-whole batch. A sequence joins by padding either itself or the batch; it leaves by
-dropping its row, and columns that became padding for every row are trimmed away.
-Prompts are never recomputed during decoding.
+The pool is one tensor ``[layers, 2, blocks * block_size + 1, kv_heads, head_dim]``
+sized once from a memory budget (``kv_cache_mb`` on CPU, a fraction of free memory on
+CUDA); its last slot is a trash slot that padded reads point at. Which blocks belong to
+which sequence is ``blocks.BlockManager``'s business; this module only turns block
+tables into slot indices and computes attention.
 
-``PrefixCache`` keeps finished sequences' KV (prompt and generated tokens) so the next
-turn of a conversation — whose prompt starts with the previous turn — only computes the
-new tokens. It is bounded in bytes and evicts least recently used entries.
+A step runs every scheduled sequence's new tokens as one packed row (``[1, tokens]``) of
+the unmodified Hugging Face model, with ``attn_implementation="autoglm_paged"`` — an
+attention function registered in transformers' ``AttentionInterface`` (the same hook its
+own ``paged|sdpa`` uses). Per layer it writes the new keys and values into their slots,
+then runs ``scaled_dot_product_attention`` per group over the group's own cached tokens:
+
+* decoding sequences (one query each), grouped by length so that a long sequence does not
+  make short ones attend over padding: a group reads ``[rows, longest in group]`` slots;
+* each prefill chunk alone, causally over its sequence's cached tokens plus itself.
+
+Without a step plan (``model.generate``, a plain forward) it is ordinary SDPA, so the same
+model object also serves Hugging Face ``generate``.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache
+from torch.nn.functional import scaled_dot_product_attention
 
-#: Per layer (keys, values), each ``[1, kv_heads, tokens, head_dim]``.
-LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def cache_from_layers(layers: LayerKV) -> DynamicCache:
-    cache = DynamicCache()
-    for idx, (keys, values) in enumerate(layers):
-        cache.update(keys, values, idx)
-    return cache
-
-
-def _layers(cache: DynamicCache) -> list[Any]:
-    """The per-layer K/V holders (``DynamicLayer``: ``.keys`` / ``.values`` tensors)."""
-    return list(cache.layers)
-
-
-def cache_layers(cache: DynamicCache) -> LayerKV:
-    return [(layer.keys, layer.values) for layer in _layers(cache)]
-
-
-def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
-    if n == 0:
-        return t
-    pad = t.new_zeros((*t.shape[:2], n, t.shape[3]))
-    return torch.cat([pad, t], dim=2)
-
-
-class BatchKV:
-    """The running batch's cache plus its attention mask ``[rows, tokens]``."""
-
-    def __init__(self) -> None:
-        self.cache: DynamicCache | None = None
-        self.mask: torch.Tensor | None = None
-
-    @property
-    def rows(self) -> int:
-        return 0 if self.mask is None else int(self.mask.shape[0])
-
-    @property
-    def length(self) -> int:
-        return 0 if self.mask is None else int(self.mask.shape[1])
-
-    def add(self, layers: LayerKV, mask: torch.Tensor | None = None) -> None:
-        """Append sequences as new rows: ``layers`` hold ``n`` rows, left-padded to a
-        common length, with their ``[n, tokens]`` mask (default: one unpadded row)."""
-        new_len = int(layers[0][0].shape[2])
-        if mask is None:
-            mask = torch.ones((1, new_len), dtype=torch.long, device=layers[0][0].device)
-        if self.cache is None or self.mask is None:
-            self.cache = cache_from_layers(layers)
-            self.mask = mask
-            return
-        grow = max(0, new_len - self.length)
-        pad_new = max(0, self.length - new_len)
-        for layer, (keys, values) in zip(_layers(self.cache), layers, strict=True):
-            layer.keys = torch.cat([_left_pad(layer.keys, grow), _left_pad(keys, pad_new)])
-            layer.values = torch.cat([_left_pad(layer.values, grow), _left_pad(values, pad_new)])
-        old = torch.nn.functional.pad(self.mask, (grow, 0))
-        self.mask = torch.cat([old, torch.nn.functional.pad(mask, (pad_new, 0))])
-
-    def remove(self, keep: list[int]) -> None:
-        """Keep only the rows in ``keep`` (in order); trim all-padding columns."""
-        if not keep:
-            self.cache, self.mask = None, None
-            return
-        assert self.cache is not None and self.mask is not None
-        index = torch.tensor(keep, device=self.mask.device)
-        mask = self.mask.index_select(0, index)
-        # Leading columns that are padding in every remaining row carry nothing.
-        lead = int((mask.sum(dim=0) > 0).long().argmax())
-        for layer in _layers(self.cache):
-            layer.keys = layer.keys.index_select(0, index)[:, :, lead:]
-            layer.values = layer.values.index_select(0, index)[:, :, lead:]
-        self.mask = mask[:, lead:]
-
-    def extend_mask(self) -> torch.Tensor:
-        """The mask for a decode step: every row gains one real token."""
-        assert self.mask is not None
-        self.mask = torch.nn.functional.pad(self.mask, (0, 1), value=1)
-        return self.mask
-
-    def row_layers(self, row: int, tokens: int) -> LayerKV:
-        """A copy of one row's last ``tokens`` positions (its real tokens)."""
-        assert self.cache is not None
-        return [
-            (
-                layer.keys[row : row + 1, :, -tokens:].clone(),
-                layer.values[row : row + 1, :, -tokens:].clone(),
-            )
-            for layer in _layers(self.cache)
-        ]
+ATTN_IMPLEMENTATION = "autoglm_paged"
 
 
 @dataclass
-class _Entry:
-    tokens: tuple[int, ...]
-    layers: LayerKV
-    nbytes: int
+class _Group:
+    """Queries ``[start, end)`` of the packed row and the cache slots they read."""
+
+    start: int
+    end: int
+    #: Decode group: ``[rows, length]`` slots; prefill: ``[1, length]``.
+    slots: torch.Tensor
+    #: Boolean ``[rows, 1, queries, length]`` (True: attend), or None for "all".
+    mask: torch.Tensor | None
+    causal: bool = False
 
 
-class PrefixCache:
-    """LRU map from token sequences to their KV, bounded by ``max_bytes``."""
+@dataclass
+class StepPlan:
+    """Where a step's packed tokens write and what each group reads (all layers)."""
 
-    def __init__(self, max_bytes: int, min_tokens: int = 8) -> None:
-        self.max_bytes = max_bytes
-        self.min_tokens = min_tokens
-        self._entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+    write_slots: torch.Tensor
+    groups: list[_Group] = field(default_factory=list)
+
+
+class PagedKVCache:
+    def __init__(
+        self,
+        config: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        budget_bytes: int,
+        block_size: int = 16,
+    ) -> None:
+        self.block_size = block_size
+        self.layers = int(config.num_hidden_layers)
+        self.kv_heads = int(
+            getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        )
+        self.head_dim = int(
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
+        self.bytes_per_token = self.layers * 2 * self.kv_heads * self.head_dim * dtype.itemsize
+        self.bytes_per_block = self.bytes_per_token * block_size
+        self.num_blocks = max(1, budget_bytes // self.bytes_per_block)
+        self.trash = self.num_blocks * block_size
+        self.pool = torch.zeros(
+            (self.layers, 2, self.trash + 1, self.kv_heads, self.head_dim),
+            dtype=dtype,
+            device=device,
+        )
+        self.device = device
 
     @property
     def nbytes(self) -> int:
-        return self._bytes
+        return self.pool.numel() * self.pool.element_size()
 
-    def __len__(self) -> int:
-        return len(self._entries)
+    def _slots(self, blocks: list[int], end: int) -> list[int]:
+        """Slot indices of token positions ``[0, end)`` of a sequence."""
+        bs = self.block_size
+        return [b * bs + o for b in blocks[: -(-end // bs)] for o in range(bs)][:end]
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
+    def plan(
+        self,
+        prefills: list[tuple[list[int], int, int]],
+        decodes: list[tuple[list[int], int]],
+    ) -> StepPlan:
+        """The plan of a step whose packed row is the ``decodes`` (block table, length
+        after this step), in the given order, then the ``prefills`` (block table, tokens
+        cached before, tokens computed now). Decodes should come sorted by length."""
+        writes: list[int] = []
+        groups: list[_Group] = []
+        pos = 0
+        dev = self.device
+        for members in _length_groups(decodes):
+            longest = max(n for _, n in members)
+            rows = []
+            lengths = []
+            for blocks, length in members:
+                slots = self._slots(blocks, length)
+                writes.append(slots[-1])
+                rows.append(slots + [self.trash] * (longest - length))
+                lengths.append(length)
+            mask = None
+            if min(lengths) != longest:
+                limit = torch.tensor(lengths, device=dev)[:, None]
+                mask = (torch.arange(longest, device=dev)[None, :] < limit)[:, None, None, :]
+            groups.append(_Group(pos, pos + len(rows), torch.tensor(rows, device=dev), mask))
+            pos += len(rows)
+        for blocks, cached, n in prefills:
+            slots = self._slots(blocks, cached + n)
+            writes.extend(slots[cached:])
+            mask = None
+            if cached:
+                q = torch.arange(cached, cached + n, device=dev)[:, None]
+                mask = (torch.arange(cached + n, device=dev)[None, :] <= q)[None, None]
+            groups.append(
+                _Group(pos, pos + n, torch.tensor([slots], device=dev), mask, causal=not cached)
+            )
+            pos += n
+        return StepPlan(torch.tensor(writes, device=dev), groups)
 
-    def put(self, tokens: list[int], layers: LayerKV) -> None:
-        if len(tokens) < self.min_tokens or self.max_bytes <= 0:
-            return
-        nbytes = sum(k.numel() * k.element_size() * 2 for k, _ in layers)
-        if nbytes > self.max_bytes:
-            return
-        key = tuple(tokens)
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old:
-                self._bytes -= old.nbytes
-            self._entries[key] = _Entry(key, layers, nbytes)
-            self._bytes += nbytes
-            while self._bytes > self.max_bytes:
-                _, evicted = self._entries.popitem(last=False)
-                self._bytes -= evicted.nbytes
-
-    def lookup(self, prompt: list[int]) -> tuple[int, LayerKV | None]:
-        """Longest cached common prefix of ``prompt`` (leaving at least one token to run)."""
-        best_len, best = 0, None
-        limit = len(prompt) - 1
-        with self._lock:
-            for key, entry in self._entries.items():
-                n = _common_prefix(key, prompt, limit)
-                if n > best_len:
-                    best_len, best = n, entry
-            if best is None or best_len < self.min_tokens:
-                self.misses += 1
-                return 0, None
-            self._entries.move_to_end(best.tokens)
-            self.hits += 1
-        return best_len, [(k[:, :, :best_len], v[:, :, :best_len]) for k, v in best.layers]
+    def attention(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        plan: StepPlan,
+        scaling: float | None,
+    ) -> torch.Tensor:
+        """Store this layer's new ``key``/``value`` ``[1, kv_heads, tokens, dim]`` and attend;
+        returns ``[1, tokens, heads, dim]``."""
+        k_pool, v_pool = self.pool[layer, 0], self.pool[layer, 1]
+        k_pool.index_copy_(0, plan.write_slots, key[0].transpose(0, 1))
+        v_pool.index_copy_(0, plan.write_slots, value[0].transpose(0, 1))
+        outs = []
+        gqa = query.shape[1] != key.shape[1]
+        for g in plan.groups:
+            keys = k_pool[g.slots].permute(0, 2, 1, 3)  # [rows, kv_heads, length, dim]
+            values = v_pool[g.slots].permute(0, 2, 1, 3)
+            q = query[0, :, g.start : g.end]  # [heads, queries, dim]
+            # One sequence: all its queries in one row; decodes: one query per row.
+            q = q[None] if g.slots.shape[0] == 1 else q.transpose(0, 1)[:, :, None]
+            out = scaled_dot_product_attention(
+                q, keys, values, attn_mask=g.mask, is_causal=g.causal, scale=scaling, enable_gqa=gqa
+            )
+            # -> [queries, heads, dim]
+            outs.append(out[0].transpose(0, 1) if g.slots.shape[0] == 1 else out[:, :, 0])
+        return torch.cat(outs)[None]
 
 
-def _common_prefix(a: tuple[int, ...], b: list[int], limit: int) -> int:
-    n = min(len(a), limit)
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+def _length_groups(decodes: list[tuple[list[int], int]]) -> list[list[tuple[list[int], int]]]:
+    """Split decodes (sorted by length) into groups where padding to the group's longest
+    costs at most as much as the group's real tokens (and always isolate outliers)."""
+    groups: list[list[tuple[list[int], int]]] = []
+    for member in decodes:
+        if groups:
+            group = groups[-1]
+            real = sum(n for _, n in group) + member[1]
+            if member[1] * (len(group) + 1) <= 2 * real:
+                group.append(member)
+                continue
+        groups.append([member])
+    return groups
+
+
+def paged_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """The ``autoglm_paged`` attention implementation (see the module docstring)."""
+    cache: PagedKVCache | None = kwargs.get("paged_cache")
+    plan: StepPlan | None = kwargs.get("paged_plan")
+    if cache is None or plan is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    layer = int(getattr(module, "layer_idx", 0) or 0)
+    return cache.attention(layer, query, key, value, plan, scaling), None
+
+
+def register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, paged_attention_forward)

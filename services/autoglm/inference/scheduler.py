@@ -1,12 +1,22 @@
-"""Continuous batching: sequences join the running batch between decode steps and leave
-as soon as they finish, each with its own sampling settings, stops, seed and deadline.
+"""Continuous batching over a paged KV cache: sequences join the running batch between
+steps and leave as soon as they finish, each with its own sampling settings, stops, seed,
+deadline and tenant.
 
-One scheduler thread owns the model. Per iteration it (1) drops cancelled or expired
-sequences, (2) admits waiting requests up to ``max_batch_size`` — each prompt is
-prefilled once, reusing a cached prefix when one matches — and (3) runs one batched
-decode step for every running sequence. Callers wait on a ``RequestHandle`` or iterate
-it for streamed text. The waiting queue is bounded: a full queue is an immediate
-``OverloadedError``, never unbounded memory.
+One scheduler thread owns the model. Each iteration is three parts (as in vLLM):
+
+1. **policy** (``policy.Policy.schedule``, pure Python): drop cancelled and expired
+   sequences; decide who runs with how many tokens — every decode, prompt chunks out of a
+   per-step token budget, admissions fair across tenants — and who is preempted when the
+   KV pool is full;
+2. **execute**: one forward pass of the packed tokens over the paged cache
+   (``kvcache.PagedKVCache``), logits only where a next token is due;
+3. **apply**: next tokens from those logits (``_next_tokens``, the one sampling call
+   site), stops and lengths, full blocks registered for prefix sharing, finished
+   sequences' blocks returned to the pool.
+
+Callers wait on a ``RequestHandle`` or iterate it for streamed text. Queues are bounded
+(globally and per tenant): a full queue is an immediate ``OverloadedError``, never
+unbounded memory.
 """
 
 from __future__ import annotations
@@ -15,23 +25,23 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from autoglm.core.errors import AutoGLMError, DeadlineExceededError, OverloadedError
-from autoglm.core.schemas import FinishReason, GenerateRequest, GenerateResult
-from autoglm.inference.detokenizer import IncrementalText
-from autoglm.inference.kvcache import (
-    BatchKV,
-    LayerKV,
-    PrefixCache,
-    cache_from_layers,
-    cache_layers,
+from autoglm.core.errors import (
+    AutoGLMError,
+    DeadlineExceededError,
+    InvalidRequestError,
+    OverloadedError,
 )
+from autoglm.core.schemas import FinishReason, GenerateRequest, GenerateResult
+from autoglm.inference.blocks import BlockManager
+from autoglm.inference.detokenizer import IncrementalText
+from autoglm.inference.kvcache import PagedKVCache
+from autoglm.inference.policy import Policy, PolicyConfig, Seq, StepPlan
 from autoglm.inference.sampling import SamplingPlan, SequenceSampler, make_generator
 
 log = logging.getLogger(__name__)
@@ -46,6 +56,17 @@ class StepStats:
     tokens: int = 0
     #: Seconds each request admitted in this iteration had waited in the queue.
     queue_waits: list[float] = field(default_factory=list)
+    #: Prompt and recomputed tokens this step ran (besides the decodes).
+    prefill_tokens: int = 0
+    #: KV pool: blocks referenced by sequences, cached for sharing, in all.
+    kv_blocks_used: int = 0
+    kv_blocks_cached: int = 0
+    kv_blocks_total: int = 0
+    #: Sequences preempted this step (their blocks given back; recomputed later).
+    preemptions: int = 0
+    #: Prompt blocks served from the prefix cache this step / looked up.
+    prefix_block_hits: int = 0
+    prefix_block_queries: int = 0
 
 
 class RequestHandle:
@@ -117,16 +138,30 @@ class RequestHandle:
         return None if self.first_token_at is None else self.first_token_at - self.submitted
 
 
-@dataclass
-class _Sequence:
-    handle: RequestHandle
-    prompt_ids: list[int]
-    sampler: SequenceSampler
-    text: IncrementalText | None  # None: decode once at the end (no stream, no stops)
-    deadline: float
-    output_ids: list[int] = field(default_factory=list)
-    #: Tokens whose keys/values are in the cache (prompt + all but the pending token).
-    cached: int = 0
+@dataclass(eq=False)
+class _Sequence(Seq):
+    handle: RequestHandle | None = None
+    #: Logits -> next token: processors, constraint, sampling (sampling.py).
+    sampler: SequenceSampler | None = None
+    #: None: decode once at the end (no stream, no stops).
+    text: IncrementalText | None = None
+    deadline: float = 0.0
+
+    @property
+    def h(self) -> RequestHandle:
+        assert self.handle is not None
+        return self.handle
+
+    @property
+    def s(self) -> SequenceSampler:
+        assert self.sampler is not None
+        return self.sampler
+
+
+def _own(seq: Seq) -> _Sequence:
+    """The scheduler's sequence behind the policy's view of it."""
+    assert isinstance(seq, _Sequence)
+    return seq
 
 
 class Scheduler:
@@ -136,10 +171,11 @@ class Scheduler:
         tokenizer: Any,
         model_id: str,
         eos_token_ids: list[int],
+        cache: PagedKVCache,
         *,
-        max_batch_size: int = 32,
         max_queue: int = 256,
-        prefix_cache: PrefixCache | None = None,
+        policy: PolicyConfig | None = None,
+        prefix_cache_blocks: int | None = None,
         request_timeout_s: float = 300.0,
         on_step: Callable[[StepStats], None] | None = None,
     ) -> None:
@@ -147,17 +183,15 @@ class Scheduler:
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.eos = set(eos_token_ids)
-        self.max_batch_size = max_batch_size
+        self.cache = cache
         self.max_queue = max_queue
-        self.prefix_cache = prefix_cache
         self.request_timeout_s = request_timeout_s
         self.on_step = on_step
-        self.device = next(model.parameters()).device
-        self._waiting: deque[tuple[RequestHandle, list[int]]] = deque()
-        self._running: list[_Sequence] = []
-        self._batch = BatchKV()
-        #: First tokens taken by prefills in this iteration (decode steps count their own).
-        self._prefill_tokens = 0
+        self.device = cache.device
+        #: Blocks of the pool; also the prefix cache (``hits``, ``clear``).
+        self.blocks = BlockManager(cache.num_blocks, cache.block_size, prefix_cache_blocks)
+        self.policy = Policy(policy or PolicyConfig(), self.blocks)
+        self.max_batch_size = self.policy.config.max_batch_size
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(
@@ -184,44 +218,84 @@ class Scheduler:
         plans: list[SamplingPlan],
         stream: bool = False,
     ) -> list[RequestHandle]:
-        """Queue sequences of one prompt together (``n`` > 1): they are admitted in the
-        same iteration when the batch has room, and the prompt is prefilled once."""
-        handles = []
+        """Queue sequences of one prompt together (``n`` > 1): admitted one after the
+        other, the later ones share the prompt's full blocks once the first computed
+        them (prefix sharing)."""
+        need = len(prompt_ids) + max(r.sampling.max_tokens for r in requests)
+        if need > self.blocks.capacity_tokens:
+            raise InvalidRequestError(
+                f"prompt and max_tokens need {need} tokens of KV cache; this model's cache "
+                f"holds {self.blocks.capacity_tokens}",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        seqs = []
         for request, plan in zip(requests, plans, strict=True):
             handle = RequestHandle(request)
             handle.streaming = stream
             handle.plan = plan
-            handles.append(handle)
+            params = request.sampling
+            generator = make_generator(params.seed, self.device)
+            seqs.append(
+                _Sequence(
+                    request_id=request.request_id,
+                    tenant=request.tenant,
+                    prompt_ids=prompt_ids,
+                    max_tokens=params.max_tokens,
+                    handle=handle,
+                    sampler=plan.sampler(params, generator, self.eos, prompt_ids),
+                    text=(
+                        IncrementalText(self.tokenizer, params.stop)
+                        if stream or params.stop
+                        else None
+                    ),
+                    deadline=handle.submitted + self._timeout(handle),
+                )
+            )
+        tenant = requests[0].tenant
+        limits = self.policy.config.limits(tenant)
         with self._cv:
             if self._stop:
                 raise OverloadedError("model is shutting down", code="shutting_down")
-            if len(self._waiting) + len(handles) > self.max_queue:
+            queue = self.policy.queue
+            n = len(seqs)
+            if len(queue) + n > self.max_queue or queue.queued(tenant) + n > limits.max_queued:
                 self._drop_cancelled()
-            if len(self._waiting) + len(handles) > self.max_queue:
+            if len(queue) + n > self.max_queue:
                 raise OverloadedError(
                     f"inference queue is full ({self.max_queue} waiting); retry later"
                 )
-            self._waiting.extend((handle, prompt_ids) for handle in handles)
+            if queue.queued(tenant) + n > limits.max_queued:
+                raise OverloadedError(
+                    f"tenant {tenant!r} has {limits.max_queued} requests waiting; retry later"
+                )
+            for seq in seqs:
+                self.policy.add(seq)
             self._cv.notify()
-        return handles
+        return [seq.h for seq in seqs]
 
     def _drop_cancelled(self) -> None:
         """Give the places of requests cancelled while waiting back (caller holds _cv)."""
-        keep: deque[tuple[RequestHandle, list[int]]] = deque()
-        for handle, prompt_ids in self._waiting:
-            if handle.cancelled:
-                handle._finish(self._result(handle, "", [], "cancelled", len(prompt_ids)), None)
-            else:
-                keep.append((handle, prompt_ids))
-        self._waiting = keep
+        for seq in self.policy.queue.remove(lambda s: not _own(s).h.cancelled):
+            self._finish(seq, "cancelled")
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        return len(self.policy.queue)
 
     @property
     def batch_size(self) -> int:
-        return len(self._running)
+        return len(self.policy.running)
+
+    @property
+    def prefix_cache(self) -> BlockManager:
+        return self.blocks
+
+    def kv_usage(self) -> tuple[int, int]:
+        """(bytes of the blocks running sequences hold, tokens cached in them)."""
+        with self._cv:
+            tokens = sum(s.num_cached for s in self.policy.running)
+            return self.blocks.num_used * self.cache.bytes_per_block, tokens
 
     def close(self) -> None:
         with self._cv:
@@ -233,237 +307,163 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._stop and not self._waiting and not self._running:
+                while not self._stop and not len(self.policy.queue) and not self.policy.running:
                     self._cv.wait()
                 if self._stop:
                     break
+            plan = StepPlan()
             try:
                 with torch.inference_mode():
-                    self._iterate()
+                    plan = self._iterate()
             except Exception:  # keep serving: fail the batch, not the process
                 log.exception("scheduler step failed; failing running requests")
-                for seq in self._running:
-                    seq.handle._finish(None, AutoGLMError("generation failed"))
-                self._running, self._batch = [], BatchKV()
+                failed = AutoGLMError("generation failed")
+                for seq in {*self.policy.running, *(s for s, _ in plan.scheduled)}:
+                    self._finish(seq, "error", failed)
         shutting = AutoGLMError("model unloaded", code="shutting_down")
-        for seq in self._running:
-            seq.handle._finish(None, shutting)
-        for handle, _ in self._waiting:
-            handle._finish(None, shutting)
+        with self._cv:
+            for seq in [*self.policy.running, *self.policy.queue]:
+                self._finish(seq, "error", shutting)
 
-    def _iterate(self) -> None:
+    def _iterate(self) -> StepPlan:
         now = time.monotonic()
-        finished = [
-            (i, "cancelled" if s.handle.cancelled else "timeout")
-            for i, s in enumerate(self._running)
-            if s.handle.cancelled or now > s.deadline
-        ]
-        self._retire(dict(finished))
-        self._prefill_tokens = 0
-        waits = self._admit()
+        for seq in map(_own, list(self.policy.running)):
+            if seq.h.cancelled or now > seq.deadline:
+                self._finish(seq, "cancelled" if seq.h.cancelled else "timeout")
+        hits, queries = self.blocks.hits, self.blocks.queries
+        preempted = self.policy.preemptions
+        with self._cv:
+            expired = self.policy.queue.remove(
+                lambda s: not _own(s).h.cancelled and time.monotonic() <= _own(s).deadline
+            )
+            for seq in map(_own, expired):
+                self._finish(seq, "cancelled" if seq.h.cancelled else "queue_timeout")
+            plan = self.policy.schedule()
+            queue_depth = len(self.policy.queue)
         stats = StepStats(
-            batch_size=len(self._running),
-            queue_depth=len(self._waiting),
-            queue_waits=waits,
-            tokens=self._prefill_tokens,
+            queue_depth=queue_depth,
+            queue_waits=[now - _own(s).h.submitted for s in plan.admitted if not s.preemptions],
         )
-        if self._running:
-            stats.tokens += self._decode_step()
+        for seq in map(_own, plan.admitted):
+            if seq.h.batch_size_at_join == 0:
+                seq.h.batch_size_at_join = len(self.policy.running)
+        if plan.scheduled:
+            self._execute(plan, stats)
+        stats.batch_size = len(self.policy.running)
+        stats.kv_blocks_used = self.blocks.num_used
+        stats.kv_blocks_cached = self.blocks.num_cached
+        stats.kv_blocks_total = self.blocks.num_blocks
+        stats.preemptions = self.policy.preemptions - preempted
+        stats.prefix_block_hits = self.blocks.hits - hits
+        stats.prefix_block_queries = self.blocks.queries - queries
         if self.on_step:
             self.on_step(stats)
+        return plan
 
-    def _admit(self) -> list[float]:
-        """Move waiting requests into the batch; return how long each had waited.
-
-        Prompts with a cached prefix are prefilled one by one (each from its own prefix);
-        all others together, as one left-padded forward pass. If a prefill fails, the
-        requests taken off the queue for it are failed here: they are not all in the
-        batch yet, and the loop's error handling only reaches the batch."""
-        fresh: list[_Sequence] = []
-        waits: list[float] = []
-        while len(self._running) + len(fresh) < self.max_batch_size:
-            with self._cv:
-                if not self._waiting:
-                    break
-                handle, prompt_ids = self._waiting.popleft()
-            if handle.cancelled:
-                handle._finish(self._result(handle, "", [], "cancelled", len(prompt_ids)), None)
-                continue
-            if time.monotonic() > handle.submitted + self._timeout(handle):
-                handle._finish(None, DeadlineExceededError("request waited too long in queue"))
-                continue
-            waits.append(time.monotonic() - handle.submitted)
-            fresh.append(
-                _Sequence(
-                    handle=handle,
-                    prompt_ids=prompt_ids,
-                    sampler=handle.plan.sampler(
-                        handle.request.sampling,
-                        make_generator(handle.request.sampling.seed, self.device),
-                        self.eos,
-                        prompt_ids,
-                    ),
-                    text=(
-                        IncrementalText(self.tokenizer, handle.request.sampling.stop)
-                        if handle.streaming or handle.request.sampling.stop
-                        else None
-                    ),
-                    deadline=handle.submitted + self._timeout(handle),
-                )
-            )
-        try:
-            self._prefill(fresh)
-        except Exception:
-            for seq in fresh:
-                seq.handle._finish(None, AutoGLMError("generation failed"))
-            raise
-        return waits
-
-    def _prefill(self, fresh: list[_Sequence]) -> None:
-        misses = []
-        for seq in fresh:
-            reused, prefix = (
-                self.prefix_cache.lookup(seq.prompt_ids) if self.prefix_cache else (0, None)
-            )
-            if prefix is None:
-                misses.append(seq)
-                continue
-            cache = cache_from_layers(prefix)
-            ids = torch.tensor([seq.prompt_ids[reused:]], device=self.device)
-            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            self._join([seq], cache_layers(out.past_key_values), None, out.logits[:, -1])
-        if misses:
-            self._prefill_together(misses)
-
-    def _prefill_together(self, seqs: list[_Sequence]) -> None:
-        # Identical prompts (the n sequences of one group) are computed once and their
-        # rows of keys/values copied.
-        unique: dict[tuple[int, ...], int] = {}
-        rows = [unique.setdefault(tuple(s.prompt_ids), len(unique)) for s in seqs]
-        prompts = [list(p) for p in unique]
-        width = max(len(p) for p in prompts)
-        pad = int(self.tokenizer.pad_token_id or 0)
-        ids = torch.tensor(
-            [[pad] * (width - len(p)) + p for p in prompts],
-            device=self.device,
+    def _execute(self, plan: StepPlan, stats: StepStats) -> None:
+        """One forward pass: decodes first (by length, for the attention's grouping),
+        then prompt chunks; logits where a sequence's next token is due."""
+        decodes = sorted(
+            (s for s, n in plan.scheduled if n == 1 and s.decoding), key=lambda s: s.num_tokens
         )
-        mask = torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prompts],
-            device=self.device,
+        chunks = [(s, n) for s, n in plan.scheduled if not (n == 1 and s.decoding)]
+        ids: list[int] = []
+        positions: list[int] = []
+        rows: list[int] = []
+        due: list[_Sequence] = []
+        for seq in decodes:
+            ids.append(seq.output_ids[-1])
+            positions.append(seq.num_cached)
+            rows.append(len(ids) - 1)
+            due.append(_own(seq))
+        for seq, n in chunks:
+            start = seq.num_cached
+            ids.extend(seq.tokens[start : start + n])
+            positions.extend(range(start, start + n))
+            if start + n == seq.num_tokens:
+                rows.append(len(ids) - 1)
+                due.append(_own(seq))
+        kv_plan = self.cache.plan(
+            [(s.table.blocks, s.num_cached, n) for s, n in chunks],
+            [(s.table.blocks, s.num_cached + 1) for s in decodes],
         )
-        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-        from transformers import DynamicCache
-
         out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=DynamicCache(),
-            use_cache=True,
-            logits_to_keep=1,
+            input_ids=torch.tensor([ids], device=self.device),
+            position_ids=torch.tensor([positions], device=self.device),
+            use_cache=False,
+            # Logits only where a token is due (one row at least: the forward wants one).
+            logits_to_keep=torch.tensor(rows or [len(ids) - 1], device=self.device),
+            paged_cache=self.cache,
+            paged_plan=kv_plan,
         )
-        layers, logits = cache_layers(out.past_key_values), out.logits[:, -1]
-        if len(prompts) < len(seqs):
-            index = torch.tensor(rows, device=self.device)
-            layers = [(k.index_select(0, index), v.index_select(0, index)) for k, v in layers]
-            mask, logits = mask.index_select(0, index), logits.index_select(0, index)
-        self._join(seqs, layers, mask, logits)
-
-    def _join(
-        self,
-        seqs: list[_Sequence],
-        layers: LayerKV,
-        mask: torch.Tensor | None,
-        logits: torch.Tensor,
-    ) -> None:
-        """Add prefilled sequences to the batch and take their first token."""
-        start = len(self._running)
-        for seq in seqs:
-            seq.cached = len(seq.prompt_ids)
-        self._running.extend(seqs)
-        for seq in seqs:
-            seq.handle.batch_size_at_join = len(self._running)
-        self._batch.add(layers, mask)
-        self._prefill_tokens += len(seqs)  # each takes its first token below
-        done = {}
-        for j, seq in enumerate(seqs):
-            reason = self._accept(seq, logits[j])
+        stats.prefill_tokens = len(ids) - len(decodes)
+        for seq, n in plan.scheduled:
+            seq.num_cached += n
+        tokens = self._next_tokens(due, out.logits[0]) if due else []
+        stats.tokens = len(tokens)
+        for seq, (token, end) in zip(due, tokens, strict=True):
+            reason = self._accept(seq, token, end)
             if reason:
-                done[start + j] = reason
-        self._retire(done)
+                self._finish(seq, reason)
+        for seq, _ in plan.scheduled:
+            table = seq.table
+            if table.blocks and seq.num_cached // self.blocks.block_size > table.hashed:
+                self.blocks.register(table, seq.tokens, seq.num_cached)
 
-    def _decode_step(self) -> int:
-        assert self._batch.cache is not None
-        pending = [s.output_ids[-1] for s in self._running]
-        input_ids = torch.tensor(pending, device=self.device).unsqueeze(1)
-        positions = torch.tensor([s.cached for s in self._running], device=self.device)
-        mask = self._batch.extend_mask()
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions.unsqueeze(1),
-            past_key_values=self._batch.cache,
-            use_cache=True,
-        )
-        logits = out.logits[:, -1]
+    def _next_tokens(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[tuple[int, str]]:
+        """The next token of each sequence from its row of ``logits`` ``[rows, vocab]``,
+        and whether it ends the sequence: the one place where logits become tokens (each
+        sequence's sampler; plain greedy rows take the batch's one argmax)."""
         greedy = torch.argmax(logits, dim=-1).tolist()
-        done: dict[int, str] = {}
-        for i, seq in enumerate(self._running):
-            seq.cached += 1
-            reason = self._accept(seq, logits[i], greedy[i])
-            if reason:
-                done[i] = reason
-        self._retire(done)
-        return len(pending)
+        return [seq.s.next_token(logits[i], greedy[i]) for i, seq in enumerate(seqs)]
 
-    def _accept(self, seq: _Sequence, logits: torch.Tensor, greedy: int | None = None) -> str:
-        """Choose and record the next token; return a finish reason or ''."""
-        params = seq.handle.request.sampling
-        token, end = seq.sampler.next_token(logits, greedy)
-        if seq.handle.first_token_at is None:
-            seq.handle.first_token_at = time.monotonic()
+    def _accept(self, seq: _Sequence, token: int, end: str) -> str:
+        """Record the next token; return a finish reason or ''."""
+        handle = seq.h
+        if handle.first_token_at is None:
+            handle.first_token_at = time.monotonic()
         seq.output_ids.append(token)
         if end == "eos":
             return "stop"
         if seq.text is not None:
-            seq.handle._emit(seq.text.push(token))
+            handle._emit(seq.text.push(token))
             if seq.text.stopped:
                 return "stop"
         if end:
             return "stop"
-        if len(seq.output_ids) >= params.max_tokens:
+        if len(seq.output_ids) >= seq.max_tokens:
             return "length"
         return ""
 
-    def _retire(self, done: dict[int, str]) -> None:
-        if not done:
+    def _finish(self, done: Seq, reason: str, error: AutoGLMError | None = None) -> None:
+        """End a sequence: answer its caller and give its blocks back."""
+        self.policy.finish(done)
+        seq = _own(done)
+        handle = seq.h
+        if error is not None:
+            handle._finish(None, error)
             return
-        for i, reason in done.items():
-            seq = self._running[i]
-            if self.prefix_cache is not None and reason != "timeout":
-                tokens = seq.prompt_ids + seq.output_ids[:-1]
-                self.prefix_cache.put(tokens, self._batch.row_layers(i, seq.cached))
-            if reason == "timeout":
-                seq.handle._finish(
-                    None,
-                    DeadlineExceededError(f"generation exceeded {self._timeout(seq.handle):g}s"),
-                )
-                continue
-            if seq.text is not None:
-                seq.handle._emit(seq.text.flush())
-                text = seq.text.text
-            else:
-                ended = seq.output_ids and seq.output_ids[-1] in seq.sampler.end_ids
-                ids = seq.output_ids[:-1] if ended else seq.output_ids
-                text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
-                seq.handle._emit(text)
-            seq.handle._finish(
-                self._result(seq.handle, text, seq.output_ids, reason, len(seq.prompt_ids)),
+        if reason in ("timeout", "queue_timeout"):
+            handle._finish(
                 None,
+                DeadlineExceededError(
+                    "request waited too long in queue"
+                    if reason == "queue_timeout"
+                    else f"generation exceeded {self._timeout(handle):g}s"
+                ),
             )
-        keep = [i for i in range(len(self._running)) if i not in done]
-        self._running = [self._running[i] for i in keep]
-        self._batch.remove(keep)
+            return
+        if seq.text is not None:
+            handle._emit(seq.text.flush())
+            text = seq.text.text
+        else:
+            ended = seq.output_ids and seq.output_ids[-1] in seq.s.end_ids
+            ids = seq.output_ids[:-1] if ended else seq.output_ids
+            text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
+            handle._emit(text)
+        handle._finish(
+            self._result(handle, text, seq.output_ids, reason, len(seq.prompt_ids)), None
+        )
 
     def _timeout(self, handle: RequestHandle) -> float:
         asked = handle.request.timeout_s

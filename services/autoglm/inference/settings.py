@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from autoglm.core.settings import AppSettings
+from autoglm.inference.policy import TenantLimits
 
 
 class ModelConfig(BaseModel):
@@ -58,7 +59,23 @@ class InferenceSettings(AppSettings):
     #: On SIGTERM/SIGINT, generations in flight get this long to finish before they
     #: are cancelled and the engine is closed.
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    #: Unreferenced KV blocks kept for prefix sharing, at most (0: no prefix sharing).
     prefix_cache_mb: int = Field(default=256, ge=0)
+    #: KV cache pool per generative model on CPU (preallocated, paged in blocks).
+    kv_cache_mb: int = Field(default=512, ge=1)
+    #: On CUDA the pool takes this fraction of the memory free after loading the model.
+    kv_cache_gpu_fraction: float = Field(default=0.5, gt=0.0, le=0.95)
+    #: Tokens per KV block.
+    kv_block_size: int = Field(default=16, ge=1, le=1024)
+    #: Tokens per forward pass when no sequence is decoding (prompt chunks).
+    max_step_tokens: int = Field(default=512, ge=16)
+    #: Prompt tokens per step on top of the decodes while sequences decode: bounds the
+    #: time per output token of running sequences while long prompts are admitted.
+    interleaved_prefill_tokens: int = Field(default=48, ge=1)
+    #: Each tenant's share of a model's scheduler (weight, caps, queue).
+    tenant_limits: TenantLimits = Field(default_factory=TenantLimits)
+    #: Per-tenant overrides of ``tenant_limits``, by tenant id.
+    tenant_overrides: dict[str, TenantLimits] = Field(default_factory=dict)
     memory_budget_mb: int = Field(default=16384, ge=1)
     request_timeout_s: float = Field(default=300.0, gt=0)
     num_threads: int | None = Field(default=None, ge=1)

@@ -29,7 +29,9 @@ def jobs_blueprint(store: JobStore, chat: ChatCompletionService) -> Blueprint:
             raise InvalidRequestError(
                 "a job takes one choice (n=1), without stream or session_id", param="n"
             )
-        job = store.submit(principal.tenant, chat.generate_request(body, body.messages))
+        job = store.submit(
+            principal.tenant, chat.generate_request(body, body.messages, principal.tenant)
+        )
         return jsonify(job.to_json()), 202
 
     @bp.get("/v1/jobs/<job_id>")

@@ -59,6 +59,7 @@ class JobStore:
         self.charge = charge
 
     def submit(self, tenant: str, request: GenerateRequest) -> JobRecord:
+        request = request.model_copy(update={"tenant": tenant})  # scheduled as its tenant
         job = JobRecord(tenant=tenant, model=request.model or "")
         self.sidecar.save_state(
             job_key(tenant, job.id), job.model_dump(mode="json"), create_only=True, ttl_s=self.ttl_s

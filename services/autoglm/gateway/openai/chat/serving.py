@@ -94,7 +94,7 @@ class ChatCompletionService:
             if hit is not None:
                 return ChatOutcome(hit, cached=True)
         prompt = self._prompt(session, request)
-        result = self.inference.generate(self.generate_request(request, prompt))
+        result = self.inference.generate(self.generate_request(request, prompt, tenant))
         choices = [self._filtered(c) for c in result.all_choices()]
         if session is not None:
             first = choices[0]
@@ -125,7 +125,7 @@ class ChatCompletionService:
         """Read the session and start the generation (either may fail with a proper HTTP
         status), then return the SSE body."""
         session, etag = self._session(tenant, request)
-        generate = self.generate_request(request, self._prompt(session, request))
+        generate = self.generate_request(request, self._prompt(session, request), tenant)
         # Charged when the SSE body closes the stream (``_sse``'s finally).
         stream = TokenStream.open(self.inference, generate, self.filter, token_meter())
         return self._sse(request, session, etag, stream)
@@ -216,7 +216,7 @@ class ChatCompletionService:
         )
 
     def generate_request(
-        self, request: ChatCompletionRequest, prompt: list[ChatMessage]
+        self, request: ChatCompletionRequest, prompt: list[ChatMessage], tenant: str
     ) -> GenerateRequest:
         """The engine request for a chat request: one generation group of ``n`` choices
         (the prompt is prefilled once), with its constraints, tools and log-probabilities.
@@ -239,6 +239,7 @@ class ChatCompletionService:
             parallel_tool_calls=(
                 True if request.parallel_tool_calls is None else request.parallel_tool_calls
             ),
+            tenant=tenant,  # the engine schedules tenants fairly
         )
 
     def _cache_key(self, tenant: str, request: ChatCompletionRequest) -> str | None:

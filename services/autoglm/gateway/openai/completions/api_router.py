@@ -15,11 +15,11 @@ def completions_blueprint(service: CompletionService) -> Blueprint:
 
     @bp.post("/v1/completions")
     def create_completion() -> Response:
-        require(Action.INFERENCE)
+        principal = require(Action.INFERENCE)
         completion_request = service.parse(request.get_data())
         g.model = completion_request.model  # for the audit event
         if completion_request.stream:
-            return sse_response(service.open_stream(completion_request))
-        return jsonify(service.create(completion_request).to_json())
+            return sse_response(service.open_stream(principal.tenant, completion_request))
+        return jsonify(service.create(principal.tenant, completion_request).to_json())
 
     return bp

@@ -49,7 +49,7 @@ class CompletionService:
             self.filter.check_input(prompt)
         return request
 
-    def _generate(self, request: CompletionRequest, prompt: str) -> GenerateRequest:
+    def _generate(self, tenant: str, request: CompletionRequest, prompt: str) -> GenerateRequest:
         logprobs = request.logprobs is not None
         return GenerateRequest(
             model=request.model,
@@ -61,13 +61,14 @@ class CompletionService:
             n=request.n,
             response_format=request.response_format,
             structured_outputs=request.structured_outputs,
+            tenant=tenant,  # the engine schedules tenants fairly
         )
 
-    def create(self, request: CompletionRequest) -> CompletionResponse:
+    def create(self, tenant: str, request: CompletionRequest) -> CompletionResponse:
         choices: list[CompletionChoice] = []
         prompt_tokens, completion_tokens, model = 0, 0, request.model
         for prompt in request.prompts:
-            result = self.inference.generate(self._generate(request, prompt))
+            result = self.inference.generate(self._generate(tenant, request, prompt))
             for choice in result.all_choices():
                 text, finish = choice.text, choice.finish_reason
                 cut = self.filter.first_violation(text)
@@ -96,11 +97,11 @@ class CompletionService:
             return None
         return CompletionLogprobs.of(entries or [], offset)
 
-    def open_stream(self, request: CompletionRequest) -> Iterator[bytes]:
+    def open_stream(self, tenant: str, request: CompletionRequest) -> Iterator[bytes]:
         # Charged when the SSE body closes the stream (``_sse``'s finally).
         stream = TokenStream.open(
             self.inference,
-            self._generate(request, request.prompts[0]),
+            self._generate(tenant, request, request.prompts[0]),
             self.filter,
             token_meter(),
         )

@@ -1,0 +1,375 @@
+"""The scheduler's policy step: which sequences run this step, with how many tokens, who
+is admitted and who gives its cache back. Pure Python (no torch), tested on its own.
+
+One engine step is three parts, as in vLLM: this **policy** decides (``Policy.schedule``
+returns a ``StepPlan``), the scheduler **executes** the plan as one forward pass, then
+**applies** the outcome (new tokens, stops, finished sequences freeing their blocks).
+
+Rules, in order, every step:
+
+1. Running sequences that decode (one uncomputed token) all run, oldest first. When the
+   KV pool has no block for one of them, the newest running sequence is preempted: its
+   blocks go back (its full blocks stay cached by content hash), it returns to the front
+   of its tenant's queue and is recomputed when readmitted. Nothing is ever allocated
+   beyond the pool, so a full pool slows requests down instead of crashing.
+2. Prompts are prefilled in chunks out of a per-step token budget: ``max_step_tokens``
+   when nothing decodes, else ``interleaved_prefill_tokens`` on top of the decodes, so a
+   long prompt being admitted adds a bounded amount of work to every decode step (the
+   running sequences' time per output token stays bounded). Waiting requests are
+   admitted first (a short prompt does not wait behind a long one's prefill), then
+   prompts part-way through continue, shortest remaining first, with at least a quarter
+   of it.
+3. Admission is fair across tenants: each tenant has its own queue, and the next request
+   comes from the tenant with the least weighted service so far (start-time fair
+   queuing on tokens: a request costs its prompt plus ``max_tokens``, divided by the
+   tenant's weight; a tenant that was idle starts at the current virtual time, so idling
+   earns no credit). A tenant at its cap of running sequences or tokens in flight waits
+   while other tenants are waiting; while none is, it may borrow the idle capacity, and
+   gives its newest borrowed sequence back (preempted) as soon as another tenant waits
+   for a place in a full batch.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoglm.inference.blocks import BlockManager, BlockTable
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "preempted"
+    FINISHED = "finished"
+
+
+class TenantLimits(BaseModel):
+    """Per-tenant share of one model's scheduler (settings; overridable per tenant)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Relative share when tenants compete (2.0 gets twice the tokens of 1.0).
+    weight: float = Field(default=1.0, gt=0)
+    #: Sequences of this tenant in the running batch at most.
+    max_running: int = Field(default=24, ge=1)
+    #: Prompt plus ``max_tokens`` summed over this tenant's running sequences, at most.
+    max_tokens_in_flight: int = Field(default=131072, ge=1)
+    #: Requests of this tenant waiting at most; beyond it a request is refused (429).
+    max_queued: int = Field(default=128, ge=1)
+
+
+@dataclass(eq=False)
+class Seq:
+    """A request as the policy sees it (the scheduler's sequences extend it)."""
+
+    request_id: str
+    tenant: str
+    prompt_ids: list[int]
+    max_tokens: int
+    output_ids: list[int] = field(default_factory=list)
+    #: Tokens whose keys and values are in the cache.
+    num_cached: int = 0
+    status: Status = Status.WAITING
+    table: BlockTable = field(default_factory=BlockTable)
+    #: Order of (re)admission: the newest running sequence is preempted first.
+    admitted: int = 0
+    preemptions: int = 0
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def pending(self) -> int:
+        """Known tokens not computed yet (1 for a decoding sequence)."""
+        return self.num_tokens - self.num_cached
+
+    @property
+    def decoding(self) -> bool:
+        return self.pending == 1 and bool(self.output_ids)
+
+    @property
+    def cost(self) -> int:
+        """Tokens this sequence may hold: its share of the tenant's tokens in flight."""
+        return len(self.prompt_ids) + self.max_tokens
+
+
+@dataclass
+class StepPlan:
+    #: (sequence, tokens computed this step from ``seq.num_cached`` on), packing order.
+    scheduled: list[tuple[Seq, int]] = field(default_factory=list)
+    admitted: list[Seq] = field(default_factory=list)
+    preempted: list[Seq] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.scheduled)
+
+
+class FairQueue:
+    """Per-tenant FIFO queues served by weighted start-time fair queuing."""
+
+    def __init__(self, limits: Callable[[str], TenantLimits]) -> None:
+        self.limits = limits
+        self._queues: dict[str, deque[Seq]] = {}
+        self._vtime: dict[str, float] = {}
+        self._clock = 0.0
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def __iter__(self) -> Iterator[Seq]:
+        for q in list(self._queues.values()):
+            yield from list(q)
+
+    def queued(self, tenant: str) -> int:
+        q = self._queues.get(tenant)
+        return len(q) if q else 0
+
+    def push(self, seq: Seq, front: bool = False) -> None:
+        q = self._queues.get(seq.tenant)
+        if not q:
+            q = self._queues[seq.tenant] = deque()
+            # A tenant coming back from idle starts now: idling earns no credit.
+            self._vtime[seq.tenant] = max(self._vtime.get(seq.tenant, 0.0), self._clock)
+        seq.status = Status.PREEMPTED if front else Status.WAITING
+        if front:
+            q.appendleft(seq)
+        else:
+            q.append(seq)
+
+    def remove(self, keep: Callable[[Seq], bool]) -> list[Seq]:
+        """Take out (and return) every waiting sequence ``keep`` rejects."""
+        removed: list[Seq] = []
+        for tenant, q in list(self._queues.items()):
+            kept = deque(s for s in q if keep(s))
+            if len(kept) != len(q):
+                removed.extend(s for s in q if not keep(s))
+                self._queues[tenant] = kept
+            if not kept:
+                del self._queues[tenant]
+        return removed
+
+    def order(self, blocked: set[str]) -> str | None:
+        """The tenant to serve next: least virtual time among those not ``blocked``."""
+        best: str | None = None
+        for tenant in self._queues:
+            if tenant in blocked:
+                continue
+            if best is None or self._vtime[tenant] < self._vtime[best]:
+                best = tenant
+        return best
+
+    def tenants(self) -> set[str]:
+        """Tenants with requests waiting."""
+        return set(self._queues)
+
+    def head(self, tenant: str) -> Seq:
+        return self._queues[tenant][0]
+
+    def pop(self, tenant: str) -> Seq:
+        q = self._queues[tenant]
+        seq = q.popleft()
+        if not q:
+            del self._queues[tenant]
+        start = self._vtime[tenant]
+        self._clock = max(self._clock, start)
+        # A readmitted (preempted) sequence was charged when first admitted.
+        if seq.status is not Status.PREEMPTED:
+            self._vtime[tenant] = start + seq.cost / self.limits(tenant).weight
+        return seq
+
+
+@dataclass
+class PolicyConfig:
+    max_batch_size: int = 32
+    #: Tokens per forward pass when no sequence decodes.
+    max_step_tokens: int = 512
+    #: Prefill tokens per step on top of the decodes while sequences decode.
+    interleaved_prefill_tokens: int = 48
+    default_limits: TenantLimits = field(default_factory=TenantLimits)
+    tenant_limits: dict[str, TenantLimits] = field(default_factory=dict)
+
+    def limits(self, tenant: str) -> TenantLimits:
+        return self.tenant_limits.get(tenant, self.default_limits)
+
+
+class Policy:
+    def __init__(self, config: PolicyConfig, blocks: BlockManager) -> None:
+        self.config = config
+        self.blocks = blocks
+        self.queue = FairQueue(config.limits)
+        self.running: list[Seq] = []
+        self._admissions = 0
+        self.preemptions = 0
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def add(self, seq: Seq) -> None:
+        self.queue.push(seq)
+
+    def finish(self, seq: Seq) -> None:
+        """Release a sequence that ended (stopped, cancelled, failed, timed out)."""
+        if seq.status is Status.RUNNING:
+            self.running.remove(seq)
+        self.blocks.free(seq.table)
+        seq.status = Status.FINISHED
+
+    def _preempt(self, seq: Seq, plan: StepPlan) -> None:
+        self.running.remove(seq)
+        plan.scheduled = [(s, n) for s, n in plan.scheduled if s is not seq]
+        plan.admitted = [s for s in plan.admitted if s is not seq]
+        self.blocks.free(seq.table)
+        seq.num_cached = 0
+        seq.preemptions += 1
+        self.preemptions += 1
+        self.queue.push(seq, front=True)
+        plan.preempted.append(seq)
+
+    def tenant_usage(self) -> dict[str, tuple[int, int]]:
+        """Per tenant: (running sequences, tokens in flight)."""
+        usage: dict[str, tuple[int, int]] = {}
+        for seq in self.running:
+            n, tokens = usage.get(seq.tenant, (0, 0))
+            usage[seq.tenant] = (n + 1, tokens + seq.cost)
+        return usage
+
+    # -- the policy step -----------------------------------------------------------------
+    def schedule(self) -> StepPlan:
+        plan = StepPlan()
+        cfg = self.config
+        decoding = [s for s in self.running if s.decoding]
+        if decoding:
+            budget = min(cfg.max_step_tokens, len(decoding) + cfg.interleaved_prefill_tokens)
+        else:
+            budget = cfg.max_step_tokens
+        # 1. every decode, oldest first; preempt the newest when the pool is full.
+        for seq in sorted(decoding, key=lambda s: s.admitted):
+            if seq.status is not Status.RUNNING:
+                continue  # preempted for an older one in this loop
+            if not self._grow(seq, 1, plan):
+                continue
+            plan.scheduled.append((seq, 1))
+        budget -= len(plan.scheduled)
+        # Shortest remaining prompt first: a short prompt admitted part-way does not wait
+        # for a long one's whole prefill.
+        continuing = sorted(
+            (s for s in self.running if not s.decoding), key=lambda s: (s.pending, s.admitted)
+        )
+        # 2. admissions, fairly across tenants (none while the pool forced a preemption);
+        # a quarter of the budget stays for prompts already part-way through.
+        if not plan.preempted:
+            reserve = max(1, budget // 4) if continuing else 0
+            budget -= self._admit(plan, budget - reserve)
+        # 3. prompts part-way through their prefill.
+        for seq in continuing:
+            if budget <= 0 or seq.status is not Status.RUNNING:
+                continue
+            n = min(seq.pending, budget)
+            room = (len(seq.table.blocks) + self.blocks.num_free) * self.blocks.block_size
+            n = min(n, room - seq.num_cached) or n  # what fits, else preempt for it
+            if not self._grow(seq, n, plan):
+                continue
+            plan.scheduled.append((seq, n))
+            budget -= n
+        return plan
+
+    def _grow(self, seq: Seq, n: int, plan: StepPlan) -> bool:
+        """Blocks for ``n`` more tokens of ``seq``; preempting newer sequences if needed."""
+        while not self.blocks.allocate(seq.table, seq.num_cached + n):
+            victim = max(self.running, key=lambda s: s.admitted)
+            self._preempt(victim, plan)
+            if victim is seq:
+                return False
+        return True
+
+    def _admit(self, plan: StepPlan, budget: int) -> int:
+        """Admit waiting sequences within ``budget`` tokens; returns the tokens used.
+
+        First tenants within their caps, fairly; a tenant within its caps that finds the
+        batch full takes the place of the newest sequence of a tenant beyond its caps.
+        Then, with room left, tenants beyond their caps borrow it, fairly too."""
+        usage = self.tenant_usage()
+        # Keep one block per running sequence free, so admitting never forces the next
+        # decode step to preempt.
+        state = {"used": 0, "reserve": len(self.running)}
+        if self._admit_phase(plan, budget, usage, state, borrow=False):
+            self._admit_phase(plan, budget, usage, state, borrow=True)
+        return state["used"]
+
+    def _admit_phase(
+        self,
+        plan: StepPlan,
+        budget: int,
+        usage: dict[str, tuple[int, int]],
+        state: dict[str, int],
+        borrow: bool,
+    ) -> bool:
+        """One pass of admissions; whether the next pass may still find room."""
+        blocked: set[str] = set()
+        while state["used"] < budget:
+            tenant = self.queue.order(blocked)
+            if tenant is None:
+                return True
+            seq = self.queue.head(tenant)
+            over = self._over(tenant, usage, seq.cost)
+            if over and not borrow:
+                blocked.add(tenant)
+                continue
+            if len(self.running) >= self.config.max_batch_size:
+                victim = None if over else self._lender(usage)
+                if victim is None:
+                    return False
+                self._preempt(victim, plan)
+                n_v, tokens_v = usage[victim.tenant]
+                usage[victim.tenant] = (n_v - 1, tokens_v - victim.cost)
+                state["reserve"] -= 1
+            if not seq.table.blocks:
+                seq.num_cached = self.blocks.match_prefix(seq.table, seq.tokens)
+            n = min(seq.pending, budget - state["used"])
+            need = self.blocks.missing(seq.table, seq.num_cached + n)
+            busy = need + state["reserve"] > self.blocks.num_free and self.running
+            if busy or not self.blocks.allocate(seq.table, seq.num_cached + n):
+                # The pool is busy: wait for running sequences to finish.
+                self.blocks.free(seq.table)
+                seq.num_cached = 0
+                return False
+            self.queue.pop(tenant)
+            seq.status = Status.RUNNING
+            self._admissions += 1
+            seq.admitted = self._admissions
+            self.running.append(seq)
+            plan.admitted.append(seq)
+            plan.scheduled.append((seq, n))
+            n_running, in_flight = usage.get(tenant, (0, 0))
+            usage[tenant] = (n_running + 1, in_flight + seq.cost)
+            state["used"] += n
+            state["reserve"] += 1
+        return False
+
+    def _over(self, tenant: str, usage: dict[str, tuple[int, int]], extra: int = 0) -> bool:
+        """Whether ``tenant`` is at its caps (before adding ``extra`` tokens in flight)."""
+        limits = self.config.limits(tenant)
+        n_running, in_flight = usage.get(tenant, (0, 0))
+        return n_running >= limits.max_running or (
+            n_running > 0 and in_flight + extra > limits.max_tokens_in_flight
+        )
+
+    def _lender(self, usage: dict[str, tuple[int, int]]) -> Seq | None:
+        """The newest running sequence of a tenant beyond its caps (borrowed capacity)."""
+        over = {
+            t
+            for t, (n, tokens) in usage.items()
+            if n > self.config.limits(t).max_running
+            or tokens > self.config.limits(t).max_tokens_in_flight
+        }
+        lent = [s for s in self.running if s.tenant in over]
+        return max(lent, key=lambda s: s.admitted) if lent else None
