@@ -60,7 +60,8 @@ class TenantLimits(BaseModel):
     #: Prompt plus ``max_tokens`` summed over this tenant's running sequences, at most.
     max_tokens_in_flight: int = Field(default=131072, ge=1)
     #: Requests of this tenant waiting at most; beyond it a request is refused (429).
-    max_queued: int = Field(default=128, ge=1)
+    #: None: as many as the model's whole queue (``max_queue``).
+    max_queued: int | None = Field(default=None, ge=1)
 
 
 @dataclass(eq=False)

@@ -253,21 +253,21 @@ class Scheduler:
                 )
             )
         tenant = requests[0].tenant
-        limits = self.policy.config.limits(tenant)
+        max_queued = self.policy.config.limits(tenant).max_queued or self.max_queue
         with self._cv:
             if self._stop:
                 raise OverloadedError("model is shutting down", code="shutting_down")
             queue = self.policy.queue
             n = len(seqs)
-            if len(queue) + n > self.max_queue or queue.queued(tenant) + n > limits.max_queued:
+            if len(queue) + n > self.max_queue or queue.queued(tenant) + n > max_queued:
                 self._drop_cancelled()
             if len(queue) + n > self.max_queue:
                 raise OverloadedError(
                     f"inference queue is full ({self.max_queue} waiting); retry later"
                 )
-            if queue.queued(tenant) + n > limits.max_queued:
+            if queue.queued(tenant) + n > max_queued:
                 raise OverloadedError(
-                    f"tenant {tenant!r} has {limits.max_queued} requests waiting; retry later"
+                    f"tenant {tenant!r} has {max_queued} requests waiting; retry later"
                 )
             for seq in seqs:
                 self.policy.add(seq)
