@@ -314,6 +314,11 @@ def main() -> None:
     ap.add_argument("--scenario", choices=["all", "batching", "mixed"], default="all")
     ap.add_argument("--long-tokens", type=int, default=2800, help="mixed: long prompt size")
     ap.add_argument("--mixed-max-tokens", type=int, default=32)
+    ap.add_argument(
+        "--structured",
+        action="store_true",
+        help="also: 32 in flight, half constrained by a JSON schema (bench_structured.py)",
+    )
     args = ap.parse_args()
     model = Path(args.model)
     if not (model / "config.json").is_file():
@@ -373,6 +378,19 @@ def main() -> None:
         f"turn5 {prefix['ttft_turn5_s'] * 1000:.1f}ms "
         f"({int(prefix['prompt_tokens_last_turn'])} prompt tokens)"
     )
+    if args.structured:
+        try:
+            from load.bench_structured import compare
+        except ImportError:  # run as a script: load/ itself is on sys.path
+            from bench_structured import compare  # type: ignore[no-redef]
+
+        structured = compare(engine, 2 * args.requests, args.max_tokens, args.repeat)
+        summary.update(structured)
+        print(
+            f"structured@32       free {structured['free_tok_s_at_32']:.1f} tok/s  half "
+            f"constrained {structured['half_constrained_tok_s_at_32']:.1f} tok/s  ratio "
+            f"{structured['constrained_ratio']:.3f}"
+        )
     engine.close()
     summary |= {
         "hf_sequential_tok_s": round(hf["tok_s"], 1),
