@@ -14,8 +14,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 help:
 	@echo "make run    install, build tools, start Redis + Vault + the three apps (foreground)"
-	@echo "make test   install, build tools, lint, typecheck, then unit + integration + e2e tests"
-	@echo "make tools  build daprd, the dapr CLI and vault into .tools/bin (no-op when current)"
+	@echo "make test   install, build tools, lint, typecheck, then every test level (unit, integration, e2e, chaos, k8s)"
+	@echo "make tools  build daprd, vault and kustomize into .tools/bin (no-op when current)"
 	@echo "make bench  fresh local stack + benchmarks -> load/results/ (several minutes)"
 	@echo "make audit  pip-audit of requirements.lock against PyPI's advisories (network)"
 

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support.mesh import OwnMesh, start_mesh
@@ -60,15 +58,3 @@ def chat_body(content: str = "Hi", max_tokens: int = 4) -> dict[str, object]:
         "max_tokens": max_tokens,
         "temperature": 0,
     }
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float, every: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout:.0f}s: {what}")

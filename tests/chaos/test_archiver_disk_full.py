@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from autoglm.devstack.processes import free_port
-from tests.chaos.conftest import MeshFactory, chat_body, wait_for
+from tests.chaos.conftest import MeshFactory, chat_body
+from tests.support.polling import wait_for
 
 
 @pytest.fixture(scope="module")

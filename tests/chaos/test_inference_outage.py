@@ -7,8 +7,9 @@ import time
 import httpx
 from load.loadgen import published_results
 
-from tests.chaos.conftest import MeshFactory, chat_body, wait_for
+from tests.chaos.conftest import MeshFactory, chat_body
 from tests.support.mesh import OwnMesh
+from tests.support.polling import wait_for, wait_settled
 
 
 def _submit(mesh: OwnMesh, client: httpx.Client, n: int) -> list[str]:
@@ -63,7 +64,8 @@ def test_killed_inference_completes_every_accepted_job_exactly_once(
         published = published_results(mesh.backing.redis_port)
         assert all(published[f"{tenant}:{job}"] >= 1 for job in accepted)
         first = {job: c.get(f"/v1/jobs/{job}").json() for job in accepted}
-        time.sleep(3)  # time for any redelivered duplicate to reach the gateway
+        # Settled topics: no redelivered request or duplicate result is still to come.
+        wait_settled(mesh.backing.redis_client(), "inference.requests", "inference.results")
         assert {job: c.get(f"/v1/jobs/{job}").json() for job in accepted} == first
         # Synchronous calls work again by themselves.
         wait_for(

@@ -7,7 +7,8 @@ import time
 import httpx
 
 from autoglm.devstack.backing import start_redis
-from tests.chaos.conftest import MeshFactory, chat_body, wait_for
+from tests.chaos.conftest import MeshFactory, chat_body
+from tests.support.polling import wait_for
 
 
 def test_redis_restart_gives_503_then_recovers_without_losing_acknowledged_writes(

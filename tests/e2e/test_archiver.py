@@ -14,9 +14,8 @@ import hashlib
 import os
 import signal
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from autoglm.core.sidecar import Sidecar
 from autoglm.devstack.multiapp import AppEntry, launch
 from autoglm.devstack.processes import ManagedProcess, free_port
 from autoglm.devstack.sidecars import SidecarPorts
+from tests.support.polling import wait_for, wait_settled
 from tests.support.stack import AppUnderTest, Backing, start_app
 
 APP_ID = "archiver-e2e"  # not "archiver": the mesh's archiver may run in the same session
@@ -51,15 +51,6 @@ def _serve_with_fault_switch() -> None:
 
     atomic.write_fsync = write_fsync  # type: ignore[assignment]
     sys.exit(archiver_main.main())
-
-
-def _wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -162,7 +153,7 @@ def rig(backing: Backing, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def test_snapshot_event_becomes_encrypted_snapshot(rig: Rig) -> None:
     session = f"s-{uuid.uuid4().hex[:10]}"
     rig.publish(session, 1, ["keep me secret"], flush=True)
-    _wait(lambda: rig.versions(session) == ["00000001"], 30, "snapshot on disk")
+    wait_for("snapshot on disk", lambda: rig.versions(session) == ["00000001"], 30)
     vdir = next(rig.root.glob(f"sessions/*/acme/{session}/00000001"))
     assert b"keep me secret" not in (vdir / "context.bin").read_bytes()
     assert yaml.safe_load((vdir / "metadata.json").read_text())["codec"]["encrypted"] is True
@@ -177,11 +168,11 @@ def test_sigterm_drains_dirty_sessions_and_restore_reads_them(rig: Rig) -> None:
     for s in sessions:
         rig.publish(s, 1, ["a"], flush=False)
         rig.publish(s, 2, ["a", "b"], flush=False)
-    _wait(lambda: rig.call("health", {})["dirty_sessions"] >= 2, 30, "dirty sessions")
+    wait_for("dirty sessions", lambda: rig.call("health", {})["dirty_sessions"] >= 2, 30)
     assert all(rig.versions(s) == [] for s in sessions)
     assert rig.app is not None
     rig.app.signal(signal.SIGTERM)
-    _wait(lambda: rig.app is not None and not rig.app.alive(), 30, "archiver exit")
+    wait_for("archiver exit", lambda: rig.app is not None and not rig.app.alive(), 30)
     assert all(rig.versions(s) == ["00000002"] for s in sessions)
     meta = next(rig.root.glob(f"sessions/*/acme/{sessions[0]}/00000002/metadata.json"))
     assert yaml.safe_load(meta.read_text())["trigger"] == "shutdown"
@@ -206,17 +197,17 @@ def test_disk_full_events_are_retried_and_written_when_space_returns(rig: Rig) -
     try:
         for s in sessions:
             rig.publish(s, 1, ["x"], flush=True)
-        _wait(lambda: _write_errors(rig) >= 3, 30, "write errors exported")
+        wait_for("write errors exported", lambda: _write_errors(rig) >= 3, 30)
         assert rig.call("health", {})["ready"] is False
         before = _write_errors(rig)
-        _wait(lambda: _write_errors(rig) > before, 30, "a redelivery")
+        wait_for("a redelivery", lambda: _write_errors(rig) > before, 30)
         assert all(rig.versions(s) == [] for s in sessions)
     finally:
         rig.fault.unlink()
-    _wait(lambda: all(rig.versions(s) == ["00000001"] for s in sessions), 60, "pending written")
-    _wait(lambda: rig.call("health", {})["ready"], 10, "ready again")
+    wait_for("pending written", lambda: all(rig.versions(s) == ["00000001"] for s in sessions), 60)
+    wait_for("ready again", lambda: rig.call("health", {})["ready"], 10)
     # Redeliveries after success created no extra versions.
-    time.sleep(2)
+    wait_settled(rig.backing.redis_client(), "session.snapshots")
     assert all(rig.versions(s) == ["00000001"] for s in sessions)
 
 

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import httpx
 import pytest
-import redis
 
 from autoglm.core.sidecar import Sidecar
 from tests.e2e.conftest import Mesh
-
-
-def _wait(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.support.polling import wait_for
 
 
 def test_chat_completion_through_gateway_and_sidecars(mesh: Mesh) -> None:
@@ -45,13 +35,30 @@ def test_chat_completion_through_gateway_and_sidecars(mesh: Mesh) -> None:
     assert again["choices"][0]["message"]["content"] == data["choices"][0]["message"]["content"]
 
 
-def test_bad_request_crosses_the_mesh_as_clear_400(mesh: Mesh) -> None:
+def test_unknown_model_crosses_the_mesh_as_clear_404(mesh: Mesh) -> None:
     body = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
     resp = httpx.post(
         f"{mesh.gateway_url}/v1/chat/completions", json=body, headers=mesh.headers(), timeout=60
     )
     assert resp.status_code == 404
     assert "no-such-model" in resp.json()["error"]["message"]
+
+
+def test_bad_request_crosses_the_mesh_as_clear_400(mesh: Mesh) -> None:
+    """A value only the engine can judge (the prompt does not fit the model's context)
+    comes back through both sidecars as a 400 that names the problem."""
+    body = {
+        "model": "demo-glm",
+        "messages": [{"role": "user", "content": "word " * 20_000}],
+        "max_tokens": 4,
+    }
+    resp = httpx.post(
+        f"{mesh.gateway_url}/v1/chat/completions", json=body, headers=mesh.headers(), timeout=60
+    )
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "context" in error["message"] or "token" in error["message"], error
 
 
 def test_published_request_yields_result_with_same_id(mesh: Mesh) -> None:
@@ -64,7 +71,7 @@ def test_published_request_yields_result_with_same_id(mesh: Mesh) -> None:
             "request": {"prompt": "Once upon", "sampling": {"max_tokens": 4}},
         },
     )
-    stream = redis.Redis(port=mesh.backing.redis_port)
+    stream = mesh.backing.redis_client()
 
     def result() -> dict[str, object] | None:
         for _, fields in stream.xrange("inference.results"):
@@ -73,7 +80,7 @@ def test_published_request_yields_result_with_same_id(mesh: Mesh) -> None:
                 return data  # type: ignore[no-any-return]
         return None
 
-    _wait(lambda: result() is not None, 60, "result on inference.results")
+    wait_for("result on inference.results", lambda: result() is not None, 60)
     outcome = result()
     assert outcome is not None and outcome["error"] is None
     assert outcome["result"]["completion_tokens"] >= 1  # type: ignore[index]
@@ -91,10 +98,10 @@ def test_snapshot_event_lands_under_archive_root(mesh: Mesh) -> None:
             "messages": [{"role": "user", "content": "keep me"}],
         },
     )
-    _wait(
+    wait_for(
+        "snapshot file",
         lambda: any(mesh.archive_root.rglob(f"{session}/00000001/metadata.json")),
         30,
-        "snapshot file",
     )
     [meta] = mesh.archive_root.rglob(f"{session}/00000001/metadata.json")
     assert json.loads(meta.read_text())["session_id"] == session

@@ -9,9 +9,9 @@ import time
 import httpx
 import openai
 import pytest
-import redis
 
 from tests.e2e.conftest import Mesh
+from tests.support.polling import wait_for, wait_settled
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +108,15 @@ def test_async_job_completes_through_pubsub(mesh: Mesh) -> None:
     resp = httpx.post(f"{mesh.gateway_url}/v1/jobs", json=body, headers=mesh.headers(), timeout=30)
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["id"]
-    deadline = time.monotonic() + 60
     job = resp.json()
-    while job["status"] == "queued" and time.monotonic() < deadline:
-        time.sleep(0.3)
-        job = httpx.get(
-            f"{mesh.gateway_url}/v1/jobs/{job_id}", headers=mesh.headers(), timeout=30
-        ).json()
+
+    def finished() -> bool:
+        nonlocal job
+        url = f"{mesh.gateway_url}/v1/jobs/{job_id}"
+        job = httpx.get(url, headers=mesh.headers(), timeout=30).json()
+        return job["status"] != "queued"
+
+    wait_for("the job finished", finished, timeout=60, every=0.3)
     assert job["status"] == "completed", job
     assert job["result"]["choices"][0]["message"]["role"] == "assistant"
     assert job["result"]["usage"]["completion_tokens"] >= 1
@@ -136,7 +138,7 @@ def test_session_lost_from_the_state_store_is_restored_from_the_archive(mesh: Me
         assert resp.status_code == 200, resp.text
     before = httpx.get(f"{url}/v1/sessions/{sid}", headers=headers, timeout=30).json()
 
-    store = redis.Redis(port=mesh.backing.redis_port)
+    store = mesh.backing.redis_client()
     # Dapr's Redis state store keeps `<app id>||<key>`.
     assert store.delete(f"gateway||session:acme:{sid}") == 1
 
@@ -187,20 +189,14 @@ def test_deleted_session_stays_deleted_when_the_state_store_is_lost(mesh: Mesh) 
     def archived() -> list[object]:
         return list(mesh.archive_root.rglob(f"sessions/*/acme/{sid}/*/context.bin"))
 
-    deadline = time.monotonic() + 30
-    while not archived() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert archived(), "the session's snapshot never reached the archive"
+    wait_for("the session's snapshot in the archive", archived, timeout=30)
 
     deleted = httpx.delete(f"{url}/v1/sessions/{sid}", headers=headers, timeout=30)
     assert deleted.status_code == 200, deleted.text
     # The archiver applies the deletion asynchronously (pub/sub).
-    deadline = time.monotonic() + 30
-    while archived() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not archived(), "the archiver kept the deleted session's versions"
+    wait_for("the deleted session's versions removed", lambda: not archived(), timeout=30)
 
-    store = redis.Redis(port=mesh.backing.redis_port)
+    store = mesh.backing.redis_client()
     assert store.delete(f"gateway||session:acme:{sid}") == 1  # the tombstone is lost
     after = httpx.get(f"{url}/v1/sessions/{sid}", headers=headers, timeout=30)
     assert after.status_code == 404, after.text
@@ -238,10 +234,10 @@ def test_a_chat_request_is_audited_and_only_an_admin_reads_it_back(mesh: Mesh) -
                 offset = page.json()["next_offset"]
         return found
 
-    deadline = time.monotonic() + 30
-    while not (events := audited()) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert len(events) == 1, "the chat request's audit event never reached the archive"
+    wait_for("the chat request's audit event in the archive", audited, timeout=30, every=0.3)
+    wait_settled(mesh.backing.redis_client(), "audit")  # no redelivered copy still to come
+    events = audited()
+    assert len(events) == 1, events
     event = events[0]
     assert event["tenant"] == "acme" and event["role"] == "user" and event["status"] == 200
     assert event["action"] == "POST /v1/chat/completions" and event["model"] == "demo-glm"

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import httpx
 import pytest
-import redis
 from dapr.clients import DaprClient
 from dapr.conf import settings as dapr_settings
 
@@ -16,10 +14,11 @@ from autoglm.core.errors import PermissionDeniedError
 from autoglm.core.sidecar import Sidecar
 from autoglm.core.streaming import stream_generate
 from tests.e2e.conftest import Mesh
+from tests.support.polling import wait_for, wait_settled
 
 
 def _stream_entries(mesh: Mesh, topic: str) -> list[dict[str, object]]:
-    entries = redis.Redis(port=mesh.backing.redis_port).xrange(topic)
+    entries = mesh.backing.redis_client().xrange(topic)
     return [json.loads(fields[b"data"]) for _, fields in entries]
 
 
@@ -72,11 +71,9 @@ def test_duplicate_delivery_yields_one_result(mesh: Mesh) -> None:
     client = Sidecar(http_port=mesh.gateway.ports.http)
     event = {"request_id": request_id, "request": {"prompt": "x", "sampling": {"max_tokens": 2}}}
     client.publish("inference.requests", event)
-    deadline = time.monotonic() + 60
-    while not _results_for(mesh, request_id) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for("a result", lambda: _results_for(mesh, request_id), timeout=60)
     client.publish("inference.requests", event)  # the broker redelivers / a client retries
-    time.sleep(3)
+    wait_settled(mesh.backing.redis_client(), "inference.requests")
     assert len(_results_for(mesh, request_id)) == 1
 
 
@@ -88,10 +85,10 @@ def test_simultaneous_duplicates_yield_one_result(mesh: Mesh) -> None:
     event = {"request_id": request_id, "request": {"prompt": "x", "sampling": {"max_tokens": 48}}}
     client.publish("inference.requests", event)
     client.publish("inference.requests", event)
-    deadline = time.monotonic() + 60
-    while not _results_for(mesh, request_id) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(5)  # the second copy's retry comes back and is acknowledged
+    wait_for("a result", lambda: _results_for(mesh, request_id), timeout=60)
+    # The second copy is sent back (RETRY) until the result is out: once the topic is
+    # settled, no copy is left that could still publish a duplicate.
+    wait_settled(mesh.backing.redis_client(), "inference.requests", timeout=90)
     assert len(_results_for(mesh, request_id)) == 1
 
 
@@ -99,17 +96,12 @@ def test_poison_message_goes_to_dead_letter(mesh: Mesh) -> None:
     marker = f"poison-{uuid.uuid4().hex}"
     client = Sidecar(http_port=mesh.gateway.ports.http)
     client.publish("inference.requests", {"not_a_request": marker})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        dead = [
-            e
-            for e in _stream_entries(mesh, "inference.requests.deadletter")
-            if marker in json.dumps(e)
-        ]
-        if dead:
-            break
-        time.sleep(0.2)
-    assert dead, "poison message never reached inference.requests.deadletter"
+
+    def dead() -> list[dict[str, object]]:
+        entries = _stream_entries(mesh, "inference.requests.deadletter")
+        return [e for e in entries if marker in json.dumps(e)]
+
+    wait_for("poison message in inference.requests.deadletter", dead, timeout=30)
     assert not [e for e in _stream_entries(mesh, "inference.results") if marker in json.dumps(e)]
 
 

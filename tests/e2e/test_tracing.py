@@ -3,23 +3,29 @@ sidecars, the inference ``generate`` span, the audit publish and the archiver.""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-import time
+from collections.abc import Callable
 
 import httpx
 
 from tests.e2e.conftest import Mesh
 from tests.support.otlp import ReceivedSpan
+from tests.support.polling import wait_for
 
 
-def _wait_for(mesh: Mesh, trace_id: str, done: object, timeout: float = 40) -> list[ReceivedSpan]:
-    deadline = time.monotonic() + timeout
+def _spans_when(
+    mesh: Mesh, trace_id: str, done: Callable[[list[ReceivedSpan]], bool]
+) -> list[ReceivedSpan]:
+    """The trace's spans once ``done`` holds for them (daprd exports in batches)."""
     spans: list[ReceivedSpan] = []
-    while time.monotonic() < deadline:
-        spans = mesh.backing.otlp.trace(trace_id)
-        if done(spans):  # type: ignore[operator]
-            return spans
-        time.sleep(0.5)
+
+    def ready() -> bool:
+        spans[:] = mesh.backing.otlp.trace(trace_id)
+        return done(spans)
+
+    with contextlib.suppress(AssertionError):  # the assertions below name what is missing
+        wait_for("the trace's spans", ready, timeout=40, every=0.5)
     return spans
 
 
@@ -40,7 +46,7 @@ def test_one_trace_from_client_to_archiver(mesh: Mesh) -> None:
         wanted.add(("archiver", "pubsub/audit"))
         return wanted <= names and any("CallLocal" in name for _, name in names)
 
-    spans = _wait_for(mesh, trace_id, complete)
+    spans = _spans_when(mesh, trace_id, complete)
     by_service: dict[str, set[str]] = {}
     for s in spans:
         by_service.setdefault(s.service, set()).add(s.name)

@@ -6,8 +6,6 @@ import json
 import uuid
 from pathlib import Path
 
-import redis
-
 from autoglm.core.pubsub import Ack
 from autoglm.core.sidecar import Sidecar
 from autoglm.inference.engine import AutoGLMEngine
@@ -30,7 +28,7 @@ def test_result_lands_on_reply_topic_stream(
     )
     assert service.on_request_event(body.encode()) is Ack.SUCCESS
 
-    entries = redis.Redis(port=backing.redis_port).xrange(topic)
+    entries = backing.redis_client().xrange(topic)
     assert len(entries) == 1
     cloud_event = json.loads(entries[0][1][b"data"])
     assert cloud_event["data"]["request_id"] == request_id

@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import hvac
 import pytest
-import redis
 
 from autoglm.cli import main as cli_main
 from autoglm.core.errors import AuthenticationError, RateLimitError
@@ -42,10 +42,27 @@ class VaultSecrets:
         self.write(self.jwt_name, {"hs256-key": hs256_key, **ISSUER})
         self.write(self.api_keys_name, api_keys)
 
-    def authenticator(self, sidecar: Sidecar, ttl_s: float) -> Authenticator:
+    def authenticator(
+        self, sidecar: Sidecar, ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> Authenticator:
         return Authenticator(
-            sidecar, secret_name=self.jwt_name, api_keys_secret=self.api_keys_name, ttl_s=ttl_s
+            sidecar,
+            secret_name=self.jwt_name,
+            api_keys_secret=self.api_keys_name,
+            ttl_s=ttl_s,
+            clock=clock,
         )
+
+
+class FakeClock:
+    """Time that moves only when the test says so: cache expiry is asserted exactly,
+    however slow the machine is (the key reads themselves are real)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture
@@ -63,17 +80,17 @@ def test_rotation_takes_effect_after_the_ttl(sidecar: Sidecar, vault: VaultSecre
     old_api_key, old_hash, old_entry = new_api_key(tenant="acme", role="service", subject="a")
     new_api, new_hash, new_entry = new_api_key(tenant="acme", role="service", subject="b")
     vault.rotate(old_key, {old_hash: old_entry})
-    auth = vault.authenticator(sidecar, ttl_s=3.0)
-    loaded = time.monotonic()
+    clock = FakeClock()
+    auth = vault.authenticator(sidecar, ttl_s=3.0, clock=clock)
     assert auth.authenticate(bearer(old_key)).tenant == "acme"
     assert auth.authenticate(f"Bearer {old_api_key}").subject == "a"
 
     vault.rotate(new_key, {new_hash: new_entry})  # the old key and API key are revoked
-    if time.monotonic() - loaded < 2.5:  # within the TTL the cached keys still answer
-        assert auth.authenticate(bearer(old_key)).tenant == "acme"
-        assert auth.authenticate(f"Bearer {old_api_key}").subject == "a"
+    clock.now += 2.5  # within the TTL the cached keys still answer
+    assert auth.authenticate(bearer(old_key)).tenant == "acme"
+    assert auth.authenticate(f"Bearer {old_api_key}").subject == "a"
 
-    time.sleep(max(0.0, loaded + 3.2 - time.monotonic()))
+    clock.now += 0.7  # past the TTL: the next request reloads from Vault
     with pytest.raises(AuthenticationError, match="signature is invalid"):
         auth.authenticate(bearer(old_key))
     with pytest.raises(AuthenticationError, match="unknown API key"):
@@ -86,9 +103,10 @@ def test_new_key_is_accepted_before_the_ttl(sidecar: Sidecar, vault: VaultSecret
     """A client holding a token signed with a just-rotated key is not refused for a TTL."""
     first, second = uuid.uuid4().hex * 2, uuid.uuid4().hex * 2
     vault.rotate(first, {})
-    auth = vault.authenticator(sidecar, ttl_s=300.0)
+    clock = FakeClock()
+    auth = vault.authenticator(sidecar, ttl_s=300.0, clock=clock)
     auth.authenticate(bearer(first))
-    time.sleep(1.1)  # forced re-reads are at most one a second
+    clock.now += 1.1  # forced re-reads are at most one a second
     vault.rotate(second, {})
     assert auth.authenticate(bearer(second)).tenant == "acme"
 
@@ -121,7 +139,7 @@ def test_request_budget_is_shared_and_expires(sidecar: Sidecar, backing: Backing
     entry = sidecar.get_state(key)
     assert entry is not None and entry.value == 5
     # daprd's state.redis keeps the key as "<app-id>||<key>", with the TTL we asked for.
-    ttl = redis.Redis(port=backing.redis_port).ttl(f"itest||{key}")
+    ttl = backing.redis_client().ttl(f"itest||{key}")
     assert 0 < ttl <= 120
 
 

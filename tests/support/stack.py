@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from redis import Redis
 
 from autoglm.devstack.backing import DEV_VAULT_TOKEN, seed_vault, start_redis, start_vault
 from autoglm.devstack.multiapp import AppEntry, launch
@@ -32,6 +33,10 @@ class Backing:
     otlp: OTLPReceiver
     #: The Redis process, for tests that stop and restart it (tests/chaos/).
     redis: ManagedProcess | None = None
+
+    def redis_client(self) -> Redis:
+        """A client of the backing Redis, for tests that inspect streams and keys."""
+        return Redis(port=self.redis_port)
 
 
 @dataclass

@@ -25,7 +25,7 @@ import zstandard
 
 from autoglm.archiver import paths
 from autoglm.archiver.atomic import durable_append
-from autoglm.archiver.codec import Cipher, Codec, CodecError, CodecInfo
+from autoglm.archiver.codec import Cipher, Codec, CodecError, CodecInfo, associated_data
 from autoglm.core.archive_protocol import AuditQueryReply, AuditQueryRequest
 from autoglm.core.errors import InternalError, UnavailableError
 from autoglm.core.schemas import AuditEvent
@@ -110,7 +110,7 @@ class AuditLog:
             if match["enc"]:
                 # Retention binds each sealed part to its tenant and uncompressed name.
                 stem = path.name.removesuffix(match["enc"]).removesuffix(match["comp"] or "")
-                aad = f"audit:{tenant}/{stem}".encode()
+                aad = associated_data("audit", tenant, stem)
                 plain = self.codec.decode(path.read_bytes(), CodecInfo(compression, True), aad)
                 yield from _complete(io.BytesIO(plain))
             elif compression == "gzip":

@@ -55,6 +55,16 @@ def key_id(key: bytes) -> str:
     return hashlib.sha256(b"autoglm-archive-key:" + key).hexdigest()[:16]
 
 
+def associated_data(purpose: str, tenant: str, name: str, version: int | None = None) -> bytes:
+    """The AES-GCM associated data of one archived blob: what it is and where it belongs.
+
+    Built here only, so a writer and its reader can never disagree on the binding (a blob
+    moved to another tenant, session, version or part fails to open).
+    """
+    where = f"{tenant}/{name}" if version is None else f"{tenant}/{name}/{version}"
+    return f"{purpose}:{where}".encode()
+
+
 def _aead(key: bytes) -> AESGCM:
     if len(key) != 32:
         raise ValueError("the archive encryption key must be 32 bytes (AES-256)")

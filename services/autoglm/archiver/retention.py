@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 
 from autoglm.archiver.atomic import atomic_write, fsync_dir
-from autoglm.archiver.codec import Codec
+from autoglm.archiver.codec import Codec, associated_data
 from autoglm.archiver.metrics import ArchiverMetrics
 from autoglm.archiver.settings import RetentionPolicy
 
@@ -71,7 +71,7 @@ class Retention:
             return False  # compression "none" without encryption: nothing to change
         stem = _free_stem(path)
         # The AAD names the part, so one part's blob cannot pass for another's.
-        aad = f"audit:{path.parent.name}/{stem}".encode()
+        aad = associated_data("audit", path.parent.name, stem)
         data = path.read_bytes()
         blob, _ = self.codec.encode(data, aad)
         target = path.with_name(stem + suffix)

@@ -33,7 +33,7 @@ import yaml
 
 from autoglm.archiver import paths
 from autoglm.archiver.atomic import atomic_dir, atomic_write, fsync_dir, write_file
-from autoglm.archiver.codec import Codec, CodecError, CodecInfo
+from autoglm.archiver.codec import Codec, CodecError, CodecInfo, associated_data
 from autoglm.core.errors import InternalError, NotFoundError
 from autoglm.core.schemas import ChatMessage
 
@@ -69,7 +69,7 @@ class SessionState:
         return f"{self.tenant}/{self.session_id}"
 
     def aad(self, purpose: str) -> bytes:
-        return f"{purpose}:{self.tenant}/{self.session_id}/{self.version}".encode()
+        return associated_data(purpose, self.tenant, self.session_id, self.version)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -200,7 +200,7 @@ class SnapshotStore:
             raise absent from None
         if hashlib.sha256(blob).hexdigest() != metadata.get("sha256"):
             raise CorruptSnapshotError(f"snapshot {session_id!r} v{version}: checksum mismatch")
-        aad = f"context:{tenant}/{session_id}/{version}".encode()
+        aad = associated_data("context", tenant, session_id, version)
         try:
             plain = self.codec.decode(blob, CodecInfo.from_json(metadata["codec"]), aad)
         except CodecError as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from autoglm.archiver import paths
 from autoglm.archiver.atomic import atomic_write, fsync_dir
-from autoglm.archiver.codec import Codec, CodecError, CodecInfo
+from autoglm.archiver.codec import Codec, CodecError, CodecInfo, associated_data
 from autoglm.archiver.snapshots import SessionState
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Staging:
                 header, blob = path.read_bytes().split(b"\n", 1)
                 meta = json.loads(header)
                 tenant, session_id = path.parent.name, path.name.removesuffix(".pending")
-                aad = f"staging:{tenant}/{session_id}/{meta['version']}".encode()
+                aad = associated_data("staging", tenant, session_id, meta["version"])
                 plain = self.codec.decode(blob, CodecInfo.from_json(meta["codec"]), aad)
                 yield SessionState.from_json(json.loads(plain))
             except (ValueError, KeyError, CodecError) as exc:

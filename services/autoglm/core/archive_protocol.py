@@ -18,7 +18,6 @@ from pydantic import Field, field_validator
 
 from autoglm.core.schemas import SAFE_ID, ChatMessage, Payload
 
-ARCHIVER_APP_ID = "archiver"
 RESTORE = "restore"
 ATTACHMENT_START = "attachment_start"
 ATTACHMENT_PUT = "attachment_put"

@@ -28,7 +28,10 @@ def configure_tracing(service_name: str) -> None:
     global _provider
     if _provider is not None:
         return
-    _provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    # shutdown_on_exit (the default, kept explicit): pending spans are flushed at exit.
+    _provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name}), shutdown_on_exit=True
+    )
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -38,12 +41,6 @@ def configure_tracing(service_name: str) -> None:
         # Short delay: spans of a request should reach the collector within a second.
         _provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     trace.set_tracer_provider(_provider)
-
-
-def shutdown_tracing() -> None:
-    """Flush pending spans (on graceful shutdown)."""
-    if _provider is not None:
-        _provider.shutdown()
 
 
 def tracer() -> trace.Tracer:
