@@ -1,4 +1,9 @@
-"""In-memory stand-in for ``SidecarAPI`` — for unit tests only (our own interface)."""
+"""In-memory stand-in for ``SidecarAPI`` — for unit tests only (our own interface).
+
+It models what daprd's state.redis does where our code depends on it: ETags
+(first-write-wins on save and delete), first-write keys refusing un-ETagged writes, and
+``ttlInSeconds`` expiry, on a clock the test moves (``advance``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ class FakeSidecar:
     def __init__(self) -> None:
         self.published: list[tuple[str, dict[str, Any]]] = []
         self.state: dict[str, tuple[Any, int]] = {}
+        #: key -> the fake clock's time at which it expires (``save_state(ttl_s=...)``).
+        self.expires: dict[str, float] = {}
+        self.now = 0.0
         self.first_write: set[str] = set()
         self.secrets: dict[str, dict[str, str]] = {}
         self.invocations: list[tuple[str, str, dict[str, Any]]] = []
@@ -32,6 +40,15 @@ class FakeSidecar:
         if self.fail_publish:
             raise self.fail_publish
         self.published.append((topic, payload))
+
+    def advance(self, seconds: float) -> None:
+        """Move the fake clock: keys whose TTL has run out are gone, as in Redis."""
+        self.now += seconds
+        for key, at in list(self.expires.items()):
+            if at <= self.now:
+                self.state.pop(key, None)
+                self.expires.pop(key)
+                self.first_write.discard(key)
 
     def get_state(self, key: str, store: str = "statestore") -> StateEntry | None:
         if self.fail_state:
@@ -62,9 +79,20 @@ class FakeSidecar:
         if etag is not None or create_only:
             self.first_write.add(key)
         self.state[key] = (value, (current[1] + 1) if current else 1)
+        if ttl_s is not None:
+            self.expires[key] = self.now + ttl_s
+        else:
+            self.expires.pop(key, None)  # a write without a TTL makes the key persistent
 
     def delete_state(self, key: str, etag: str | None = None, store: str = "statestore") -> None:
+        if self.fail_state:
+            raise self.fail_state
+        current = self.state.get(key)
+        if etag is not None and (not current or str(current[1]) != etag):
+            raise ConflictError(f"state {key}: modified concurrently")
         self.state.pop(key, None)
+        self.expires.pop(key, None)
+        self.first_write.discard(key)
 
     def get_secret(self, store: str, name: str) -> dict[str, str]:
         return self.secrets[name]

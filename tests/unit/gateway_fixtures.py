@@ -54,7 +54,11 @@ def _frames(deltas: list[str]) -> Iterator[dict[str, Any]]:
 
 
 class FakeStream:
-    """Stands in for the daprd gRPC stream proxy (``InferenceClient.stream_fn``)."""
+    """Stands in for the daprd gRPC stream proxy (``InferenceClient.stream_fn``).
+
+    Like ``core.streaming.stream_generate`` (a generator), nothing happens at the call:
+    a failure to reach inference surfaces on the first read.
+    """
 
     def __init__(self) -> None:
         self.deltas = ["Hel", "lo", " world"]
@@ -64,12 +68,12 @@ class FakeStream:
 
     def __call__(self, payload: dict[str, Any], app_id: str, timeout: float) -> Iterator[Any]:
         self.payloads.append(payload)
-        if self.error:
-            raise self.error
         return self._run()
 
     def _run(self) -> Iterator[dict[str, Any]]:
         try:
+            if self.error:
+                raise self.error
             yield from _frames(self.deltas)
         finally:
             self.closed += 1
