@@ -113,3 +113,12 @@ def test_stop_gracefully_cancels_what_outlasts_the_grace() -> None:
         with pytest.raises(grpc.RpcError) as aborted:
             in_flight.result(timeout=5)
         assert aborted.value.code() is grpc.StatusCode.UNAVAILABLE  # cancelled by the server
+
+
+def test_the_sdk_internals_relied_on_are_still_there() -> None:
+    """``stop_gracefully`` reaches the SDK's private ``App._server`` (the SDK's own
+    ``stop()`` has no grace): pin that it is the ``grpc.Server`` we configured, so an SDK
+    upgrade that renames it fails here, not at a production shutdown."""
+    app = callback_app(3)
+    assert isinstance(app._server, grpc.Server)
+    assert stop_gracefully(app, 0.1)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from cloudevents.sdk.event import v1
-from dapr.clients.grpc._request import InvokeMethodRequest
-from dapr.clients.grpc._response import TopicEventResponse
-from dapr.ext.grpc import App
+from dapr.ext.grpc import App, InvokeMethodRequest, TopicEventResponse
 
 from autoglm.archiver.serving import ArchiverService
 from autoglm.core import archive_protocol as proto

@@ -11,9 +11,7 @@ from collections.abc import Iterator
 
 import grpc
 from cloudevents.sdk.event import v1
-from dapr.clients.grpc._request import InvokeMethodRequest
-from dapr.clients.grpc._response import TopicEventResponse
-from dapr.ext.grpc import App
+from dapr.ext.grpc import App, InvokeMethodRequest, TopicEventResponse
 
 from autoglm.core.callback_server import callback_app
 from autoglm.core.pubsub import event_data, topic_response
