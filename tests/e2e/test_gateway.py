@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 
 import httpx
 import openai
@@ -206,7 +207,7 @@ def test_deleted_session_stays_deleted_when_the_state_store_is_lost(mesh: Mesh) 
 def test_a_chat_request_is_audited_and_only_an_admin_reads_it_back(mesh: Mesh) -> None:
     """gateway → ``audit`` topic → archiver's daily file → ``audit_query`` → GET /v1/audit."""
     url = mesh.gateway_url
-    request_id = f"audit-e2e-{time.time_ns()}"
+    request_id = f"audit-e2e-{uuid.uuid4().hex}"  # hex: never masked as a card number
     body = {"model": "demo-glm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     days = {time.strftime("%Y-%m-%d", time.gmtime())}
     chat = httpx.post(
