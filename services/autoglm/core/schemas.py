@@ -82,6 +82,9 @@ class ChatMessage(Payload):
     name: str | None = Field(default=None, max_length=64)
     tool_calls: list[ToolCall] | None = Field(default=None, max_length=128)
     tool_call_id: str | None = Field(default=None, max_length=128)
+    #: An assistant turn's refusal as OpenAI returned it (SDKs send replies back as
+    #: history); kept, not rendered.
+    refusal: str | None = Field(default=None, max_length=65536)
 
     @field_validator("content", mode="before")
     @classmethod
@@ -111,7 +114,7 @@ class ChatMessage(Payload):
     def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """Unset tool fields are left out, so plain turns stay ``{role, content}``."""
         data: dict[str, Any] = handler(self)
-        for key in ("name", "tool_calls", "tool_call_id"):
+        for key in ("name", "tool_calls", "tool_call_id", "refusal"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
