@@ -15,7 +15,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help:
 	@echo "make run    install, build tools, start Redis + Vault + the three apps (foreground)"
 	@echo "make test   install, build tools, lint, typecheck, then every test level (unit, integration, e2e, chaos, k8s)"
-	@echo "make tools  build daprd, vault and kustomize into .tools/bin (no-op when current)"
+	@echo "make tools  build daprd, vault, kustomize, etcd, kube-apiserver, kubectl into .tools/bin (no-op when current)"
+	@echo "make k8s    check k8s/ offline and against a real kube-apiserver (tests/k8s)"
 	@echo "make bench  fresh local stack + benchmarks -> load/results/ (several minutes)"
 	@echo "make audit  pip-audit of requirements.lock against PyPI's advisories (network)"
 
@@ -23,7 +24,7 @@ system-deps:
 	@command -v redis-server >/dev/null || { \
 	  echo "[make] installing redis-server from Debian"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
-	@command -v go >/dev/null || { echo "[make] Go toolchain missing (needed to build daprd, dapr, vault)"; exit 1; }
+	@command -v go >/dev/null || { echo "[make] Go toolchain missing (needed to build daprd, vault, kustomize, etcd, kube-apiserver, kubectl)"; exit 1; }
 
 # The venv is rebuilt only when the lock or project metadata change.
 $(INSTALLED): requirements.lock pyproject.toml
@@ -79,7 +80,8 @@ audit: $(INSTALLED)
 	  --vulnerability-service pypi --progress-spinner off --strict \
 	  $$(awk '!/^#/ && NF { printf "--ignore-vuln %s ", $$1 }' audit-exceptions.txt)
 
-# Offline validation of k8s/ (kustomize + schemas from tools/build.sh); no cluster.
+# k8s/ checked offline (kustomize, schemas, policy) and against a real kube-apiserver +
+# etcd started on 127.0.0.1 by the tests (server-side dry run, then applied for real).
 k8s: install tools
 	@$(PY) -m pytest -m k8s -q
 

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Build the project's Go-based tools from source into $REPO/.tools/bin/.
 #
-#   tools/build.sh [daprd|vault|kustomize|crds|dapr|all]... (default: all = daprd vault kustomize crds)
+#   tools/build.sh [daprd|vault|kustomize|crds|kube|kube-apiserver|etcd|kubectl|dapr|all]...
+#                  (default: all = daprd vault kustomize crds kube)
 #
 #   daprd      slim Dapr sidecar runtime (tools/daprd, github.com/dapr/dapr)
 #   vault      HashiCorp Vault server    (tools/vault, github.com/hashicorp/vault)
 #   kustomize  renders k8s/ for the k8s tests (tools/kustomize, sigs.k8s.io/kustomize/kustomize/v5)
 #   crds       CRD schemas of Dapr, Istio, KEDA, prometheus-operator into .tools/crds/
+#   kube       = kube-apiserver etcd kubectl (the k8s tests' real API server):
+#   kube-apiserver  (tools/kube-apiserver, k8s.io/kubernetes/cmd/kube-apiserver)
+#   etcd            (tools/etcd, go.etcd.io/etcd/server/v3/etcdmain)
+#   kubectl         (tools/kubectl, k8s.io/kubectl/pkg/cmd)
 #   dapr       Dapr CLI                  (tools/dapr-cli, github.com/dapr/cli); not
 #              part of `all`: the module proxy does not serve its source (tools/dapr-cli/go.mod)
 #
@@ -42,7 +47,7 @@ die() {
 }
 
 usage() {
-	sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 command -v go >/dev/null 2>&1 || die "'go' not found in PATH; install Go (see the go line of tools/*/go.mod for the minimum version)"
@@ -181,6 +186,48 @@ build_kustomize() {
 	build kustomize "$KUSTOMIZE_VERSION" "$dir" sigs.k8s.io/kustomize/kustomize/v5 ""
 }
 
+# -X flags of k8s.io/component-base/version and k8s.io/client-go/pkg/version, as
+# kubernetes' hack/lib/version.sh sets them (`kubectl version`, /version).
+kube_version_ldflags() {
+	local v=$KUBERNETES_VERSION pkg flags=""
+	local major=${v%%.*} minor=${v#*.}
+	minor=${minor%%.*}
+	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		flags+=" -X $pkg.gitVersion=v$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+		flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$KUBERNETES_BUILD_DATE"
+	done
+	printf '%s' "${flags# }"
+}
+
+build_kube_apiserver() {
+	local dir="$TOOLS_DIR/kube-apiserver"
+	check_pin "$dir" k8s.io/kubernetes "$KUBERNETES_VERSION"
+	# Every k8s.io/* staging module must be replaced by its v0.x.y release.
+	if grep -E '^[[:space:]]*k8s\.io/[a-z-]+ => k8s\.io/[a-z-]+ v' "$dir/go.mod" | grep -vq " v$KUBERNETES_STAGING_VERSION\$"; then
+		die "$dir/go.mod replaces a k8s.io staging module by another version than v$KUBERNETES_STAGING_VERSION"
+	fi
+	build kube-apiserver "$KUBERNETES_VERSION" "$dir" k8s.io/kubernetes/cmd/kube-apiserver "$(kube_version_ldflags)"
+}
+
+build_kubectl() {
+	local dir="$TOOLS_DIR/kubectl"
+	check_pin "$dir" k8s.io/kubectl "$KUBERNETES_STAGING_VERSION"
+	build kubectl "$KUBERNETES_STAGING_VERSION" "$dir" . "$(kube_version_ldflags)"
+}
+
+build_etcd() {
+	local dir="$TOOLS_DIR/etcd"
+	check_pin "$dir" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+	# The version itself is a constant of go.etcd.io/etcd/api/v3/version.
+	build etcd "$ETCD_VERSION" "$dir" . ""
+}
+
+build_kube() {
+	build_etcd
+	build_kube_apiserver
+	build_kubectl
+}
+
 CRDS_DIR="$REPO/.tools/crds"
 
 # Copy the CRD files the k8s tests validate against out of the modules that publish
@@ -229,6 +276,13 @@ build_dapr_cli() {
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(all)
 
+for t in "${targets[@]}"; do
+	if [[ $t == -h || $t == --help || $t == help ]]; then
+		usage
+		exit 0
+	fi
+done
+
 # Serialise concurrent invocations (2-core machines; same output files).
 if command -v flock >/dev/null 2>&1; then
 	mkdir -p "$BIN_DIR"
@@ -245,16 +299,17 @@ for t in "${targets[@]}"; do
 	vault) build_vault ;;
 	kustomize) build_kustomize ;;
 	crds) fetch_crds ;;
+	kube) build_kube ;;
+	kube-apiserver) build_kube_apiserver ;;
+	etcd) build_etcd ;;
+	kubectl) build_kubectl ;;
 	dapr | dapr-cli) build_dapr_cli ;;
 	all)
 		build_daprd
 		build_vault
 		build_kustomize
 		fetch_crds
-		;;
-	-h | --help | help)
-		usage
-		exit 0
+		build_kube
 		;;
 	*)
 		usage >&2
