@@ -1,12 +1,23 @@
-"""Fixtures of the k8s tests: kustomize, the rendered overlays and the CRD schemas."""
+"""Fixtures of the k8s tests: kustomize, the rendered overlays, the CRD schemas and a
+real API server."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.k8s.manifests import CRDS_DIR, OVERLAYS, CRDSchemas, Rendered, ensure_tools, render
+from tests.k8s.apiserver import APIServer, running_apiserver
+from tests.k8s.manifests import (
+    CRDS_DIR,
+    OVERLAYS,
+    CRDSchemas,
+    Rendered,
+    build_tools,
+    ensure_tools,
+    render,
+)
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +38,11 @@ def rendered(request: pytest.FixtureRequest, all_rendered: dict[str, Rendered]) 
 @pytest.fixture(scope="session")
 def crd_schemas(kustomize: Path) -> CRDSchemas:
     return CRDSchemas(CRDS_DIR)
+
+
+@pytest.fixture(scope="session")
+def apiserver(kustomize: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[APIServer]:
+    """etcd + kube-apiserver on 127.0.0.1 with the CRDs installed; stopped at the end."""
+    build_tools("kube")
+    with running_apiserver(tmp_path_factory.mktemp("apiserver")) as server:
+        yield server

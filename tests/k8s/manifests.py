@@ -29,20 +29,25 @@ KUBERNETES_VERSION = "1.33"
 Doc = dict[str, Any]
 
 
-def ensure_tools() -> Path:
-    """Build kustomize and fetch the CRDs (no-ops when current); fail loudly otherwise."""
+def build_tools(*targets: str) -> None:
+    """`tools/build.sh TARGETS` (no-op when current); fail loudly, never skip."""
     proc = subprocess.run(
-        [str(REPO / "tools" / "build.sh"), "kustomize", "crds"],
+        [str(REPO / "tools" / "build.sh"), *targets],
         capture_output=True,
         text=True,
         check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(
-            "tools/build.sh kustomize crds failed (Go and the module proxy are needed):\n"
+            f"tools/build.sh {' '.join(targets)} failed (Go and the module proxy are needed):\n"
             + proc.stdout
             + proc.stderr
         )
+
+
+def ensure_tools() -> Path:
+    """Build kustomize and fetch the CRDs."""
+    build_tools("kustomize", "crds")
     return TOOLS_BIN / "kustomize"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -266,6 +267,12 @@ def test_istio(rendered: Rendered) -> None:
     subsets = {s["name"] for s in rendered.get("DestinationRule", "gateway")["spec"]["subsets"]}
     for route in vs["http"]:
         assert "timeout" in route and "retries" in route, route["name"]
+        # istiod reads a protobuf JSON Duration (seconds); the CRD wants >= 1ms, so a
+        # stream's "no deadline" is a day (0s is refused by the API server).
+        assert re.fullmatch(r"\d+(\.\d+)?s", route["timeout"]), route["timeout"]
+        assert float(route["timeout"][:-1]) >= 0.001, route["name"]
+        if route["name"] in ("stream", "canary-pinned"):
+            assert float(route["timeout"][:-1]) >= 86400, route["name"]
         for dest in route["route"]:
             assert dest["destination"]["subset"] in subsets
     for dr in rendered.of_kind("DestinationRule"):
