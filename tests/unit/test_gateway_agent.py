@@ -158,3 +158,26 @@ def test_completions_logprobs_shape(sidecar: FakeSidecar) -> None:
         "top_logprobs": [{"He": -0.5}],
         "text_offset": [0],
     }
+
+
+def test_session_keeps_tool_calls_and_results(sidecar: FakeSidecar) -> None:
+    """A turn that calls a tool is stored with its calls; the next turn sends the tool's
+    result, and the engine gets the whole history."""
+    sidecar.invoke_replies["generate"] = lambda p: _done(
+        tool_calls=[CALL], finish_reason="tool_calls"
+    )["result"]
+    client, _ = _client(sidecar, [])
+    sid = client.post("/v1/sessions", json={}, headers=USER).get_json()["id"]
+    first = dict(CHAT, session_id=sid, tools=[TOOL], tool_choice="required")
+    assert client.post("/v1/chat/completions", json=first, headers=USER).status_code == 200
+    stored = client.get(f"/v1/sessions/{sid}", headers=USER).get_json()["messages"]
+    assert stored[-1] == {"role": "assistant", "content": "", "tool_calls": [CALL]}
+    sidecar.invoke_replies["generate"] = lambda p: _done(text="It is 1.")["result"]
+    result = {"role": "tool", "tool_call_id": "call_1", "content": "1"}
+    second = dict(CHAT, session_id=sid, tools=[TOOL], messages=[result])
+    assert client.post("/v1/chat/completions", json=second, headers=USER).status_code == 200
+    sent = [p for _, m, p in sidecar.invocations if m == "generate"][-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1]["tool_calls"] == [CALL]
+    stored = client.get(f"/v1/sessions/{sid}", headers=USER).get_json()["messages"]
+    assert stored[-2:] == [result, {"role": "assistant", "content": "It is 1."}]

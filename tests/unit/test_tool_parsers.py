@@ -95,3 +95,24 @@ def test_glm_maybe_call_holds_back_only_possible_calls() -> None:
     fmt, req = GLM4Format(), _req()
     assert fmt.maybe_call("get_w", req) and fmt.maybe_call("get_weather\n{", req)
     assert not fmt.maybe_call("Hello", req) and not fmt.maybe_call("get_wx\n", req)
+
+
+@pytest.mark.parametrize("fmt", [GLM4Format(), LlamaJsonFormat(), HermesFormat()])
+def test_partial_calls_grow_with_the_text(fmt: ToolFormat) -> None:
+    """Streaming reads calls as they are written: each prefix of two canonical calls
+    gives argument texts that only grow, ending in the calls' exact arguments."""
+    first = fmt.render_call("get_weather", '{"city":"Pa}ris","n":[1,{"x":2}]}')
+    text = first + fmt.separator + fmt.render_call("get_time", "{}")
+    seen: list[str] = []
+    for end in range(len(text) + 1):
+        calls = fmt.partial_calls(text[:end])
+        for i, call in enumerate(calls):
+            if i < len(seen):
+                assert call.arguments.startswith(seen[i])
+                seen[i] = call.arguments
+            else:
+                seen.append(call.arguments)
+    assert seen == ['{"city":"Pa}ris","n":[1,{"x":2}]}', "{}"]
+    calls = fmt.canonical_calls(text)
+    assert calls is not None
+    assert [c.function.arguments for c in calls] == seen

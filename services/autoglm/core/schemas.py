@@ -66,8 +66,12 @@ class ToolCallFunction(Payload):
     arguments: str = Field(default="{}", max_length=65536)
 
 
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
 class ToolCall(Payload):
-    id: str = Field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}", max_length=128)
+    id: str = Field(default_factory=new_call_id, max_length=128)
     type: Literal["function"] = "function"
     function: ToolCallFunction
 

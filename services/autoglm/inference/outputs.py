@@ -12,7 +12,13 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from autoglm.core.schemas import GenerateChoice, GenerateRequest, GenerateResult, ToolCall
+from autoglm.core.schemas import (
+    GenerateChoice,
+    GenerateRequest,
+    GenerateResult,
+    ToolCall,
+    new_call_id,
+)
 from autoglm.inference.constraints import request_grammar
 from autoglm.inference.sampling import SamplingPlan, TokenText
 
@@ -40,6 +46,7 @@ def prepare(loaded: LoadedModel, request: GenerateRequest) -> SamplingPlan:
                     param="tool_choice",
                 )
             grammar = (forced, "tools")
+            plan.forced_tools = True
     if grammar is not None:
         plan.constraint = loaded.grammar().constraint(*grammar)
     return plan
@@ -70,6 +77,7 @@ def group_plans(first: SamplingPlan, n: int) -> list[SamplingPlan]:
                 constraint=first.constraint.fork() if first.constraint else None,
                 token_text=first.token_text,
                 tool_format=first.tool_format,
+                forced_tools=first.forced_tools,
             )
         )
     return plans
@@ -146,6 +154,8 @@ def finish(handle: Any, result: GenerateResult) -> GenerateResult:
         update["logprobs"] = list(plan.output.logprobs)
     if plan.tool_format is not None and result.finish_reason == "stop":
         content, calls = plan.tool_format.parse(result.text, request)
+        for call, streamed_id in zip(calls, plan.call_ids, strict=False):
+            call.id = streamed_id  # the ids the stream already announced
         if calls:
             update.update(text=content, tool_calls=calls, finish_reason="tool_calls")
     return result.model_copy(update=update) if update else result
@@ -153,10 +163,15 @@ def finish(handle: Any, result: GenerateResult) -> GenerateResult:
 
 def stream_frames(handle: RequestHandle) -> Iterator[dict[str, Any]]:
     """Frames of a streamed generation: ``{"delta": text, "logprobs": [...]}`` as text is
-    decoded; with tools, text that may be a tool call is held back and sent as
-    ``{"tool_calls": [...]}`` deltas (arguments in pieces) once it parses. The caller
-    sends the final ``{"result": ...}`` from ``finish``."""
+    decoded. With tools, ``{"tool_calls": [...]}`` deltas as OpenAI sends them: forced
+    calls (their output is calls by grammar) as they are generated, the arguments in
+    pieces; with 'auto', text that may still be a call is held back and sent as call
+    deltas once the whole of it parses, or as text when it does not. The caller sends
+    the final ``{"result": ...}`` from ``finish``."""
     plan, request = handle.plan, handle.request
+    if plan.forced_tools:
+        yield from _forced_call_frames(handle)
+        return
     sent_logprobs = 0
     tools = plan.tool_format
     held = ""
@@ -181,6 +196,35 @@ def stream_frames(handle: RequestHandle) -> Iterator[dict[str, Any]]:
             yield from tool_call_deltas(result.tool_calls)
         elif result.text:
             yield {"delta": result.text}
+
+
+def _forced_call_frames(handle: RequestHandle) -> Iterator[dict[str, Any]]:
+    """Call deltas while forced calls are generated: a call's id and name once its name
+    is complete, then each new piece of its arguments."""
+    fmt, text = handle.plan.tool_format, ""
+    ids: list[str] = []
+    sent: list[int] = []  # characters of each call's arguments already sent
+    for delta in handle:
+        text += delta
+        for index, call in enumerate(fmt.partial_calls(text)):
+            if index == len(ids):
+                ids.append(new_call_id())
+                sent.append(0)
+                yield {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": ids[index],
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": ""},
+                        }
+                    ]
+                }
+            piece = call.arguments[sent[index] :]
+            if piece:
+                sent[index] += len(piece)
+                yield {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+    handle.plan.call_ids = ids
 
 
 def tool_call_deltas(calls: list[ToolCall], piece: int = 16) -> Iterator[dict[str, Any]]:

@@ -258,6 +258,10 @@ class SamplingPlan:
     output: SequenceOutput = field(default_factory=SequenceOutput)
     #: The model family's tool-call format when the request offers tools (tools.py).
     tool_format: Any = None
+    #: The output is tool calls by grammar ('required' or a named function).
+    forced_tools: bool = False
+    #: Ids of the calls a stream announced, so the final result carries the same ones.
+    call_ids: list[str] = field(default_factory=list)
 
     def sampler(
         self,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from autoglm.core.errors import InvalidRequestError
@@ -60,10 +61,52 @@ def _offered(request: GenerateRequest) -> list[ToolDef]:
     return tools
 
 
+@dataclass
+class PartialCall:
+    """A call as far as the text goes: its name, its arguments' JSON text so far, and
+    whether that JSON object is complete."""
+
+    name: str
+    arguments: str
+    complete: bool
+    #: Where the text after this call (and its separator) starts.
+    end: int
+
+
+def json_end(text: str, start: int) -> int | None:
+    """Index just past the JSON object starting at ``text[start]``, or None while it is
+    incomplete (strings and nesting are followed, so braces in strings do not count)."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        c = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
 class ToolFormat:
     name: ClassVar[str] = "hermes"
     #: Between parallel calls in forced output.
     separator: ClassVar[str] = "\n"
+    #: What precedes a call's arguments (group ``name``), and what follows them up to
+    #: the next call, in the family's canonical layout (the forced grammar's).
+    header: ClassVar[re.Pattern[str]] = re.compile(
+        r'\s*<tool_call>\s*\{"name":\s*"(?P<name>[A-Za-z0-9_.-]+)",\s*"arguments":\s*(?=\{)'
+    )
+    trailer: ClassVar[re.Pattern[str]] = re.compile(r"\s*\}\s*</tool_call>\s*")
 
     # -- prompt ----------------------------------------------------------------------
     def describe(self, tools: list[ToolDef]) -> str:
@@ -119,7 +162,51 @@ class ToolFormat:
             calls = calls[:1]
         return "", calls
 
+    def partial_calls(self, text: str) -> list[PartialCall]:
+        """The calls in ``text`` as far as they go, read in the canonical layout: the
+        incremental view streaming uses (arguments grow as text arrives)."""
+        calls: list[PartialCall] = []
+        pos = 0
+        while True:
+            head = self.header.match(text, pos)
+            if head is None:
+                return calls
+            start = head.end()
+            end = json_end(text, start)
+            if end is None:
+                calls.append(PartialCall(head["name"], text[start:].rstrip(), False, len(text)))
+                return calls
+            tail = self.trailer.match(text, end)
+            pos = tail.end() if tail is not None else end
+            if self.separator.strip():
+                pos = _skip(text, pos, self.separator.strip())
+            calls.append(PartialCall(head["name"], text[start:end], True, pos))
+            if tail is None:
+                return calls
+
+    def canonical_calls(self, text: str) -> list[ToolCall] | None:
+        """The calls when ``text`` is exactly calls in the canonical layout, with their
+        arguments' text as written (so streamed pieces add up to it); else None."""
+        calls = self.partial_calls(text)
+        if not calls or not all(c.complete for c in calls) or text[calls[-1].end :].strip():
+            return None
+        out = []
+        for call in calls:
+            if not isinstance(json.loads(call.arguments), dict):
+                return None
+            out.append(
+                ToolCall(function=ToolCallFunction(name=call.name, arguments=call.arguments))
+            )
+        return out
+
     def parse_calls(self, text: str) -> list[ToolCall]:
+        canonical = self.canonical_calls(text)
+        if canonical is not None:
+            return canonical
+        return self.parse_free(text)
+
+    def parse_free(self, text: str) -> list[ToolCall]:
+        """Calls written less canonically (other key order, arguments as a string...)."""
         calls = []
         for block in re.findall(r"<tool_call>(.*?)</tool_call>", text, re.S):
             data = json.loads(block)
@@ -133,6 +220,14 @@ class ToolFormat:
         held back rather than sent as content)."""
         stripped = text.lstrip()
         return "<tool_call>".startswith(stripped[:11]) or stripped.startswith("<tool_call>")
+
+
+def _skip(text: str, pos: int, literal: str) -> int:
+    """``pos`` past ``literal`` (and whitespace) when it follows, else ``pos``."""
+    rest = text[pos:].lstrip()
+    if rest.startswith(literal):
+        return len(text) - len(rest) + len(literal)
+    return pos
 
 
 def _call(name: object, arguments: object) -> ToolCall:
@@ -151,6 +246,8 @@ class HermesFormat(ToolFormat):
 
 class GLM4Format(ToolFormat):
     name = "glm4"
+    header = re.compile(r"\s*(?P<name>[A-Za-z0-9_.-]+)\n\s*(?=\{)")
+    trailer = re.compile(r"\s*")
 
     def example(self) -> str:
         return "<function name>\n{<arguments as a JSON object>}"
@@ -161,7 +258,7 @@ class GLM4Format(ToolFormat):
     def call_rule(self, name: str, args: str) -> str:
         return f"{lark_literal(name + chr(10))} {args}"
 
-    def parse_calls(self, text: str) -> list[ToolCall]:
+    def parse_free(self, text: str) -> list[ToolCall]:
         if "<tool_call>" in text:
             return self._parse_glm45(text)
         calls = []
@@ -207,6 +304,11 @@ class GLM4Format(ToolFormat):
 class LlamaJsonFormat(ToolFormat):
     name = "llama3_json"
     separator = "; "
+    header = re.compile(
+        r'\s*(?:<\|python_tag\|>)?\s*\{"name":\s*"(?P<name>[A-Za-z0-9_.-]+)",\s*'
+        r'"(?:parameters|arguments)":\s*(?=\{)'
+    )
+    trailer = re.compile(r"\s*\}\s*")
 
     def example(self) -> str:
         return '{"name": "<function name>", "parameters": {<arguments>}}'
@@ -218,7 +320,7 @@ class LlamaJsonFormat(ToolFormat):
         head = '{"name": ' + json.dumps(name) + ', "parameters": '
         return f"{lark_literal(head)} {args} {lark_literal(chr(125))}"
 
-    def parse_calls(self, text: str) -> list[ToolCall]:
+    def parse_free(self, text: str) -> list[ToolCall]:
         rest = text.removeprefix("<|python_tag|>").strip()
         calls = []
         while rest:
