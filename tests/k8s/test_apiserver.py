@@ -73,7 +73,9 @@ FORBIDDEN = [
 
 
 def _apply(server: APIServer, docs: list[Doc], dry_run: bool) -> tuple[list[str], list[str]]:
-    """`kubectl apply --server-side` of ``docs``: (accepted lines, refusal lines)."""
+    """`kubectl apply --server-side` of ``docs``: (accepted lines, refusal lines). The
+    server's warnings (`Warning: ...` on stderr, e.g. a deprecated API or field) count
+    as refusals: a cluster that warns is telling us something is wrong."""
     args = ["apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "-f", "-"]
     if dry_run:
         args.append("--dry-run=server")
@@ -248,29 +250,32 @@ def live(
     request: pytest.FixtureRequest, apiserver: APIServer, all_rendered: dict[str, Rendered]
 ) -> Iterator[Live]:
     rendered = all_rendered[request.param]
-    _ensure_namespace(apiserver, rendered)
-    # Quota first, as the quota controller would have it before anything it counts.
-    policy = [d for d in rendered.docs if d["kind"] in ("ResourceQuota", "LimitRange")]
-    _, refused = _apply(apiserver, policy, dry_run=False)
-    assert not refused, "\n".join(refused)
-    _fill_quota_status(apiserver, rendered)
-    _, refused = _apply(apiserver, rendered.docs, dry_run=False)
-    assert not refused, f"{rendered.overlay}: refused:\n" + "\n".join(refused)
-    live = Live(apiserver, rendered)
-    for d in live.deployments:
-        template = d["spec"]["template"]
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": d["metadata"]["name"], **template["metadata"]},
-            "spec": template["spec"],
-        }
-        try:
-            apiserver.post(f"/api/v1/namespaces/{NS}/pods", pod)
-        except AssertionError as exc:
-            live.pod_errors.append(f"pod of Deployment {d['metadata']['name']}: {exc}")
-    yield live
-    _reset_namespace(apiserver, rendered)
+    try:
+        _ensure_namespace(apiserver, rendered)
+        # Quota first, as the quota controller would have it before anything it counts.
+        policy = [d for d in rendered.docs if d["kind"] in ("ResourceQuota", "LimitRange")]
+        _, refused = _apply(apiserver, policy, dry_run=False)
+        assert not refused, "\n".join(refused)
+        _fill_quota_status(apiserver, rendered)
+        _, refused = _apply(apiserver, rendered.docs, dry_run=False)
+        assert not refused, f"{rendered.overlay}: refused:\n" + "\n".join(refused)
+        live = Live(apiserver, rendered)
+        for d in live.deployments:
+            template = d["spec"]["template"]
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": d["metadata"]["name"], **template["metadata"]},
+                "spec": template["spec"],
+            }
+            try:
+                apiserver.post(f"/api/v1/namespaces/{NS}/pods", pod)
+            except AssertionError as exc:
+                live.pod_errors.append(f"pod of Deployment {d['metadata']['name']}: {exc}")
+        yield live
+    finally:
+        # Also after a failed setup: the next overlay starts from an empty namespace.
+        _reset_namespace(apiserver, rendered)
 
 
 def test_every_deployment_template_is_admitted_as_a_pod(live: Live) -> None:
@@ -514,6 +519,25 @@ def test_dapr_references_resolve(live: Live) -> None:
         store = comp.get("auth", {}).get("secretStore", "kubernetes")
         if store != "kubernetes" and store not in stores:
             problems.append(f"Component/{cname}: no secret store {store}")
+        # A file daprd reads (vaultTokenMountPath) lies under a dapr.io/volume-mounts
+        # path of every app in the component's scope.
+        for item in comp["spec"].get("metadata", []):
+            path = str(item.get("value", ""))
+            if not path.startswith("/"):
+                continue
+            for d in live.deployments:
+                ann = _annotations(d)
+                app_id = ann.get("dapr.io/app-id")
+                if app_id is None or app_id not in comp.get("scopes", [app_id]):
+                    continue
+                mounts = [
+                    m.split(":")[1] for m in ann.get("dapr.io/volume-mounts", "").split(",") if m
+                ]
+                if not any(path.startswith(m.rstrip("/") + "/") for m in mounts):
+                    problems.append(
+                        f"Component/{cname}: {item['name']} {path} is not mounted into "
+                        f"daprd of {d['metadata']['name']}"
+                    )
     for sub in live.rendered.of_kind("Subscription"):
         sname = sub["metadata"]["name"]
         pubsub = components.get(sub["spec"]["pubsubname"])
