@@ -295,7 +295,11 @@ def test_services_pdbs_and_monitors_select_their_app(live: Live) -> None:
     for kind in ("Service", "PodDisruptionBudget"):
         for doc in live.rendered.of_kind(kind):
             name = doc["metadata"]["name"]
-            sel = doc["spec"]["selector"]
+            sel = doc["spec"].get("selector")
+            if not sel:
+                # A Service without one selects no pod; a PDB's empty one, every pod.
+                problems.append(f"{kind}/{name}: no selector")
+                continue
             selector = sel if kind == "PodDisruptionBudget" else {"matchLabels": sel}
             got, want = live.select(selector), live.pods_of_app(name)
             if not want or got != want:
@@ -744,3 +748,19 @@ def test_service_accounts_have_exactly_what_their_app_needs(live: Live) -> None:
                     f"{binding['roleRef']['name']} to {subject['name']}, which needs nothing"
                 )
     assert not problems, f"{live.rendered.overlay}:\n" + "\n".join(problems)
+
+
+def test_label_selectors_are_written_as_the_server_reads_them() -> None:
+    selector = {
+        "matchLabels": {"app": "gateway", "track": "stable"},
+        "matchExpressions": [
+            {"key": "app", "operator": "In", "values": ["gateway", "inference"]},
+            {"key": "tier", "operator": "NotIn", "values": ["x"]},
+            {"key": "version", "operator": "Exists"},
+            {"key": "canary", "operator": "DoesNotExist"},
+        ],
+    }
+    assert label_selector(selector) == (
+        "app=gateway,track=stable,app in (gateway,inference),tier notin (x),version,!canary"
+    )
+    assert label_selector({}) == ""
