@@ -11,6 +11,9 @@ daprd, all on free 127.0.0.1 ports), the benchmarks below, and their results in
    autosave) against the same chat without sessions.
 5. Memory: RSS of each app and each daprd, idle and at its peak under load.
 6. Latency and throughput against concurrency (chat, streamed and not) for the charts.
+7. Noisy neighbour: one tenant keeps 24 long generations in flight while another sends
+   short chats; the quiet tenant's p99 against its p99 on the idle stack
+   (``noisy_neighbour_quiet_p99_ratio``, goal <= 3) and the noisy tenant's tokens/s.
 
 Everything is bounded in count and time; the stack is stopped at the end.
 
@@ -41,7 +44,7 @@ from tests.support.stack import start_backing
 from autoglm.devstack.layout import MODELS_DIR, REPO_ROOT
 from autoglm.devstack.processes import ManagedProcess, free_port
 from autoglm.models.demo import init_demo_models
-from load import loadgen
+from load import loadgen, noisy_neighbour
 from load.bench_engine import hf_sequential, prompts
 
 RESULTS = REPO_ROOT / "load" / "results"
@@ -395,8 +398,14 @@ def main() -> None:
                 "--redis-port",
                 str(mesh.backing.redis_port),
             )
+        say("noisy neighbour: 24 long generations of one tenant, short chats of another")
+        noisy = noisy_neighbour.through_gateway(
+            mesh.gateway_url, mesh.headers, quiet_requests=10 if args.quick else 30
+        )
+        say(f"noisy neighbour: {noisy}")
         hf_tok_s = local["hf_tok_s"]
         summary = {
+            **noisy,
             "dapr_overhead_p50_ms": round(ms(gateway)["p50"] - ms(local["one_token"])["p50"], 2),
             "dapr_overhead_p99_ms": round(ms(gateway)["p99"] - ms(local["one_token"])["p99"], 2),
             "one_token_ms": {

@@ -16,6 +16,9 @@ earlier run's identical prompts.
 It also measures the prefix cache: time to first token of turn 5 of a conversation
 against turn 1. The last line printed is a JSON object with the headline numbers.
 
+``--scenario noisy`` runs ``noisy_neighbour.py`` in process: one tenant with 24 long
+generations in flight and 24 more waiting, another sending short chats.
+
 ``--scenario mixed`` measures what a long prompt does to everyone else: 32 short
 prompts alone (``short_tok_s``), then 28 short prompts with 4 prompts of ~2,800 tokens
 among them (``mixed_tok_s``: every generated token of the run over its wall time;
@@ -24,7 +27,7 @@ one finished), 32 new tokens each, greedy. It reports time per output token of t
 requests while the long ones are admitted and the KV cache's bytes per cached token.
 
     python load/bench_engine.py [--model .models/demo-glm] [--requests 32] [--max-tokens 64]
-                                [--repeat 3] [--scenario all|batching|mixed]
+                                [--repeat 3] [--scenario all|batching|mixed|noisy]
 """
 
 from __future__ import annotations
@@ -311,7 +314,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--stagger-ms", type=float, default=5.0)
     ap.add_argument("--repeat", type=int, default=3, help="runs per setting; median reported")
-    ap.add_argument("--scenario", choices=["all", "batching", "mixed"], default="all")
+    ap.add_argument("--scenario", choices=["all", "batching", "mixed", "noisy"], default="all")
     ap.add_argument("--long-tokens", type=int, default=2800, help="mixed: long prompt size")
     ap.add_argument("--mixed-max-tokens", type=int, default=32)
     ap.add_argument(
@@ -346,7 +349,22 @@ def main() -> None:
             f"KV {mixed['kv_bytes_per_cached_token']} bytes/cached token"
         )
         summary.update(mixed)
-    if args.scenario == "mixed":
+    if args.scenario in ("all", "noisy"):
+        try:
+            from load.noisy_neighbour import in_process
+        except ImportError:  # run as a script from load/
+            from noisy_neighbour import in_process  # type: ignore[no-redef]
+
+        noisy = in_process(engine)
+        print(
+            f"noisy neighbour     quiet p99 idle {noisy['noisy_neighbour_quiet_idle_p99_ms']}ms, "
+            f"beside 48 long generations of another tenant "
+            f"{noisy['noisy_neighbour_quiet_p99_ms']}ms "
+            f"(x{noisy['noisy_neighbour_quiet_p99_ratio']}); noisy tenant "
+            f"{noisy['noisy_neighbour_noisy_tok_s']} tok/s"
+        )
+        summary.update(noisy)
+    if args.scenario in ("mixed", "noisy"):
         engine.close()
         print(json.dumps(summary))
         return

@@ -232,3 +232,23 @@ def test_an_idle_tenant_banks_no_credit(tenant: str) -> None:
         policy.add(_seq("b", max_tokens=1))
     order = [s.tenant for s in _run(policy)]
     assert order[:4].count(tenant) == 2
+
+
+def test_a_group_computes_its_prompt_once_and_shares_its_blocks() -> None:
+    policy = _policy(blocks=64, block_size=4, max_batch_size=8)
+    first = _seq(prompt=10, max_tokens=3)
+    others = [Seq(f"{first.request_id}-{i}", "a", first.prompt_ids, 3) for i in (1, 2)]
+    for seq in others:
+        seq.after = first
+    for seq in (first, *others):
+        policy.add(seq)
+    plan = policy.schedule()
+    assert plan.admitted == [first]
+    _apply(policy, plan)
+    plan = policy.schedule()
+    assert plan.admitted == others
+    # Two full blocks shared; only the partial last block (2 tokens) computed again.
+    assert [n for s, n in plan.scheduled if s in others] == [2, 2]
+    assert all(s.table.blocks[:2] == first.table.blocks[:2] for s in others)
+    _run(policy)
+    assert all(len(s.output_ids) == 3 for s in (first, *others))

@@ -285,7 +285,16 @@ def test_mixed_arrivals_match_hf_generate_alone(
 ) -> None:
     """Short and long prompts arriving over time, whatever shares their steps, chunks
     or pool: each greedy output is what ``generate`` gives for that prompt alone."""
-    eng = AutoGLMEngine(demo_model_dir, warmup=False, **config)  # type: ignore[arg-type]
+    from autoglm.inference.metrics import InferenceMetrics
+
+    metrics = InferenceMetrics()
+    eng = AutoGLMEngine(
+        demo_model_dir,
+        warmup=False,
+        on_step=metrics.on_step,
+        **config,  # type: ignore[arg-type]
+    )
+    model = {"model": eng.default_model}
     try:
         handles = []
         for i, prompt in enumerate(_mixed_prompts()):
@@ -298,8 +307,12 @@ def test_mixed_arrivals_match_hf_generate_alone(
         assert scheduler is not None and scheduler.blocks.num_used == 0
         if "kv_cache_mb" in config:
             assert scheduler.policy.preemptions > 0
+            registry = metrics.registry
+            assert registry.get_sample_value("autoglm_preemptions_total", model) > 0
         else:
             assert scheduler.blocks.hits > 0  # the shared long prefix
+            hits = {**model, "outcome": "hit"}
+            assert metrics.registry.get_sample_value("autoglm_prefix_blocks_total", hits) > 0
     finally:
         eng.close()
 

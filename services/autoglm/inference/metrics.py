@@ -56,6 +56,30 @@ class InferenceMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
+        self.kv_blocks = Gauge(
+            "autoglm_kv_blocks",
+            "KV cache blocks: used by sequences, cached for prefix sharing, total",
+            ["model", "state"],
+            registry=r,
+        )
+        self.preemptions = Counter(
+            "autoglm_preemptions_total",
+            "Sequences that gave their KV blocks back to a full pool (recomputed later)",
+            ["model"],
+            registry=r,
+        )
+        self.prefix_blocks = Counter(
+            "autoglm_prefix_blocks_total",
+            "Full prompt blocks looked up in the prefix cache, by outcome",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.prefill_tokens = Counter(
+            "autoglm_prefill_tokens_total",
+            "Prompt (and recomputed) tokens computed",
+            ["model"],
+            registry=r,
+        )
         self.models_loaded = Gauge("autoglm_models_loaded", "Models loaded", registry=r)
         self.rss = Gauge("autoglm_process_max_rss_bytes", "Peak resident set size", registry=r)
         self.rss.set_function(max_rss_bytes)
@@ -80,6 +104,18 @@ class InferenceMetrics:
         # batch before the step is reported, yet generated a token.
         if stats.tokens:
             self.tokens.labels(model).inc(stats.tokens)
+        if stats.kv_blocks_total:
+            self.kv_blocks.labels(model, "used").set(stats.kv_blocks_used)
+            self.kv_blocks.labels(model, "cached").set(stats.kv_blocks_cached)
+            self.kv_blocks.labels(model, "total").set(stats.kv_blocks_total)
+        if stats.preemptions:
+            self.preemptions.labels(model).inc(stats.preemptions)
+        if stats.prefix_block_queries:
+            hits = stats.prefix_block_hits
+            self.prefix_blocks.labels(model, "hit").inc(hits)
+            self.prefix_blocks.labels(model, "miss").inc(stats.prefix_block_queries - hits)
+        if stats.prefill_tokens:
+            self.prefill_tokens.labels(model).inc(stats.prefill_tokens)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)

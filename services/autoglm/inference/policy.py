@@ -80,6 +80,16 @@ class Seq:
     #: Order of (re)admission: the newest running sequence is preempted first.
     admitted: int = 0
     preemptions: int = 0
+    #: Same prompt as this earlier sequence (``n`` > 1): admitted once that one has
+    #: computed the prompt, whose full blocks it then shares instead of computing them.
+    after: Seq | None = None
+
+    @property
+    def waits_for_prompt(self) -> bool:
+        first = self.after
+        if first is None or first.status is Status.FINISHED:
+            return False
+        return first.status is not Status.RUNNING or first.num_cached < len(first.prompt_ids)
 
     @property
     def tokens(self) -> list[int]:
@@ -322,7 +332,7 @@ class Policy:
                 return True
             seq = self.queue.head(tenant)
             over = self._over(tenant, usage, seq.cost)
-            if over and not borrow:
+            if (over and not borrow) or seq.waits_for_prompt:
                 blocked.add(tenant)
                 continue
             if len(self.running) >= self.config.max_batch_size:

@@ -218,9 +218,9 @@ class Scheduler:
         plans: list[SamplingPlan],
         stream: bool = False,
     ) -> list[RequestHandle]:
-        """Queue sequences of one prompt together (``n`` > 1): admitted one after the
-        other, the later ones share the prompt's full blocks once the first computed
-        them (prefix sharing)."""
+        """Queue sequences of one prompt together (``n`` > 1): the first computes the
+        prompt, the others are admitted once it has and share its full blocks (prefix
+        sharing; only a last partial block is computed again per sequence)."""
         need = len(prompt_ids) + max(r.sampling.max_tokens for r in requests)
         if need > self.blocks.capacity_tokens:
             raise InvalidRequestError(
@@ -252,6 +252,8 @@ class Scheduler:
                     deadline=handle.submitted + self._timeout(handle),
                 )
             )
+        for seq in seqs[1:]:
+            seq.after = seqs[0]  # the prompt is computed once, then its blocks shared
         tenant = requests[0].tenant
         max_queued = self.policy.config.limits(tenant).max_queued or self.max_queue
         with self._cv:
