@@ -92,7 +92,7 @@ def start_mesh(
             "AUTOGLM_ARCHIVER_METRICS_PORT": str(free_port()),
             **(archiver or {}),
         },
-        "gateway": {"AUTOGLM_GATEWAY_THREADS": "8", **(gateway or {})},
+        "gateway": dict(gateway or {}),
     }
     inf = start_app(backing, stack, "inference", "autoglm.inference", env=envs["inference"])
     arc = start_app(backing, stack, "archiver", "autoglm.archiver", env=envs["archiver"])

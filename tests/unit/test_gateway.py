@@ -513,7 +513,7 @@ class Tiny(GatewayServer):  # the real server, arbiter and hooks; a trivial app
     def load(self):
         return hello
 
-Tiny(GatewaySettings(port=int(sys.argv[1]), workers=1, threads=2)).run()
+Tiny(GatewaySettings(port=int(sys.argv[1]), workers=1)).run()
 """
 
 

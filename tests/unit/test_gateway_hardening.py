@@ -3,9 +3,13 @@ gateway edge, against the fake sidecar."""
 
 from __future__ import annotations
 
+import io
 import json
+import time
+from typing import Any
 
 import pytest
+from flask.testing import FlaskClient
 
 from autoglm.core.errors import InvalidRequestError
 from autoglm.core.schemas import MAX_JSON_DEPTH, load_json_object
@@ -117,3 +121,131 @@ def test_audit_masks_path_subject_model_and_request_id(
     assert events[0]["resource"] == "/v1/jobs/[CARD]"
     assert events[0]["user"] == "[EMAIL]"
     assert events[0]["tenant"] == "acme"
+
+
+# -- item 3: no body is read before authentication; bodies have a deadline ----------
+class TrickleInput(io.BytesIO):
+    """A request body that arrives one byte per read, slowly; records the reads."""
+
+    def __init__(self, body: bytes, delay_s: float = 0.0) -> None:
+        super().__init__(body)
+        self.delay_s = delay_s
+        self.reads = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        time.sleep(self.delay_s)
+        return super().read(1)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self.read(size)
+
+
+def _chunked_post(client: FlaskClient, body: TrickleInput, headers: dict[str, str]) -> Any:
+    return client.post(
+        "/v1/chat/completions",
+        input_stream=body,
+        content_type="application/json",
+        headers=headers,
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_no_body_is_read_before_authentication(
+    sidecar: FakeSidecar,  # noqa: F811
+    stream: FakeStream,  # noqa: F811
+) -> None:
+    client = make_client(sidecar, stream)
+    body = TrickleInput(json.dumps(CHAT).encode())
+    assert _chunked_post(client, body, {}).status_code == 401
+    assert body.reads == 0
+
+
+def test_a_body_that_trickles_in_past_its_deadline_is_408(
+    sidecar: FakeSidecar,  # noqa: F811
+    stream: FakeStream,  # noqa: F811
+) -> None:
+    client = make_client(sidecar, stream, body_timeout_s=0.3)
+    body = TrickleInput(json.dumps(CHAT).encode(), delay_s=0.05)
+    resp = _chunked_post(client, body, USER)
+    assert resp.status_code == 408, resp.get_data(as_text=True)
+    assert resp.get_json()["error"]["code"] == "request_timeout"
+    assert body.reads < 20
+
+
+# -- item 4: unauthenticated requests are limited per client address ------------------
+def test_unauthenticated_requests_are_limited_per_address_and_not_all_audited(
+    sidecar: FakeSidecar,  # noqa: F811
+    stream: FakeStream,  # noqa: F811
+) -> None:
+    client = make_client(sidecar, stream, rate_limit_anonymous_per_min=10)
+    bad = {"Authorization": "Bearer not-a-token"}
+    statuses = [client.get("/v1/models", headers=bad).status_code for _ in range(60)]
+    assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}
+    refused = client.get("/v1/models", headers=bad)
+    assert int(refused.headers["Retry-After"]) >= 1
+    events = [p for t, p in sidecar.published if t == "audit"]
+    assert len(events) == 11, len(events)  # 10 refusals of the token, then one 429
+    # Another address, and authenticated callers, are not affected.
+    other = client.get("/v1/models", headers=bad, environ_base={"REMOTE_ADDR": "10.9.9.9"})
+    assert other.status_code == 401
+    assert client.get("/v1/models", headers=USER).status_code == 200
+
+
+# -- item 9: the content filter covers everything that reaches the model or is stored --
+BLOCKED = "launchcodes"
+
+
+def _filtered(fake: FakeSidecar, frames: FakeStream) -> FlaskClient:
+    return make_client(fake, frames, blocked_terms=[BLOCKED], max_body_bytes=1 << 16)
+
+
+def _refused(resp: Any, param: str) -> None:
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    error = resp.get_json()["error"]
+    assert error["code"] == "content_filter" and error["param"] == param, error
+
+
+def test_session_creation_is_filtered(
+    sidecar: FakeSidecar,  # noqa: F811
+    stream: FakeStream,  # noqa: F811
+) -> None:
+    client = _filtered(sidecar, stream)
+    message = {"role": "system", "content": f"the {BLOCKED} are 1234"}
+    _refused(client.post("/v1/sessions", json={"messages": [message]}, headers=USER), "messages")
+    meta = {"metadata": {"note": BLOCKED}}
+    _refused(client.post("/v1/sessions", json=meta, headers=USER), "metadata")
+    assert not [k for k in sidecar.state if k.startswith("session:")]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_stored_history_with_a_blocked_term_never_reaches_the_model(
+    sidecar: FakeSidecar,  # noqa: F811
+    stream: FakeStream,  # noqa: F811
+    streamed: bool,
+) -> None:
+    # Stored before the term was blocked (or restored from the archive).
+    unfiltered = make_client(sidecar, stream)
+    history = [{"role": "system", "content": f"remember: the {BLOCKED} are 1234"}]
+    created = unfiltered.post("/v1/sessions", json={"messages": history}, headers=USER)
+    assert created.status_code == 201
+    client = _filtered(sidecar, stream)
+    body = {**CHAT, "session_id": created.get_json()["id"], "stream": streamed}
+    _refused(client.post("/v1/chat/completions", json=body, headers=USER), "session_id")
+    assert not [m for _, m, _ in sidecar.invocations if m == "generate"]
+    assert stream.closed == 0  # no stream was opened either
+
+
+def test_jobs_attachments_and_embeddings_are_filtered(
+    sidecar: FakeSidecar,  # noqa: F811
+    stream: FakeStream,  # noqa: F811
+) -> None:
+    client = _filtered(sidecar, stream)
+    job = {**CHAT, "messages": [{"role": "user", "content": f"say {BLOCKED}"}]}
+    _refused(client.post("/v1/jobs", json=job, headers=USER), "messages")
+    upload = {"filename": f"{BLOCKED}.txt", "mime_type": "text/plain", "size": 1, "sha256": "0"}
+    _refused(client.post("/v1/attachments", json=upload, headers=USER), "filename")
+    embed = {"model": "all-MiniLM-L6-v2", "input": ["fine", f"the {BLOCKED}"]}
+    _refused(client.post("/v1/embeddings", json=embed, headers=USER), "input")
+    assert sidecar.invocations == []
+    assert not [t for t, _ in sidecar.published if t != "audit"]

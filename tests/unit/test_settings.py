@@ -12,9 +12,9 @@ from autoglm.inference.settings import InferenceSettings
 
 def test_env_overrides_defaults_with_typed_values() -> None:
     s = load_settings(
-        GatewaySettings, {"AUTOGLM_GATEWAY_PORT": "9000", "AUTOGLM_GATEWAY_THREADS": "4"}
+        GatewaySettings, {"AUTOGLM_GATEWAY_PORT": "9000", "AUTOGLM_GATEWAY_HEADER_TIMEOUT_S": "4"}
     )
-    assert s.port == 9000 and s.threads == 4
+    assert s.port == 9000 and s.header_timeout_s == 4
 
 
 def test_yaml_section_then_env_wins(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from autoglm.core.sidecar import SidecarAPI
 from autoglm.gateway.attachments.api_router import attachments_blueprint
 from autoglm.gateway.audit import install_audit
 from autoglm.gateway.audit_log.api_router import audit_log_blueprint
-from autoglm.gateway.body_limit import install_body_limit
+from autoglm.gateway.body_limit import body_deadline, install_body_limit
 from autoglm.gateway.errors import register_error_handlers
 from autoglm.gateway.guards import install_guards
 from autoglm.gateway.health import health_blueprint
@@ -39,14 +39,15 @@ def create_app(
 ) -> Flask:
     app = Flask("autoglm.gateway")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.wsgi_app = body_deadline(app.wsgi_app, settings.body_timeout_s)  # type: ignore[method-assign,assignment]
     install_tracing(app)
     register_error_handlers(app)
-    install_body_limit(app)
     install_audit(app, sidecar, trust_forwarded=settings.trust_forwarded_for)
     limiter = RateLimiter(
         sidecar,
         requests_per_min=settings.rate_limit_requests_per_min,
         tokens_per_min=settings.rate_limit_tokens_per_min,
+        anonymous_requests_per_min=settings.rate_limit_anonymous_per_min,
     )
     # One accounting for JSON replies, streams and job results alike.
     tokens = TokenAccounting(limiter)
@@ -61,7 +62,10 @@ def create_app(
         ),
         limiter,
         tokens,
+        trust_forwarded=settings.trust_forwarded_for,
     )
+    # After authentication: no body is read for a caller without a valid token.
+    install_body_limit(app)
 
     client_options = {"stream_fn": stream_fn} if stream_fn else {}
     inference = InferenceClient(
@@ -89,9 +93,9 @@ def create_app(
     app.register_blueprint(
         completions_blueprint(CompletionService(inference, content_filter, settings))
     )
-    app.register_blueprint(embeddings_blueprint(EmbeddingService(inference)))
+    app.register_blueprint(embeddings_blueprint(EmbeddingService(inference, content_filter)))
     app.register_blueprint(models_blueprint(ModelService(inference)))
-    app.register_blueprint(sessions_blueprint(sessions))
+    app.register_blueprint(sessions_blueprint(sessions, content_filter))
     app.register_blueprint(
         jobs_blueprint(
             JobStore(
@@ -103,6 +107,10 @@ def create_app(
             chat,
         )
     )
-    app.register_blueprint(attachments_blueprint(sidecar, archiver_app_id=settings.archiver_app_id))
+    app.register_blueprint(
+        attachments_blueprint(
+            sidecar, archiver_app_id=settings.archiver_app_id, content_filter=content_filter
+        )
+    )
     app.register_blueprint(audit_log_blueprint(sidecar, archiver_app_id=settings.archiver_app_id))
     return app

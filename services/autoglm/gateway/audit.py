@@ -23,6 +23,9 @@ from autoglm.gateway.security.masking import mask_pii
 
 log = logging.getLogger(__name__)
 
+#: ``g`` flag of a request that is not audited one by one: an address that spent its
+#: budget of unauthenticated requests (its first refusal per replica and minute is).
+SKIP_AUDIT = "skip_audit"
 #: Probes and Dapr callbacks are not API requests.
 _SKIP_PREFIXES = ("/healthz", "/readyz", "/dapr/")
 
@@ -34,7 +37,7 @@ def install_audit(app: Flask, sidecar: SidecarAPI, *, trust_forwarded: bool) -> 
 
     @app.after_request
     def _publish(resp: Response) -> Response:
-        if request.path.startswith(_SKIP_PREFIXES):
+        if request.path.startswith(_SKIP_PREFIXES) or g.get(SKIP_AUDIT):
             return resp
         principal = g.get("principal")
         event = AuditEvent(
@@ -44,7 +47,7 @@ def install_audit(app: Flask, sidecar: SidecarAPI, *, trust_forwarded: bool) -> 
             action=f"{request.method} {request.url_rule.rule if request.url_rule else '-'}",
             resource=mask_pii(request.path),
             model=_masked(g.get("model")),
-            client_ip=_client_ip(trust_forwarded),
+            client_ip=client_ip(trust_forwarded),
             status=resp.status_code,
             latency_ms=0.0,
             trace_id=_trace_id(),
@@ -74,7 +77,7 @@ def _masked(value: str | None) -> str | None:
     return mask_pii(value) if value else value
 
 
-def _client_ip(trust_forwarded: bool) -> str | None:
+def client_ip(trust_forwarded: bool) -> str | None:
     # Behind Istio's ingress the peer is the proxy; X-Forwarded-For is trusted only
     # when configured, since a direct client can forge it.
     forwarded = request.headers.get("X-Forwarded-For") if trust_forwarded else None

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from flask import Flask, Response, current_app, g, request
 
 from autoglm.core.errors import AuthenticationError
+from autoglm.gateway.audit import SKIP_AUDIT, client_ip
 from autoglm.gateway.security.auth import Authenticator
 from autoglm.gateway.security.principal import Principal
 from autoglm.gateway.security.ratelimit import ChargeTokens, RateLimiter, TokenAccounting
@@ -32,9 +33,13 @@ def install_guards(
     authenticator: Authenticator,
     limiter: RateLimiter,
     tokens: ChargeTokens | None = None,
+    *,
+    trust_forwarded: bool = False,
 ) -> None:
     """``tokens`` charges served tokens (default: to ``limiter``); streams reach it
-    through ``token_meter``."""
+    through ``token_meter``. Requests whose authentication fails spend their client
+    address's budget of unauthenticated requests; once it is spent they are 429 (and
+    only the first such refusal is audited)."""
     app_token = os.environ.get("APP_API_TOKEN")
     charge = tokens or TokenAccounting(limiter)
     app.extensions[TOKENS_EXTENSION] = charge
@@ -48,7 +53,17 @@ def install_guards(
             if app_token and not hmac.compare_digest(sent, app_token):
                 raise AuthenticationError("missing or wrong dapr-api-token")
             return
-        principal = authenticator.authenticate(request.headers.get("Authorization"))
+        try:
+            principal = authenticator.authenticate(request.headers.get("Authorization"))
+        except AuthenticationError:
+            # Verifying is cheap (keys are cached; a forced re-read at most once a
+            # second), so a valid token from the same address (a NAT) still passes.
+            address = client_ip(trust_forwarded) or "unknown"
+            if limiter.anonymous_spent(address):
+                setattr(g, SKIP_AUDIT, True)
+                raise limiter.anonymous_limited() from None
+            limiter.check_anonymous(address)
+            raise
         g.principal = principal
         limiter.check_request(principal.tenant)
 

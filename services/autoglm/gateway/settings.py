@@ -15,7 +15,12 @@ class GatewaySettings(AppSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
-    threads: int = Field(default=16, ge=1)
+    #: Connections each (gevent) worker serves at once; more wait in the backlog.
+    worker_connections: int = Field(default=1000, ge=1)
+    #: A request line and headers must arrive within this (also the keep-alive idle
+    #: timeout); a body within ``body_timeout_s`` of the request's start, else 408.
+    header_timeout_s: int = Field(default=10, ge=1)
+    body_timeout_s: float = Field(default=30.0, gt=0)
     #: Serve HTTPS directly (running without a mesh); both files or neither.
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -33,6 +38,9 @@ class GatewaySettings(AppSettings):
     #: Per tenant, shared by all replicas through the state store; 0 = unlimited.
     rate_limit_requests_per_min: int = Field(default=600, ge=0)
     rate_limit_tokens_per_min: int = Field(default=0, ge=0)
+    #: Requests that fail authentication, per client address (X-Forwarded-For only
+    #: with ``trust_forwarded_for``); 0 = unlimited.
+    rate_limit_anonymous_per_min: int = Field(default=30, ge=0)
 
     # -- security
     #: Secret store name and entries (Vault via Dapr) holding JWT keys and API-key hashes.

@@ -7,6 +7,7 @@ which a caller reaches through its own daprd with ``dapr-app-id: inference`` met
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -16,9 +17,14 @@ from dapr.ext.grpc import App, InvokeMethodRequest, TopicEventResponse
 from autoglm.core.callback_server import callback_app
 from autoglm.core.pubsub import event_data, topic_response
 from autoglm.core.schemas import PUBSUB, REQUESTS_TOPIC
-from autoglm.core.streaming import STREAM_METHOD, STREAM_SERVICE
+from autoglm.core.streaming import (
+    STOP_METADATA,
+    STOP_ON_HALF_CLOSE,
+    STREAM_METHOD,
+    STREAM_SERVICE,
+)
 from autoglm.core.tracing import event_carrier, grpc_carrier, server_span
-from autoglm.inference.serving import InferenceService
+from autoglm.inference.serving import InferenceService, StopSignal
 
 
 def _caller(request: InvokeMethodRequest) -> str | None:
@@ -65,15 +71,47 @@ def build_app(service: InferenceService, max_concurrent_calls: int) -> App:
         with server_span(f"{REQUESTS_TOPIC} process", event_carrier(event)):
             return topic_response(service.on_request_event(event_data(event.Data())))
 
-    def generate_stream(body: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        with server_span("generate_stream", grpc_carrier(dict(context.invocation_metadata()))):
-            yield from service.stream(body)
-
-    handler = grpc.method_handlers_generic_handler(
-        STREAM_SERVICE,
-        {STREAM_METHOD: grpc.unary_stream_rpc_method_handler(generate_stream)},
-    )
+    handler = stream_handler(service)
     app.add_external_service(  # type: ignore[no-untyped-call]
         lambda h, server: server.add_generic_rpc_handlers((h,)), handler
     )
     return app
+
+
+def stream_handler(service: InferenceService) -> grpc.GenericRpcHandler:
+    """``/autoglm.inference.v1.Inference/GenerateStream``: one request message, then
+    frames. A caller that announced it half-closes to stop gets its generation
+    cancelled and the call ended with OK, so a client's hang-up never reaches Dapr's
+    circuit breaker as a failure (``autoglm.core.streaming``); any other caller's
+    half-close (a plain server-streaming client sends it at once) means nothing."""
+
+    def generate_stream(
+        requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        metadata = dict(context.invocation_metadata())
+        body = next(requests, None)
+        if body is None:
+            return
+        stop = StopSignal()
+        if metadata.get(STOP_METADATA) == STOP_ON_HALF_CLOSE:
+            watcher = threading.Thread(
+                target=_stop_on_half_close, args=(requests, stop), daemon=True
+            )
+            watcher.start()
+        with server_span("generate_stream", grpc_carrier(metadata)):
+            yield from service.stream(body, stop)
+
+    return grpc.method_handlers_generic_handler(
+        STREAM_SERVICE,
+        {STREAM_METHOD: grpc.stream_stream_rpc_method_handler(generate_stream)},
+    )
+
+
+def _stop_on_half_close(requests: Iterator[bytes], stop: StopSignal) -> None:
+    """Wait for the end of the caller's messages (its half-close, or the call's end)."""
+    try:
+        for _ in requests:
+            pass  # a caller sends one message; anything more is ignored
+    except Exception:  # the call ended (cancelled, deadline): stop too
+        pass
+    stop.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
@@ -50,6 +51,36 @@ def _is_claim(record: object) -> bool:
 
 
 T = TypeVar("T")
+
+
+class StopSignal:
+    """Set once, from any thread, to stop a stream; callbacks registered before or
+    after run exactly once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        with self._lock:
+            if self._set:
+                return
+            self._set = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._set:
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    @property
+    def is_set(self) -> bool:
+        return self._set
 
 
 class InferenceService:
@@ -138,17 +169,20 @@ class InferenceService:
 
         return self._reply("generate", None, work)
 
-    def stream(self, body: bytes) -> Iterator[bytes]:
+    def stream(self, body: bytes, stop: StopSignal | None = None) -> Iterator[bytes]:
         """JSON lines: ``{"delta": text}`` as decoded (with ``"logprobs"`` when asked),
         ``{"tool_calls": [...]}`` deltas when the model calls tools, then
         ``{"result": ...}`` or ``{"error": ...}``. Abandoning the iterator cancels the
-        generation."""
+        generation; so does ``stop``, after which the stream still ends normally with
+        the (cancelled) result, so that the call ends with OK."""
         try:
             request = parse(GenerateRequest, body)
             handle = self.engine.submit(request, stream=True)
         except AutoGLMError as exc:
             yield error_reply(exc).encode()
             return
+        if stop is not None:
+            stop.on_set(handle.cancel)
         try:
             for frame in outputs.stream_frames(handle):
                 yield json.dumps(frame).encode()

@@ -19,6 +19,7 @@ from autoglm.core.errors import ConflictError, InvalidRequestError
 from autoglm.core.schemas import load_json_object
 from autoglm.core.sidecar import SidecarAPI
 from autoglm.gateway.guards import require
+from autoglm.gateway.security.content_filter import ContentFilter
 from autoglm.gateway.security.rbac import Action
 
 
@@ -29,8 +30,11 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def attachments_blueprint(sidecar: SidecarAPI, *, archiver_app_id: str) -> Blueprint:
+def attachments_blueprint(
+    sidecar: SidecarAPI, *, archiver_app_id: str, content_filter: ContentFilter | None = None
+) -> Blueprint:
     bp = Blueprint("attachments", __name__)
+    blocked = content_filter or ContentFilter()
 
     def call(method: str, payload: dict[str, Any]) -> dict[str, Any]:
         return sidecar.invoke(archiver_app_id, method, payload, timeout=60)
@@ -39,6 +43,9 @@ def attachments_blueprint(sidecar: SidecarAPI, *, archiver_app_id: str) -> Bluep
     def start_upload() -> tuple[Response, int]:
         principal = require(Action.ATTACHMENTS)
         body = load_json_object(request.get_data())
+        for field in ("filename", "mime_type"):  # the text metadata that is stored
+            value = body.get(field)
+            blocked.check_texts([value] if isinstance(value, str) else [], field, f"'{field}'")
         reply = call("attachment_start", {**body, "tenant": principal.tenant})
         return jsonify(reply), 201
 

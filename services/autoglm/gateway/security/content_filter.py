@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from autoglm.core.errors import InvalidRequestError
 from autoglm.core.schemas import GenerateResult
@@ -59,6 +59,18 @@ class ContentFilter:
             raise InvalidRequestError(
                 "the input contains blocked content", code="content_filter", param="messages"
             )
+
+    def check_texts(self, texts: Iterable[str | None], param: str, what: str = "the input") -> None:
+        """``check_input`` for every text a request carries toward the model or into
+        stored data (session history and metadata, attachment names, embeddings
+        input); ``param`` names the field and ``what`` the text in the error."""
+        if self._regex is None:
+            return
+        for text in texts:
+            if text and self.first_violation(text) is not None:
+                raise InvalidRequestError(
+                    f"{what} contains blocked content", code="content_filter", param=param
+                )
 
     def filter_result(self, result: GenerateResult) -> GenerateResult:
         """``result`` cut before its first blocked content, with ``finish_reason``

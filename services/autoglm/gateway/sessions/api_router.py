@@ -7,18 +7,24 @@ from flask import Blueprint, Response, jsonify, request
 
 from autoglm.core.schemas import parse
 from autoglm.gateway.guards import require
+from autoglm.gateway.security.content_filter import ContentFilter
 from autoglm.gateway.security.rbac import Action
 from autoglm.gateway.sessions.protocol import CreateSessionRequest, RestoreSessionRequest
 from autoglm.gateway.sessions.store import SessionStore
 
 
-def sessions_blueprint(store: SessionStore) -> Blueprint:
+def sessions_blueprint(
+    store: SessionStore, content_filter: ContentFilter | None = None
+) -> Blueprint:
     bp = Blueprint("sessions", __name__)
+    blocked = content_filter or ContentFilter()
 
     @bp.post("/v1/sessions")
     def create_session() -> tuple[Response, int]:
         principal = require(Action.SESSIONS)
         body = parse(CreateSessionRequest, request.get_data() or b"{}")
+        blocked.check_texts((m.content for m in body.messages), "messages")
+        blocked.check_texts(body.metadata.values(), "metadata")
         return jsonify(store.create(principal.tenant, body).to_json()), 201
 
     @bp.get("/v1/sessions/<session_id>")

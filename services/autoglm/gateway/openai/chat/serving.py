@@ -194,7 +194,13 @@ class ChatCompletionService:
     ) -> tuple[SessionRecord | None, str | None]:
         if request.session_id is None:
             return None, None
-        return self.sessions.get(tenant, request.session_id)
+        record, etag = self.sessions.get(tenant, request.session_id)
+        # Stored history reaches the model too: it may predate the filter's terms, or
+        # come back from the archive.
+        self.filter.check_texts(
+            (m.content for m in record.messages), "session_id", "the session's history"
+        )
+        return record, etag
 
     @staticmethod
     def _prompt(session: SessionRecord | None, request: ChatCompletionRequest) -> list[ChatMessage]:

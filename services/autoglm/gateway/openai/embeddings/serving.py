@@ -14,18 +14,23 @@ from autoglm.gateway.openai.embeddings.protocol import (
     EmbeddingResponse,
     EmbeddingUsage,
 )
+from autoglm.gateway.security.content_filter import ContentFilter
 
 MAX_INPUTS = 2048
 
 
 class EmbeddingService:
-    def __init__(self, inference: InferenceClient) -> None:
+    def __init__(
+        self, inference: InferenceClient, content_filter: ContentFilter | None = None
+    ) -> None:
         self.inference = inference
+        self.filter = content_filter or ContentFilter()
 
     def parse(self, body: bytes) -> EmbeddingRequest:
         request = parse(EmbeddingRequest, body)
         if len(request.texts) > MAX_INPUTS:
             raise InvalidRequestError(f"input may hold at most {MAX_INPUTS} texts", param="input")
+        self.filter.check_texts(request.texts, "input")
         return request
 
     def create(self, request: EmbeddingRequest) -> EmbeddingResponse:
