@@ -217,3 +217,37 @@ def test_resident_memory_is_current_not_peak(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(metrics_module, "open", no_proc, raising=False)
     assert metrics_module.resident_memory_bytes() == metrics_module.max_rss_bytes()
+
+
+def test_cancel_before_delivery_skips_the_generation(engine: AutoGLMEngine) -> None:
+    sidecar = FakeSidecar()
+    service = InferenceService(engine, sidecar)
+    reply = json.loads(service.cancel(b'{"request_id": "job-1"}'))
+    assert reply == {"request_id": "job-1", "cancelled": True}
+    assert service.on_request_event(_event()) is Ack.SUCCESS
+    assert sidecar.published == []  # nothing generated, nothing published
+    assert sidecar.state["idempotency:inference:job-1"][0]["state"] == "cancelled"
+
+
+def test_cancel_recorded_elsewhere_stops_a_running_generation(engine: AutoGLMEngine) -> None:
+    """Another replica took the cancel: this one finds it in the state store while it
+    generates, cancels, and frees the slot; the result says cancelled."""
+    sidecar = FakeSidecar()
+    service = InferenceService(engine, sidecar, cancel_poll_s=0.01)
+    polls = 0
+
+    def get_state(key: str, store: str = "statestore") -> object:
+        nonlocal polls
+        if key == "cancel:inference:job-1":
+            polls += 1
+            if polls > 1:  # not yet at delivery, then while generating
+                return FakeSidecar.get_state(sidecar, "idempotency:inference:job-1")
+            return None
+        return FakeSidecar.get_state(sidecar, key)
+
+    sidecar.get_state = get_state  # type: ignore[method-assign]
+    body = _event(request={"prompt": "hi", "sampling": {"max_tokens": 2000, "ignore_eos": True}})
+    assert service.on_request_event(body) is Ack.SUCCESS
+    [(_, payload)] = sidecar.published
+    assert payload["result"]["finish_reason"] == "cancelled"
+    assert payload["result"]["completion_tokens"] < 2000

@@ -127,6 +127,7 @@ class ArchiverService:
                 messages=list(state.messages),
                 model=state.model,
                 latest_version=latest.version,
+                record=state.record,
             ).model_dump_json()
 
         return self._reply("restore", work)

@@ -63,6 +63,8 @@ class SessionState:
     merged: tuple[str, ...] = ()
     #: Set on a version created by an automatic merge.
     merged_from: dict[str, Any] | None = None
+    #: The event's ``record`` (a stored response's object); None for sessions.
+    record: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
@@ -82,6 +84,7 @@ class SessionState:
             "lineage": {str(k): v for k, v in self.lineage.items()},
             "merged": list(self.merged),
             "merged_from": self.merged_from,
+            "record": self.record,
         }
 
     @staticmethod
@@ -96,6 +99,7 @@ class SessionState:
             lineage={int(k): int(v) for k, v in (doc.get("lineage") or {}).items()},
             merged=tuple(doc.get("merged") or ()),
             merged_from=doc.get("merged_from"),
+            record=doc.get("record"),
         )
 
 

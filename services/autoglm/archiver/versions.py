@@ -67,6 +67,7 @@ def reconcile(
             created=event.created,
             lineage=lineage,
             merged=current.merged if current is not None and lineage else (),
+            record=event.record,
         )
         return Outcome("accepted", state)
     key = event_key(event)

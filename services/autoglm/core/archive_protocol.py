@@ -59,6 +59,8 @@ class RestoreReply(Payload):
     #: The newest archived version; above ``version`` when an older one was chosen. An
     #: admin restore writes above it (``SessionStore.restore_version`` says why).
     latest_version: int | None = None
+    #: The snapshot's ``record`` (a stored response's object), when it has one.
+    record: dict[str, Any] | None = None
 
 
 class AttachmentStartRequest(Payload):

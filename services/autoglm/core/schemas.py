@@ -415,6 +415,12 @@ class InferenceRequestEvent(Payload):
         return self
 
 
+class CancelRequest(Payload):
+    """Body of inference's ``cancel`` method: a request sent to ``inference.requests``."""
+
+    request_id: str = Field(min_length=1, max_length=128)
+
+
 class InferenceResultEvent(Payload):
     request_id: str
     result: GenerateResult | None = None
@@ -438,11 +444,15 @@ class SnapshotEvent(Payload):
     # and ignores later-arriving events at or below it. Same topic as the snapshots, so
     # one subscription (and its ordering, retries and dead letter) covers both.
     deleted: bool = False
+    #: What else the archive keeps with this history and gives back on restore: a stored
+    #: Responses API response (``response:{tenant}:{id}``) is archived as a snapshot of
+    #: its conversation with the response object here. None for sessions.
+    record: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _deletion_carries_no_history(self) -> SnapshotEvent:
         # A deletion must not ship the very history it deletes through the broker.
-        if self.deleted and self.messages:
+        if self.deleted and (self.messages or self.record):
             raise ValueError("a deletion event carries no messages")
         return self
 

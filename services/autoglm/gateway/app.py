@@ -23,6 +23,9 @@ from autoglm.gateway.openai.embeddings.api_router import embeddings_blueprint
 from autoglm.gateway.openai.embeddings.serving import EmbeddingService
 from autoglm.gateway.openai.models.api_router import models_blueprint
 from autoglm.gateway.openai.models.serving import ModelService
+from autoglm.gateway.openai.responses.api_router import responses_blueprint
+from autoglm.gateway.openai.responses.serving import ResponseService
+from autoglm.gateway.openai.responses.store import ResponseStore
 from autoglm.gateway.openapi import openapi_blueprint
 from autoglm.gateway.request_tracing import install_tracing
 from autoglm.gateway.response_cache import ResponseCache
@@ -96,16 +99,11 @@ def create_app(
     app.register_blueprint(embeddings_blueprint(EmbeddingService(inference, content_filter)))
     app.register_blueprint(models_blueprint(ModelService(inference)))
     app.register_blueprint(sessions_blueprint(sessions, content_filter))
+    jobs = JobStore(sidecar, ttl_s=settings.job_ttl_s, content_filter=content_filter, charge=tokens)
+    app.register_blueprint(jobs_blueprint(jobs, chat))
+    responses = ResponseStore(sidecar, archiver_app_id=settings.archiver_app_id)
     app.register_blueprint(
-        jobs_blueprint(
-            JobStore(
-                sidecar,
-                ttl_s=settings.job_ttl_s,
-                content_filter=content_filter,
-                charge=tokens,
-            ),
-            chat,
-        )
+        responses_blueprint(ResponseService(chat, responses, jobs, charge=tokens))
     )
     app.register_blueprint(
         attachments_blueprint(

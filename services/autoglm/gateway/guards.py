@@ -75,6 +75,8 @@ def install_guards(
         principal = g.get("principal")
         if principal is None or resp.status_code != 200 or resp.mimetype != "application/json":
             return resp
+        if g.get("uncharged"):
+            return resp
         usage = (resp.get_json(silent=True) or {}).get("usage")
         if isinstance(usage, dict) and usage.get("total_tokens"):
             charge(principal.tenant, int(usage["total_tokens"]))
@@ -89,6 +91,11 @@ def token_meter() -> Callable[[int], None]:
     if principal is None or charge is None:
         return _no_charge
     return functools.partial(charge, principal.tenant)
+
+
+def uncharged() -> None:
+    """This request's reply shows usage charged before (a stored response read back)."""
+    g.uncharged = True
 
 
 def _no_charge(_tokens: int) -> None:

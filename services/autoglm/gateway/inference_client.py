@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from autoglm.core.schemas import EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, parse
+from autoglm.core.schemas import (
+    CancelRequest,
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    parse,
+)
 from autoglm.core.sidecar import SidecarAPI
 from autoglm.core.streaming import stream_generate
 
@@ -44,6 +51,11 @@ class InferenceClient:
         """Frames ``{"delta": str}`` then one ``{"result": ...}``; closing the iterator
         cancels the generation upstream."""
         return self._stream_fn(request.model_dump(mode="json"), self.app_id, self.timeout_s)
+
+    def cancel(self, request_id: str) -> None:
+        """Cancel a request sent through ``inference.requests`` (whichever replica runs it)."""
+        body = CancelRequest(request_id=request_id).model_dump(mode="json")
+        self.sidecar.invoke(self.app_id, "cancel", body, timeout=self.timeout_s)
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
         reply = self.sidecar.invoke(

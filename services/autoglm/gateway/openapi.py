@@ -27,6 +27,15 @@ from autoglm.gateway.openai.completions.protocol import CompletionRequest, Compl
 from autoglm.gateway.openai.embeddings.protocol import EmbeddingRequest, EmbeddingResponse
 from autoglm.gateway.openai.models.protocol import ModelCard, ModelList
 from autoglm.gateway.openai.protocol import ErrorResponse
+from autoglm.gateway.openai.responses.protocol import (
+    DeletedResponse,
+    InputItemsPage,
+    InputItemsQuery,
+    ResponseEvent,
+    ResponseObject,
+    ResponsesRequest,
+    RetrieveQuery,
+)
 from autoglm.gateway.sessions.protocol import (
     CreateSessionRequest,
     RestoreSessionRequest,
@@ -79,6 +88,47 @@ ROUTES = (
         ChatCompletionResponse,
         ChatCompletionRequest,
         stream=ChatCompletionChunk,
+    ),
+    Route(
+        "post",
+        "/v1/responses",
+        "Create a response (OpenAI Responses API; stream=true: server-sent events; "
+        "background=true: answered queued at once)",
+        ResponseObject,
+        ResponsesRequest,
+        stream=ResponseEvent,
+    ),
+    Route(
+        "get",
+        "/v1/responses/{response_id}",
+        "A stored response (restored from the archive if lost); stream=true replays a "
+        "background response's events after starting_after",
+        ResponseObject,
+        params=(("response_id", "path"),),
+        query=RetrieveQuery,
+        stream=ResponseEvent,
+    ),
+    Route(
+        "delete",
+        "/v1/responses/{response_id}",
+        "Delete a stored response (from the archive too)",
+        DeletedResponse,
+        params=(("response_id", "path"),),
+    ),
+    Route(
+        "post",
+        "/v1/responses/{response_id}/cancel",
+        "Cancel a background response (stops its generation)",
+        ResponseObject,
+        params=(("response_id", "path"),),
+    ),
+    Route(
+        "get",
+        "/v1/responses/{response_id}/input_items",
+        "A page of a stored response's input items",
+        InputItemsPage,
+        params=(("response_id", "path"),),
+        query=InputItemsQuery,
     ),
     Route(
         "post",

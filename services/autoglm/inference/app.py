@@ -41,6 +41,11 @@ def build_app(service: InferenceService, max_concurrent_calls: int) -> App:
         with server_span("generate", grpc_carrier(request.metadata)):
             return service.generate(request.data)
 
+    @app.method("cancel")
+    def cancel(request: InvokeMethodRequest) -> str:
+        with server_span("cancel", grpc_carrier(request.metadata)):
+            return service.cancel(request.data)
+
     @app.method("embed")
     def embed(request: InvokeMethodRequest) -> str:
         with server_span("embed", grpc_carrier(request.metadata)):

@@ -7,6 +7,7 @@ tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ from opentelemetry import trace
 
 from autoglm.core.errors import (
     AutoGLMError,
+    ConflictError,
     InternalError,
     InvalidRequestError,
     OverloadedError,
@@ -26,6 +28,7 @@ from autoglm.core.errors import (
 )
 from autoglm.core.pubsub import Ack
 from autoglm.core.schemas import (
+    CancelRequest,
     EmbedRequest,
     EmbedResult,
     GenerateRequest,
@@ -39,11 +42,17 @@ from autoglm.core.sidecar import SidecarAPI, error_reply
 from autoglm.inference import outputs
 from autoglm.inference.engine import AutoGLMEngine
 from autoglm.inference.metrics import InferenceMetrics
+from autoglm.inference.scheduler import RequestHandle
 
 log = logging.getLogger(__name__)
 
 #: Value of a request id's idempotency record while a delivery is generating it.
 _CLAIMED = {"state": "claimed"}
+
+
+def cancel_key(request_id: str) -> str:
+    """Where a cancel of a pub/sub request is recorded for every inference replica."""
+    return f"cancel:inference:{request_id}"
 
 
 def _is_claim(record: object) -> bool:
@@ -94,6 +103,7 @@ class InferenceService:
         idempotency_ttl_s: int = 86400,
         claim_ttl_s: float = 10.0,
         fault_delay_s: float = 0.0,
+        cancel_poll_s: float = 1.0,
     ) -> None:
         self.engine = engine
         self.sidecar = sidecar
@@ -103,6 +113,10 @@ class InferenceService:
         self.claim_ttl_s = claim_ttl_s
         #: Injected latency before each generation (chaos tests only; 0 in any real run).
         self.fault_delay_s = fault_delay_s
+        #: How often a pub/sub generation looks for a cancel recorded by another replica.
+        self.cancel_poll_s = cancel_poll_s
+        #: Pub/sub generations running here, by request id (``cancel`` finds them).
+        self._running: dict[str, RequestHandle] = {}
 
     # -- invocation ------------------------------------------------------------------
     def _reply(
@@ -129,17 +143,25 @@ class InferenceService:
         return body
 
     def _generate(
-        self, request: GenerateRequest, keep_alive: Callable[[], None] | None = None
+        self,
+        request: GenerateRequest,
+        keep_alive: Callable[[], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> GenerateResult:
         """Run one generation; ``keep_alive`` is called every ``claim_ttl_s / 3`` while
-        it runs (the pub/sub path renews its claim on the request id with it)."""
+        it runs (the pub/sub path renews its claim on the request id with it), and
+        ``cancelled`` every ``cancel_poll_s``: once true, the generation is cancelled and
+        its batch slot freed."""
         if self.fault_delay_s:
             self._sleep(self.fault_delay_s, keep_alive)
         handle = self.engine.submit(request)
         deadline = time.monotonic() + self.engine.request_timeout_s + 5
         if keep_alive is not None:
-            while not handle.wait(self.claim_ttl_s / 3) and time.monotonic() < deadline:
-                keep_alive()
+            self._running[request.request_id] = handle
+            try:
+                self._watch(handle, deadline, keep_alive, cancelled)
+            finally:
+                self._running.pop(request.request_id, None)
         result = self.engine.finish(handle, handle.result(max(0.0, deadline - time.monotonic())))
         if handle.ttft is not None:
             self.metrics.ttft.labels(result.model).observe(handle.ttft)
@@ -154,6 +176,25 @@ class InferenceService:
             }
         )
         return result
+
+    def _watch(
+        self,
+        handle: RequestHandle,
+        deadline: float,
+        keep_alive: Callable[[], None],
+        cancelled: Callable[[], bool] | None,
+    ) -> None:
+        renew_every = self.claim_ttl_s / 3
+        step = min(renew_every, self.cancel_poll_s) if cancelled else renew_every
+        next_renew = time.monotonic() + renew_every
+        stopped = False
+        while not handle.wait(step) and (now := time.monotonic()) < deadline:
+            if now >= next_renew:
+                keep_alive()
+                next_renew = now + renew_every
+            if cancelled is not None and not stopped and cancelled():
+                handle.cancel()
+                stopped = True
 
     def _sleep(self, seconds: float, keep_alive: Callable[[], None] | None) -> None:
         """The injected delay, keeping a claim alive through it as a generation would."""
@@ -195,6 +236,35 @@ class InferenceService:
         finally:
             if not handle.done:
                 handle.cancel()
+
+    def cancel(self, body: bytes) -> str:
+        """Cancel a request sent through ``inference.requests``: recorded in the state
+        store, where the replica generating it (or about to) finds it within
+        ``cancel_poll_s``, and cancelled at once when it runs here."""
+
+        def work() -> str:
+            ref = parse(CancelRequest, body)
+            entry = self.sidecar.get_state(cancel_key(ref.request_id))
+            if entry is None:
+                with contextlib.suppress(ConflictError):  # recorded already
+                    self.sidecar.save_state(
+                        cancel_key(ref.request_id),
+                        {"at": time.time()},
+                        create_only=True,
+                        ttl_s=self.idempotency_ttl_s,
+                    )
+            handle = self._running.get(ref.request_id)
+            if handle is not None:
+                handle.cancel()
+            return json.dumps({"request_id": ref.request_id, "cancelled": True})
+
+        return self._reply("cancel", None, work)
+
+    def _cancelled(self, request_id: str) -> bool:
+        try:
+            return self.sidecar.get_state(cancel_key(request_id)) is not None
+        except AutoGLMError:
+            return False  # the store is down: keep generating, look again later
 
     def embed(self, body: bytes) -> str:
         used: list[str] = []  # the model the request resolved to, for the metrics' label
@@ -281,6 +351,13 @@ class InferenceService:
             )
             return Ack.RETRY
 
+        if self._cancelled(rid):
+            # Cancelled before it started: nothing is generated and nothing published
+            # (the canceller has already recorded the outcome).
+            log.info("cancelled request skipped", extra={"request_id": rid})
+            self._overwrite_quietly(key, {"state": "cancelled", "at": time.time()})
+            return Ack.SUCCESS
+
         def renew() -> None:
             try:
                 self._overwrite(key, _CLAIMED, self._claim_ttl)
@@ -289,7 +366,10 @@ class InferenceService:
 
         try:
             outcome = InferenceResultEvent(
-                request_id=rid, result=self._generate(event.request, keep_alive=renew)
+                request_id=rid,
+                result=self._generate(
+                    event.request, keep_alive=renew, cancelled=lambda: self._cancelled(rid)
+                ),
             )
         except OverloadedError:
             self._release(key)
@@ -309,14 +389,15 @@ class InferenceService:
             )
             self._release(key)
             return Ack.RETRY
+        self._overwrite_quietly(key, {"state": "published", "at": time.time()})
+        return Ack.SUCCESS
+
+    def _overwrite_quietly(self, key: str, value: Mapping[str, object]) -> None:
         try:
-            self._overwrite(key, {"state": "published", "at": time.time()}, self.idempotency_ttl_s)
+            self._overwrite(key, value, self.idempotency_ttl_s)
         except AutoGLMError as exc:
             # The result is out; the claim lapses and a redelivery could publish again.
-            log.warning(
-                "idempotency record not saved", extra={"request_id": rid, "reason": exc.message}
-            )
-        return Ack.SUCCESS
+            log.warning("idempotency record not saved", extra={"key": key, "reason": exc.message})
 
     @property
     def _claim_ttl(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from autoglm.core.errors import AutoGLMError, NotFoundError
 from autoglm.core.pubsub import Ack
@@ -38,6 +39,10 @@ from autoglm.gateway.security.ratelimit import ChargeTokens
 log = logging.getLogger(__name__)
 
 
+#: Completes one result of another record kind; answers the delivery's ack.
+ResultHandler = Callable[[str, str, InferenceResultEvent], Ack]
+
+
 def job_key(tenant: str, job_id: str) -> str:
     return f"job:{tenant}:{job_id}"
 
@@ -57,6 +62,7 @@ class JobStore:
         self.filter = content_filter or ContentFilter()
         #: Charges a completed job's tokens to its tenant's budget (``TokenAccounting``).
         self.charge = charge
+        self._routes: dict[str, ResultHandler] = {}
 
     def submit(self, tenant: str, request: GenerateRequest) -> JobRecord:
         request = request.model_copy(update={"tenant": tenant})  # scheduled as its tenant
@@ -64,16 +70,26 @@ class JobStore:
         self.sidecar.save_state(
             job_key(tenant, job.id), job.model_dump(mode="json"), create_only=True, ttl_s=self.ttl_s
         )
-        event = InferenceRequestEvent(
-            request_id=f"{tenant}:{job.id}", reply_topic=RESULTS_TOPIC, request=request
-        )
         try:
-            self.sidecar.publish(REQUESTS_TOPIC, event.model_dump(mode="json"))
+            self.send(tenant, job.id, request)
         except AutoGLMError:
             # Not accepted after all: remove the record so it does not sit queued forever.
             self.sidecar.delete_state(job_key(tenant, job.id))
             raise
         return job
+
+    def send(self, tenant: str, local_id: str, request: GenerateRequest) -> None:
+        """Publish ``request`` to ``inference.requests``; its result comes back to
+        ``on_result`` as request id ``{tenant}:{local_id}``."""
+        event = InferenceRequestEvent(
+            request_id=f"{tenant}:{local_id}", reply_topic=RESULTS_TOPIC, request=request
+        )
+        self.sidecar.publish(REQUESTS_TOPIC, event.model_dump(mode="json"))
+
+    def route(self, prefix: str, handler: ResultHandler) -> None:
+        """Results for ids ``{tenant}:{prefix}...`` go to ``handler(tenant, id, event)``
+        (another record kind on the same job path, e.g. background responses)."""
+        self._routes[prefix] = handler
 
     def get(self, tenant: str, job_id: str) -> JobRecord:
         entry = self.sidecar.get_state(job_key(tenant, job_id))
@@ -88,6 +104,9 @@ class JobStore:
             log.warning("malformed inference result dropped")
             return Ack.DROP
         tenant, _, job_id = event.request_id.rpartition(":")
+        for prefix, handler in self._routes.items():
+            if tenant and job_id.startswith(prefix):
+                return handler(tenant, job_id, event)
         if not tenant or not job_id.startswith("job-"):
             return Ack.SUCCESS  # another publisher's request, not a gateway job
         key = job_key(tenant, job_id)

@@ -19,6 +19,7 @@ from autoglm.core.schemas import (
     FinishReason,
     GenerateChoice,
     GenerateRequest,
+    GenerateResult,
     TokenLogprob,
     parse,
 )
@@ -69,7 +70,10 @@ class ChatCompletionService:
         self.settings = settings
 
     def parse(self, body: bytes) -> ChatCompletionRequest:
-        request = parse(ChatCompletionRequest, body)
+        return self.validate(parse(ChatCompletionRequest, body))
+
+    def validate(self, request: ChatCompletionRequest) -> ChatCompletionRequest:
+        """The limits and the input content filter (every chat-shaped endpoint's)."""
         if request.n > self.settings.max_n:
             raise InvalidRequestError(f"n must be at most {self.settings.max_n}", param="n")
         if request.n > 1 and (request.stream or request.session_id):
@@ -85,6 +89,22 @@ class ChatCompletionService:
             self.filter.check_input(message.content)
         return request
 
+    # -- the serving core: shared by chat and the Responses API -------------------------
+    def complete(
+        self, tenant: str, request: ChatCompletionRequest, prompt: list[ChatMessage]
+    ) -> tuple[GenerateResult, list[GenerateChoice]]:
+        """Generate for ``prompt``; the choices cut by the output content filter."""
+        result = self.inference.generate(self.generate_request(request, prompt, tenant))
+        return result, [self._filtered(c) for c in result.all_choices()]
+
+    def open_tokens(
+        self, tenant: str, request: ChatCompletionRequest, prompt: list[ChatMessage]
+    ) -> TokenStream:
+        """Start a streamed generation for ``prompt``; its tokens are charged to the
+        caller when it is closed."""
+        generate = self.generate_request(request, prompt, tenant)
+        return TokenStream.open(self.inference, generate, self.filter, token_meter())
+
     # -- non-streaming -----------------------------------------------------------------
     def create(self, tenant: str, request: ChatCompletionRequest) -> ChatOutcome:
         session, etag = self._session(tenant, request)
@@ -93,9 +113,7 @@ class ChatCompletionService:
             hit = self.cache.get(cache_key)
             if hit is not None:
                 return ChatOutcome(hit, cached=True)
-        prompt = self._prompt(session, request)
-        result = self.inference.generate(self.generate_request(request, prompt, tenant))
-        choices = [self._filtered(c) for c in result.all_choices()]
+        result, choices = self.complete(tenant, request, self._prompt(session, request))
         if session is not None:
             first = choices[0]
             reply = ChatMessage(role="assistant", content=first.text, tool_calls=first.tool_calls)
@@ -125,9 +143,8 @@ class ChatCompletionService:
         """Read the session and start the generation (either may fail with a proper HTTP
         status), then return the SSE body."""
         session, etag = self._session(tenant, request)
-        generate = self.generate_request(request, self._prompt(session, request), tenant)
         # Charged when the SSE body closes the stream (``_sse``'s finally).
-        stream = TokenStream.open(self.inference, generate, self.filter, token_meter())
+        stream = self.open_tokens(tenant, request, self._prompt(session, request))
         return self._sse(request, session, etag, stream)
 
     def _sse(
