@@ -187,6 +187,39 @@ def test_slow_clients_do_not_starve_other_tenants(mesh: OwnMesh, tmp_path: Path)
     print("slow-client result:", json.dumps(RESULTS))  # recorded in load/RESULTS.md
 
 
+# -- conflicts are not failures: racing turns do not open the state store's breaker ----
+STATE_BREAKER = "state-statestore"
+
+
+def _state_breaker_opened(mesh: OwnMesh) -> list[str]:
+    log = Path(mesh.gateway.sidecar.log_path).read_text(errors="replace")
+    return [line for line in log.splitlines() if BREAKER_OPEN in line and STATE_BREAKER in line]
+
+
+def test_racing_session_turns_do_not_open_the_state_breaker(mesh: OwnMesh) -> None:
+    """One tenant sends 24 turns at once on one session: one lands, the others are 409
+    (ETag). daprd counts each refused write (and its retries) as a state store failure;
+    they must not open the store's breaker, which every tenant's sessions, jobs and
+    limits share."""
+    _wait_for_fresh_window(30)
+    racer = mesh.headers("racer")
+    with httpx.Client(base_url=mesh.gateway_url, timeout=60) as c:
+        session = c.post("/v1/sessions", json={}, headers=racer).json()["id"]
+
+        def turn(i: int) -> int:
+            body = {**chat_body(f"turn {i}"), "session_id": session}
+            return c.post("/v1/chat/completions", json=body, headers=racer).status_code
+
+        with ThreadPoolExecutor(24) as pool:
+            statuses = list(pool.map(turn, range(24)))
+        assert 200 in statuses and 409 in statuses, statuses
+        assert set(statuses) <= {200, 409}, statuses
+        time.sleep(1)
+        assert _state_breaker_opened(mesh) == []
+        other = c.post("/v1/sessions", json={}, headers=mesh.headers("bystander"))
+        assert other.status_code == 201, other.text
+
+
 # -- item 1: client hang-ups never open the circuit breaker; a dead inference does ----
 def _breaker_opened(mesh: OwnMesh) -> list[str]:
     log = Path(mesh.gateway.sidecar.log_path).read_text(errors="replace")
