@@ -49,3 +49,9 @@ def test_missing_model_says_how_to_create_it(tmp_path: Path) -> None:
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="AUTOGLM_CONFIG"):
         load_settings(GatewaySettings, {"AUTOGLM_CONFIG": str(tmp_path / "nope.yaml")})
+
+
+def test_the_former_thread_count_is_accepted_and_ignored() -> None:
+    """Configurations written for the gthread server still start (gevent has no pool)."""
+    s = load_settings(GatewaySettings, {"AUTOGLM_GATEWAY_THREADS": "8"})
+    assert s.threads == 8 and s.worker_connections == 1000

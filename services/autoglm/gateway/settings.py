@@ -15,6 +15,9 @@ class GatewaySettings(AppSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
+    #: Ignored: threads of the former gthread server, accepted so that older
+    #: configurations (``AUTOGLM_GATEWAY_THREADS``) still start. See ``worker_connections``.
+    threads: int | None = Field(default=None, ge=1)
     #: Connections each (gevent) worker serves at once; more wait in the backlog.
     worker_connections: int = Field(default=1000, ge=1)
     #: A request line and headers must arrive within this (also the keep-alive idle
