@@ -44,10 +44,13 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def request(i: int, max_tokens: int, constrained: bool) -> GenerateRequest:
+def request(
+    i: int, max_tokens: int, constrained: bool, temperature: float = 0.0
+) -> GenerateRequest:
+    sampling = {"max_tokens": max_tokens, "temperature": temperature, "seed": i}
     body: dict[str, Any] = {
         "prompt": f"Record {i}: describe item number {i} as JSON. ",
-        "sampling": {"max_tokens": max_tokens, "temperature": 0, "ignore_eos": not constrained},
+        "sampling": {**sampling, "ignore_eos": not constrained},
     }
     if constrained:
         body["response_format"] = {
@@ -58,7 +61,12 @@ def request(i: int, max_tokens: int, constrained: bool) -> GenerateRequest:
 
 
 def run(
-    engine: AutoGLMEngine, requests: int, max_tokens: int, concurrency: int, half: bool
+    engine: AutoGLMEngine,
+    requests: int,
+    max_tokens: int,
+    concurrency: int,
+    half: bool,
+    temperature: float = 0.0,
 ) -> dict[str, Any]:
     """``concurrency`` clients; with ``half``, every other request is constrained."""
     todo = list(range(requests))
@@ -73,7 +81,7 @@ def run(
                     return
                 i = todo.pop(0)
             constrained = half and i % 2 == 0
-            handle = engine.submit(request(i, max_tokens, constrained))
+            handle = engine.submit(request(i, max_tokens, constrained, temperature))
             result = engine.finish(handle, handle.result(600))
             if constrained and result.finish_reason == "stop":
                 jsonschema.validate(json.loads(result.text), SCHEMA)
@@ -92,7 +100,12 @@ def run(
 
 
 def compare(
-    engine: AutoGLMEngine, requests: int, max_tokens: int, repeat: int, concurrency: int = 32
+    engine: AutoGLMEngine,
+    requests: int,
+    max_tokens: int,
+    repeat: int,
+    concurrency: int = 32,
+    temperature: float = 0.0,
 ) -> dict[str, Any]:
     """Median tok/s of free and half-constrained runs, interleaved so that machine
     noise hits both alike."""
@@ -100,7 +113,7 @@ def compare(
     free, mixed, tokens = [], [], set()
     for _ in range(repeat):
         for runs, half in ((free, False), (mixed, True)):
-            result = run(engine, requests, max_tokens, concurrency, half)
+            result = run(engine, requests, max_tokens, concurrency, half, temperature)
             runs.append(result["tok_s"])
             tokens.add(result["tokens"])
     free_tok_s = sorted(free)[len(free) // 2]
@@ -121,15 +134,18 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     args = ap.parse_args()
     engine = AutoGLMEngine(
         Path(args.model), device_map=args.device, dtype=args.dtype, max_batch_size=32
     )
     try:
-        summary = compare(engine, args.requests, args.max_tokens, args.repeat)
+        summary = compare(
+            engine, args.requests, args.max_tokens, args.repeat, temperature=args.temperature
+        )
     finally:
         engine.close()
-    summary.update(device=str(engine.device), dtype=args.dtype)
+    summary.update(device=str(engine.device), dtype=args.dtype, temperature=args.temperature)
     print(json.dumps(summary))
 
 

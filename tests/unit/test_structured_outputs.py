@@ -333,3 +333,33 @@ def test_penalties_bias_and_min_tokens_change_the_logits() -> None:
 def test_ignore_eos_runs_to_max_tokens(engine: AutoGLMEngine) -> None:
     result = engine.generate(_chat("x", max_tokens=20, sampling={"ignore_eos": True}))
     assert result.finish_reason == "length" and result.completion_tokens == 20
+
+
+def test_batched_masks_match_per_row_processing(engine: AutoGLMEngine) -> None:
+    """One step over a batch mixing free, penalised and constrained rows: the batched
+    mask path picks what each row's own processors would."""
+    from autoglm.inference.outputs import prepare
+    from autoglm.inference.sampling import next_tokens
+
+    loaded = engine.get(None)
+    vocab = int(loaded.model.get_output_embeddings().weight.shape[0])
+    torch.manual_seed(0)
+    logits = torch.randn(4, vocab)
+    reqs = [
+        _chat("a", sampling={"temperature": 0}),
+        _chat("b", sampling={"temperature": 0, "presence_penalty": 1.0}),
+        _chat("c", response_format=_fmt(SCHEMAS["enum"]), sampling={"temperature": 0}),
+        _chat("d", structured_outputs={"choice": ["x", "y"]}, sampling={"temperature": 0}),
+    ]
+
+    def samplers() -> list[SequenceSampler]:
+        return [
+            prepare(loaded, r).sampler(r.sampling, None, set(loaded.eos_token_ids), [1])
+            for r in reqs
+        ]
+
+    batched = next_tokens(samplers(), logits)
+    one_by_one = [s.next_token(logits[i]) for i, s in enumerate(samplers())]
+    assert batched == one_by_one
+    assert batched[0][0] == int(torch.argmax(logits[0]))
+    assert loaded.tokenizer.decode([batched[2][0]]) == "{"

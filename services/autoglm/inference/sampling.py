@@ -143,13 +143,25 @@ class SequenceSampler:
             or params.repetition_penalty != 1.0
         )
         #: Nothing to do to the logits: the batch's argmax is the greedy choice.
+        #: (``ignore_eos`` changes no logit: an end token is generated, it just does not
+        #: end the sequence.)
         self.plain = not (
             self._penalised
             or self._bias is not None
             or params.min_tokens
-            or params.ignore_eos
             or constraint is not None
             or params.logprobs
+        )
+
+    @property
+    def masked_greedy(self) -> bool:
+        """Greedy with nothing but a grammar mask: batched in ``next_tokens``."""
+        params = self.params
+        return (
+            self.constraint is not None
+            and params.greedy
+            and not (self._penalised or self._bias is not None or params.min_tokens)
+            and not params.logprobs
         )
 
     # -- the scheduler's call --------------------------------------------------------
@@ -164,6 +176,10 @@ class SequenceSampler:
             token = sample(scores, self.params, self.generator)
             if self.params.logprobs:
                 self._record(scores, token)
+        return self.accept(token)
+
+    def accept(self, token: int) -> tuple[int, End]:
+        """Record the chosen token; whether it ends the sequence."""
         self.generated += 1
         if token in self.end_ids:
             return token, "eos"
@@ -241,6 +257,46 @@ class SequenceSampler:
                 token=text, logprob=_finite(float(logp[token])), bytes=raw, top_logprobs=tops
             )
         )
+
+
+def next_tokens(samplers: list[SequenceSampler], logits: torch.Tensor) -> list[tuple[int, End]]:
+    """The next token of every row of ``logits`` ``[rows, vocab]`` and whether it ends
+    its sequence: plain greedy rows take the batch's argmax; greedy rows whose only
+    processor is a grammar get their masks applied in one batched operation; the others
+    go through their own processors."""
+    greedy = torch.argmax(logits, dim=-1).tolist()
+    chosen: list[int | None] = [None] * len(samplers)
+    masked = [i for i, s in enumerate(samplers) if s.masked_greedy]
+    if masked:
+        vocab = logits.shape[-1]
+        rows, masks = [], []
+        for i in masked:
+            constraint = samplers[i].constraint
+            assert constraint is not None
+            mask = constraint.allowed_np(vocab)
+            if mask is None:
+                chosen[i] = greedy[i]
+                continue
+            if constraint.end_allowed:  # the grammar is complete: any end token ends it
+                mask = mask.copy()
+                mask[[t for t in samplers[i].end_ids if t < vocab]] = True
+            rows.append(i)
+            masks.append(mask)
+        if rows:
+            import numpy as np
+
+            index = torch.tensor(rows, device=logits.device)
+            allowed = torch.from_numpy(np.stack(masks)).to(logits.device)
+            picked = logits.index_select(0, index).masked_fill(~allowed, float("-inf"))
+            for i, token in zip(rows, torch.argmax(picked, dim=-1).tolist(), strict=True):
+                chosen[i] = token
+    out = []
+    for i, sampler in enumerate(samplers):
+        token = chosen[i]
+        out.append(
+            sampler.accept(token) if token is not None else sampler.next_token(logits[i], greedy[i])
+        )
+    return out
 
 
 def _finite(value: float) -> float:

@@ -42,7 +42,12 @@ from autoglm.inference.blocks import BlockManager
 from autoglm.inference.detokenizer import IncrementalText
 from autoglm.inference.kvcache import PagedKVCache
 from autoglm.inference.policy import Policy, PolicyConfig, Seq, StepPlan
-from autoglm.inference.sampling import SamplingPlan, SequenceSampler, make_generator
+from autoglm.inference.sampling import (
+    SamplingPlan,
+    SequenceSampler,
+    make_generator,
+    next_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -415,9 +420,9 @@ class Scheduler:
     def _next_tokens(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[tuple[int, str]]:
         """The next token of each sequence from its row of ``logits`` ``[rows, vocab]``,
         and whether it ends the sequence: the one place where logits become tokens (each
-        sequence's sampler; plain greedy rows take the batch's one argmax)."""
-        greedy = torch.argmax(logits, dim=-1).tolist()
-        return [seq.s.next_token(logits[i], greedy[i]) for i, seq in enumerate(seqs)]
+        sequence's sampler; plain greedy rows take the batch's one argmax, greedy
+        grammar-masked rows one batched mask)."""
+        return list(next_tokens([seq.s for seq in seqs], logits))
 
     def _accept(self, seq: _Sequence, token: int, end: str) -> str:
         """Record the next token; return a finish reason or ''."""
