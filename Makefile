@@ -14,6 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 help:
 	@echo "make run    install, build tools, start Redis + Vault + the three apps (foreground)"
+	@echo "            REPLICAS=2: two gateways and two inference replicas behind HAProxy"
 	@echo "make test   install, build tools, lint, typecheck, then every test level (unit, integration, e2e, chaos, k8s)"
 	@echo "make tools  build daprd, vault, kustomize, etcd, kube-apiserver, kubectl into .tools/bin (no-op when current)"
 	@echo "make k8s    check k8s/ offline and against a real kube-apiserver (tests/k8s)"
@@ -24,6 +25,9 @@ system-deps:
 	@command -v redis-server >/dev/null || { \
 	  echo "[make] installing redis-server from Debian"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
+	@command -v haproxy >/dev/null || { \
+	  echo "[make] installing haproxy from Debian (front door for REPLICAS>1)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q haproxy; }
 	@command -v go >/dev/null || { echo "[make] Go toolchain missing (needed to build daprd, vault, kustomize, etcd, kube-apiserver, kubectl)"; exit 1; }
 
 # The venv is rebuilt only when the lock or project metadata change.
@@ -43,8 +47,9 @@ tools: system-deps
 demo-model: $(INSTALLED)
 	@$(VENV)/bin/autoglm models init-demo
 
+# REPLICAS=N: N replicas of gateway and inference (HAProxy in front on 8080).
 run: install tools demo-model
-	@$(VENV)/bin/autoglm dev up
+	@$(VENV)/bin/autoglm dev up $(if $(REPLICAS),--replicas $(REPLICAS))
 
 lint: $(INSTALLED)
 	@$(VENV)/bin/ruff check services tests load

@@ -14,10 +14,12 @@ daprd, all on free 127.0.0.1 ports), the benchmarks below, and their results in
 7. Noisy neighbour: one tenant keeps 24 long generations in flight while another sends
    short chats; the quiet tenant's p99 against its p99 on the idle stack
    (``noisy_neighbour_quiet_p99_ratio``, goal <= 3) and the noisy tenant's tokens/s.
+8. HA (``load/bench_ha.py``): replicas behind HAProxy; requests failed during a rolling
+   restart, time to route around a killed inference replica, jobs lost/duplicated.
 
 Everything is bounded in count and time; the stack is stopped at the end.
 
-    python -m load.bench [--jobs 2000] [--quick]
+    python -m load.bench [--jobs 2000] [--quick] [--only ha]
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from tests.support.stack import start_backing
 from autoglm.devstack.layout import MODELS_DIR, REPO_ROOT
 from autoglm.devstack.processes import ManagedProcess, free_port
 from autoglm.models.demo import init_demo_models
-from load import loadgen, noisy_neighbour
+from load import bench_ha, loadgen, noisy_neighbour
 from load.bench_engine import hf_sequential, prompts
 
 RESULTS = REPO_ROOT / "load" / "results"
@@ -344,7 +346,14 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100, help="1-token calls per path")
     ap.add_argument("--max-tokens", type=int, default=64, help="batching comparison")
     ap.add_argument("--quick", action="store_true", help="small counts, to try the bench")
+    ap.add_argument("--only", choices=["ha"], help="only this scenario")
     args = ap.parse_args()
+    if args.only == "ha":
+        ha = bench_ha.run(Path(tempfile.mkdtemp(prefix="autoglm-bench-ha-")))
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "ha.json").write_text(json.dumps(ha, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in ha.items() if not isinstance(v, dict)}))
+        return
     levels = [1, 4, 8, 16, 32]
     if args.quick:
         args.jobs, args.samples, levels = 100, 20, [1, 8]
@@ -436,6 +445,8 @@ def main() -> None:
             },
             "machine": machine(),
         }
+    say("ha: replicas behind HAProxy, a killed inference replica, a rolling restart")
+    summary.update(bench_ha.run(workdir / "ha"))
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (RESULTS / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
     (RESULTS / "summary.md").write_text(markdown(summary, sweep))

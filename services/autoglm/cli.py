@@ -50,10 +50,49 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dev_up(_args: argparse.Namespace) -> int:
+def _dev_up(args: argparse.Namespace) -> int:
     from autoglm.devstack.run import run_dev_stack
 
-    return run_dev_stack()
+    return run_dev_stack(args.replicas)
+
+
+def _dev_ps(args: argparse.Namespace) -> int:
+    import json
+
+    from autoglm.devstack.stackfile import format_ps, ps_rows, read_stack
+
+    stack = read_stack()
+    if stack is None:
+        print("no dev stack recorded (start one with `make run`)", file=sys.stderr)
+        return 1
+    rows = ps_rows(stack)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "launcher": {"pid": stack.launcher_pid, "alive": stack.launcher_alive()},
+                    **stack.extra,
+                    "processes": rows,
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(format_ps(stack, rows))
+    return 0 if stack.launcher_alive() else 1
+
+
+def _dev_down(_args: argparse.Namespace) -> int:
+    from autoglm.devstack.stackfile import STACK_FILE, read_stack, stop_stack
+
+    stack = read_stack()
+    if stack is None:
+        print("no dev stack recorded; nothing to stop")
+        return 0
+    signalled = stop_stack(stack)
+    STACK_FILE.unlink(missing_ok=True)
+    print(f"stopped the dev stack ({len(signalled)} process(es) signalled)")
+    return 0
 
 
 def _tenant(value: str) -> str:
@@ -117,9 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="local stack").add_subparsers(
         dest="dev_command", required=True
     )
-    dev.add_parser("up", help="Redis + Vault + the three apps via `dapr run -f`").set_defaults(
-        func=_dev_up
+    up = dev.add_parser("up", help="Redis + Vault + the three apps via `dapr run -f`")
+    up.add_argument(
+        "--replicas",
+        default=os.environ.get("AUTOGLM_REPLICAS"),
+        help="N (every stateless app) or gateway=N,inference=M; the archiver runs one",
     )
+    up.set_defaults(func=_dev_up)
+    ps = dev.add_parser("ps", help="every process of the running dev stack")
+    ps.add_argument("--json", action="store_true")
+    ps.set_defaults(func=_dev_ps)
+    dev.add_parser("down", help="stop the dev stack of this checkout").set_defaults(func=_dev_down)
     token = sub.add_parser("token", help="mint a dev JWT from the dev Vault (last line)")
     token.add_argument("--tenant", required=True, type=_tenant)
     token.add_argument("--role", choices=["admin", "user", "service"], default="user")

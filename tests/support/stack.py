@@ -54,7 +54,11 @@ class AppUnderTest:
 
 
 def start_backing(
-    workdir: Path, stack: ExitStack, signing_public_key: bytes, otlp: OTLPReceiver
+    workdir: Path,
+    stack: ExitStack,
+    signing_public_key: bytes,
+    otlp: OTLPReceiver,
+    pubsub_metadata: dict[str, str] | None = None,
 ) -> Backing:
     logs = workdir / "logs"
     redis_port, vault_port = free_port(), free_port()
@@ -70,6 +74,7 @@ def start_backing(
         vault_addr=vault_addr,
         vault_token=DEV_VAULT_TOKEN,
         otlp_endpoint=otlp.endpoint,
+        pubsub_metadata=pubsub_metadata,
     )
     return Backing(redis_port, vault_addr, secrets, resources, config, workdir, otlp, redis)
 

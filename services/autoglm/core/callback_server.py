@@ -14,8 +14,12 @@ restore, a generation); ``stop_gracefully`` lets them finish first, within a bou
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable, Sequence
 from concurrent import futures
+from typing import Any
 
+import grpc
 from dapr.conf import settings
 from dapr.ext.grpc import App
 
@@ -25,7 +29,9 @@ log = logging.getLogger(__name__)
 CANCEL_MARGIN_S = 5.0
 
 
-def callback_app(max_concurrent_calls: int) -> App:
+def callback_app(
+    max_concurrent_calls: int, interceptors: Sequence[grpc.ServerInterceptor] = ()
+) -> App:
     """A Dapr gRPC ``App`` that serves up to ``max_concurrent_calls`` calls at once."""
     if max_concurrent_calls < 1:
         raise ValueError("max_concurrent_calls must be at least 1")
@@ -38,7 +44,39 @@ def callback_app(max_concurrent_calls: int) -> App:
         ),
         maximum_concurrent_rpcs=max_concurrent_calls,
         options=[("grpc.max_receive_message_length", limit)] if limit else [],
+        interceptors=list(interceptors),
     )
+
+
+#: The callback daprd makes at start to learn the app's subscriptions.
+LIST_SUBSCRIPTIONS = "/dapr.proto.runtime.v1.AppCallback/ListTopicSubscriptions"
+
+
+class RefuseFirstCalls(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Fault injection: answer the first ``count`` calls of ``method`` UNAVAILABLE, as an
+    app that is not quite up yet does. The chaos tests use it on ``LIST_SUBSCRIPTIONS``
+    to make daprd come up without the app's subscriptions."""
+
+    def __init__(self, method: str, count: int) -> None:
+        self.method = method
+        self.left = count
+        self._lock = threading.Lock()
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        if handler_call_details.method == self.method:
+            with self._lock:
+                refuse = self.left > 0
+                self.left -= refuse
+            if refuse:
+                log.warning("fault injection: refusing a call", extra={"method": self.method})
+
+                def abort(_request: Any, context: grpc.ServicerContext) -> None:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "fault injection: not ready")
+
+                return grpc.unary_unary_rpc_method_handler(abort)
+        return continuation(handler_call_details)
 
 
 def stop_gracefully(app: App, grace_s: float) -> bool:

@@ -268,6 +268,14 @@ class Sidecar:
             code="sidecar_unavailable",
         )
 
+    def metadata(self) -> dict[str, Any]:
+        """The sidecar's ``/v1.0/metadata``: app id, loaded components, subscriptions."""
+        resp = self._request("GET", "/v1.0/metadata", timeout=5.0)
+        if resp.status_code != 200:
+            raise self._dapr_error(resp, "metadata")
+        body = resp.json()
+        return body if isinstance(body, dict) else {}
+
     def healthy(self) -> bool:
         try:
             return self._http.get("/v1.0/healthz", timeout=2.0).status_code == 204

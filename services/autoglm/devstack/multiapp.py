@@ -17,6 +17,7 @@ import yaml
 
 from autoglm.devstack.processes import ManagedProcess, free_port, port_open
 from autoglm.devstack.sidecars import (
+    DrainTimings,
     SidecarPorts,
     start_daprd,
     wait_sidecar_ready,
@@ -76,20 +77,26 @@ def launch(
     app_log: Path | None = None,
     started: list[ManagedProcess] | None = None,
     ready_timeout: float = 300,
+    name: str | None = None,
+    drain: DrainTimings | None = None,
 ) -> tuple[ManagedProcess, ManagedProcess]:
     """Start daprd, then the app with the sidecar's ports in its environment (as
     ``dapr run`` sets them); return once the app listens and daprd is fully ready.
     Every process started is appended to ``started`` at once, so a failure can still
-    stop it."""
+    stop it. ``name`` (default: the app id) names the app process and its daprd's log;
+    replicas of one app id get ``<app id>-<index>``."""
     started = started if started is not None else []
+    name = name or entry.app_id
     sidecar = start_daprd(
         entry.app_id,
         resources=resources,
         config=config,
-        log_path=logs / f"daprd-{entry.app_id}.log",
+        log_path=logs / f"daprd-{name}.log",
         ports=entry.ports,
         app_port=entry.app_port,
         app_protocol=entry.app_protocol,
+        drain=drain,
+        name=f"daprd-{name}",
     )
     started.append(sidecar)
     env = dict(
@@ -101,7 +108,7 @@ def launch(
     )
     if entry.app_port is not None:
         env["APP_PORT"] = str(entry.app_port)
-    app = ManagedProcess(entry.app_id, entry.command, app_log, env=env, cwd=cwd).start()
+    app = ManagedProcess(name, entry.command, app_log, env=env, cwd=cwd).start()
     started.append(app)
     if entry.app_port is not None:
         port = entry.app_port

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -43,9 +44,89 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes of TCP listeners on ``port`` (any address), from /proc/net/tcp*."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                # local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def port_holders(port: int) -> list[int]:
+    """Pids of the processes holding a listening socket on ``port`` (those /proc shows
+    us: all of them as root, our own otherwise)."""
+    wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    if not wanted:
+        return []
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in wanted:
+                        pids.append(int(proc.name))
+                        break
+    return sorted(pids)
+
+
+def describe_pid(pid: int) -> str:
+    """``pid 123 (redis-server 127.0.0.1:6379)``: what a message names a process by."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cmd = " ".join(" ".join(a.decode(errors="replace").split()) for a in argv if a)
+    except OSError:
+        cmd = "?"
+    return f"pid {pid} ({cmd[:120]})"
+
+
+def ancestors(pid: int) -> list[int]:
+    """``pid`` and its parents up to init, from /proc."""
+    chain: list[int] = []
+    while pid > 1 and len(chain) < 64:
+        chain.append(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return chain
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """``preexec_fn``: the child gets SIGTERM when the thread that started it ends (the
+    launcher died, even by SIGKILL), so no service outlives its launcher as an orphan."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def die_with_parent() -> None:
+    """Ask for SIGTERM when our own parent (``make``, a shell) dies; see ``_die_with``."""
+    _die_with(os.getppid())()
+
+
 class ManagedProcess:
     """One child process in a new session (process group), logging to ``log_path``
-    (``None``: inherit the terminal, for the foreground ``dapr run`` of ``make run``)."""
+    (``None``: inherit the terminal, for the foreground ``dapr run`` of ``make run``).
+
+    The child is bound to its launcher (``PR_SET_PDEATHSIG``): when the *thread* that
+    started it ends, it gets SIGTERM. Start long-lived services from a thread that lives
+    as long as the stack (the main thread, a supervisor), never from a short-lived one."""
 
     def __init__(
         self,
@@ -63,6 +144,7 @@ class ManagedProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ManagedProcess:
+        bind = _die_with(os.getpid())
         if self.log_path is None:
             self.proc = subprocess.Popen(
                 self.argv,
@@ -70,6 +152,7 @@ class ManagedProcess:
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
+                preexec_fn=bind,
             )
             return self
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,6 +165,7 @@ class ManagedProcess:
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
+                preexec_fn=bind,
             )
         return self
 

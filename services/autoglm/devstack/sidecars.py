@@ -25,6 +25,17 @@ class SidecarPorts:
         return SidecarPorts(free_port(), free_port(), free_port(), free_port())
 
 
+@dataclass(frozen=True)
+class DrainTimings:
+    """A sidecar's graceful stop, as in Kubernetes: on SIGTERM daprd stops its
+    subscriptions at once but keeps serving calls in flight (and the app's own calls)
+    for ``block_s``; then it stops, letting calls still in flight finish within
+    ``grace_s``, the app's own shutdown grace."""
+
+    block_s: float = 3.0
+    grace_s: float = 30.0
+
+
 def render_components(
     dst: Path,
     *,
@@ -32,11 +43,14 @@ def render_components(
     vault_addr: str,
     vault_token: str,
     otlp_endpoint: str | None = None,
+    pubsub_metadata: dict[str, str] | None = None,
 ) -> tuple[Path, Path]:
     """Copy ``components/`` to ``dst`` with the given backing-service addresses.
 
     Tests run their own Redis and Vault on free ports; everything else (names, types,
-    options) stays exactly as in the checked-in files. Returns (resources dir, config file).
+    options) stays exactly as in the checked-in files, except ``pubsub_metadata`` (e.g. a
+    short ``processingTimeout`` for tests that kill a consumer). Returns (resources dir,
+    config file).
     """
     resources = dst / "resources"
     resources.mkdir(parents=True, exist_ok=True)
@@ -44,9 +58,12 @@ def render_components(
     for src in sorted(COMPONENTS_DIR.glob("*.yaml")):
         docs: list[dict[str, Any]] = [d for d in yaml.safe_load_all(src.read_text()) if d]
         for doc in docs:
+            extra = pubsub_metadata if doc.get("metadata", {}).get("name") == "pubsub" else {}
             for item in doc.get("spec", {}).get("metadata", []) or []:
                 if item.get("name") in overrides:
                     item["value"] = overrides[item["name"]]
+                if extra and item.get("name") in extra:
+                    item["value"] = extra[item["name"]]
         (resources / src.name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
     config = dst / "config.yaml"
     doc = yaml.safe_load((COMPONENTS_DIR / "configuration" / "autoglm.yaml").read_text())
@@ -68,8 +85,12 @@ def start_daprd(
     ports: SidecarPorts,
     app_port: int | None = None,
     app_protocol: str = "http",
+    drain: DrainTimings | None = None,
+    name: str | None = None,
 ) -> ManagedProcess:
-    """Start daprd for ``app_id`` and wait until its outbound API is up."""
+    """Start daprd for ``app_id`` and wait until its outbound API is up. ``drain``: how
+    it shuts down on SIGTERM (see ``DrainTimings``); ``name``: its process name
+    (default ``daprd-<app id>``)."""
     argv = [
         str(tool("daprd")),
         "--app-id",
@@ -99,9 +120,16 @@ def start_daprd(
     ]
     if app_port is not None:
         argv += ["--app-port", str(app_port), "--app-protocol", app_protocol]
+    if drain is not None:
+        argv += [
+            "--dapr-block-shutdown-duration",
+            f"{drain.block_s:g}s",
+            "--dapr-graceful-shutdown-seconds",
+            str(int(drain.grace_s)),
+        ]
     # cwd = repo root, so relative paths in components/ resolve as in `make run`.
     (DATA_DIR / "dapr").mkdir(parents=True, exist_ok=True)
-    proc = ManagedProcess(f"daprd-{app_id}", argv, log_path, cwd=REPO_ROOT).start()
+    proc = ManagedProcess(name or f"daprd-{app_id}", argv, log_path, cwd=REPO_ROOT).start()
     proc.wait_until(
         lambda: (
             httpx.get(f"http://127.0.0.1:{ports.http}/v1.0/healthz/outbound", timeout=1).status_code

@@ -50,6 +50,9 @@ log = logging.getLogger("autoglm.gateway")
 
 #: The worker class: gunicorn's gevent worker with gRPC made cooperative.
 WORKER_CLASS = "autoglm.gateway.worker.GatewayWorker"
+#: On SIGTERM, requests in flight (streams included) get this long to finish; k8s/ sizes
+#: the pod's drain from it (tests/k8s/test_drain.py).
+GRACEFUL_TIMEOUT_S = 30
 
 
 class GracefulArbiter(Arbiter):  # type: ignore[misc]
@@ -83,7 +86,7 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]
             # timeout (and closes idle kept-alive connections after it).
             "keepalive": self.settings.header_timeout_s,
             "timeout": int(self.settings.request_timeout_s) + 30,
-            "graceful_timeout": 30,
+            "graceful_timeout": GRACEFUL_TIMEOUT_S,
             "post_worker_init": drain_on_sigint,
             "accesslog": None,
             "errorlog": "-",

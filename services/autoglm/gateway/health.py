@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from autoglm.core.errors import AutoGLMError
+from autoglm.core.readiness import sidecar_problems
 from autoglm.core.sidecar import Sidecar, SidecarAPI
 from autoglm.gateway.settings import GatewaySettings
 
@@ -21,6 +22,12 @@ def health_blueprint(sidecar: SidecarAPI, settings: GatewaySettings) -> Blueprin
         checks: dict[str, str] = {}
         if isinstance(sidecar, Sidecar):
             checks["sidecar"] = "ok" if sidecar.healthy() else "unavailable"
+            # Healthy is not enough: the sidecar must also hold our subscriptions.
+            try:
+                problems = sidecar_problems(sidecar.metadata(), "gateway")
+                checks["subscriptions"] = "; ".join(problems) or "ok"
+            except AutoGLMError as exc:
+                checks["subscriptions"] = exc.message
         try:
             sidecar.get_state("readyz-probe")
             checks["statestore"] = "ok"

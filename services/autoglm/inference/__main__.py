@@ -107,7 +107,11 @@ def main() -> int:
             "fault injection on: every generation is delayed",
             extra={"delay_ms": settings.fault_delay_ms},
         )
-    app = build_app(service, settings.max_concurrent_calls)
+    app = build_app(
+        service,
+        settings.max_concurrent_calls,
+        settings.fault_refuse_subscription_lists if settings.faults_enabled else 0,
+    )
     on_shutdown(functools.partial(stop_gracefully, app, settings.shutdown_grace_s))
     log.info("inference listening", extra={"port": settings.port})
     app.run(settings.port, listen_address=settings.host)

@@ -14,7 +14,7 @@ import grpc
 from cloudevents.sdk.event import v1
 from dapr.ext.grpc import App, InvokeMethodRequest, TopicEventResponse
 
-from autoglm.core.callback_server import callback_app
+from autoglm.core.callback_server import LIST_SUBSCRIPTIONS, RefuseFirstCalls, callback_app
 from autoglm.core.pubsub import event_data, topic_response
 from autoglm.core.schemas import PUBSUB, REQUESTS_TOPIC
 from autoglm.core.streaming import (
@@ -33,8 +33,16 @@ def _caller(request: InvokeMethodRequest) -> str | None:
     return str(values[0]) if values else None
 
 
-def build_app(service: InferenceService, max_concurrent_calls: int) -> App:
-    app = callback_app(max_concurrent_calls)
+def build_app(
+    service: InferenceService, max_concurrent_calls: int, refuse_subscription_lists: int = 0
+) -> App:
+    """``refuse_subscription_lists``: fault injection, see ``RefuseFirstCalls``."""
+    faults = (
+        [RefuseFirstCalls(LIST_SUBSCRIPTIONS, refuse_subscription_lists)]
+        if refuse_subscription_lists
+        else []
+    )
+    app = callback_app(max_concurrent_calls, faults)
 
     @app.method("generate")
     def generate(request: InvokeMethodRequest) -> str:

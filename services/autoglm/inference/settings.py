@@ -98,6 +98,9 @@ class InferenceSettings(AppSettings):
     faults_enabled: bool = False
     #: With ``faults_enabled``: sleep this long before every generation (slow model).
     fault_delay_ms: int = Field(default=0, ge=0, le=600_000)
+    #: With ``faults_enabled``: answer the first N ``ListTopicSubscriptions`` of daprd
+    #: UNAVAILABLE (a sidecar that comes up without the app's subscriptions).
+    fault_refuse_subscription_lists: int = Field(default=0, ge=0, le=100)
 
     @property
     def max_concurrent_calls(self) -> int:

@@ -1,0 +1,53 @@
+"""Is an app's sidecar really serving it? Checked through daprd's metadata API.
+
+A daprd can report itself healthy and "Running" while it failed to load the app's
+subscriptions (it asked the app for its topic list too early and gave up): every message
+for the app then sits unconsumed. Readiness therefore compares what the sidecar reports
+(``GET /v1.0/metadata``) with what the app must have: its subscriptions and the
+components it uses. Used by the gateway's ``/readyz`` and by the dev launcher, which
+restarts a sidecar that came up without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from autoglm.core.schemas import (
+    AUDIT_TOPIC,
+    PUBSUB,
+    REQUESTS_TOPIC,
+    RESULTS_TOPIC,
+    SNAPSHOTS_TOPIC,
+    STATESTORE,
+)
+
+#: The topics each app subscribes to (on ``pubsub``), as its handlers declare them.
+SUBSCRIPTIONS: Mapping[str, tuple[str, ...]] = {
+    "gateway": (RESULTS_TOPIC,),
+    "inference": (REQUESTS_TOPIC,),
+    "archiver": (SNAPSHOTS_TOPIC, AUDIT_TOPIC),
+}
+
+#: Components every app's sidecar must have loaded.
+COMPONENTS: tuple[str, ...] = (STATESTORE, PUBSUB)
+
+
+def sidecar_problems(
+    metadata: Mapping[str, Any], app_id: str, components: Iterable[str] = COMPONENTS
+) -> list[str]:
+    """What the sidecar described by ``metadata`` lacks to serve ``app_id``; empty: ready."""
+    problems = []
+    if metadata.get("id") != app_id:
+        problems.append(f"sidecar serves app id {metadata.get('id')!r}, not {app_id!r}")
+    subscribed = {
+        (s.get("pubsubname"), s.get("topic")) for s in metadata.get("subscriptions") or []
+    }
+    for topic in SUBSCRIPTIONS.get(app_id, ()):
+        if (PUBSUB, topic) not in subscribed:
+            problems.append(f"no subscription to {PUBSUB}/{topic}")
+    loaded = {c.get("name") for c in metadata.get("components") or []}
+    for name in components:
+        if name not in loaded:
+            problems.append(f"component {name!r} not loaded")
+    return problems

@@ -1,0 +1,126 @@
+"""Replica model, front door configuration, launcher guards (no stack needed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoglm.core.readiness import sidecar_problems
+from autoglm.devstack.frontdoor import Backend, render_config
+from autoglm.devstack.multiapp import AppEntry
+from autoglm.devstack.processes import ancestors, describe_pid, port_holders
+from autoglm.devstack.replicas import parse_replicas, replica_entries
+from autoglm.devstack.run import answered_by_us, port_conflicts
+from autoglm.devstack.sidecars import SidecarPorts
+
+
+def test_parse_replicas() -> None:
+    assert parse_replicas(None) == {"gateway": 1, "inference": 1, "archiver": 1}
+    assert parse_replicas("2") == {"gateway": 2, "inference": 2, "archiver": 1}
+    assert parse_replicas("gateway=3") == {"gateway": 3, "inference": 1, "archiver": 1}
+    with pytest.raises(ValueError, match="single writer"):
+        parse_replicas("archiver=2")
+    with pytest.raises(ValueError, match="bad replica count"):
+        parse_replicas("gateway=x")
+    with pytest.raises(ValueError, match="at least one"):
+        parse_replicas("inference=0")
+
+
+def test_replicas_get_ports_of_their_own() -> None:
+    entry = AppEntry(
+        "inference",
+        50051,
+        "grpc",
+        SidecarPorts(3501, 50002, 40000, 9091),
+        ["python"],
+        env={"AUTOGLM_INFERENCE_PORT": "50051", "AUTOGLM_INFERENCE_METRICS_PORT": "9464", "X": "1"},
+    )
+    first, second, third = replica_entries(entry, 3)
+    assert first == entry
+    ports = set()
+    for e in (second, third):
+        assert e.env["AUTOGLM_INFERENCE_PORT"] == str(e.app_port)
+        assert e.env["X"] == "1"
+        ports |= {e.app_port, int(e.env["AUTOGLM_INFERENCE_METRICS_PORT"]), *vars(e.ports).values()}
+    assert len(ports) == 12 and not ports & {50051, 9464, 3501, 50002, 40000, 9091}
+    # Behind a front door even the first replica leaves the public port free.
+    assert replica_entries(entry, 1, keep_first=False)[0].app_port != 50051
+
+
+def test_sidecar_problems_name_what_is_missing() -> None:
+    meta = {
+        "id": "inference",
+        "components": [{"name": "statestore"}, {"name": "pubsub"}],
+        "subscriptions": [{"pubsubname": "pubsub", "topic": "inference.requests"}],
+    }
+    assert sidecar_problems(meta, "inference") == []
+    deaf = {**meta, "subscriptions": []}
+    assert sidecar_problems(deaf, "inference") == ["no subscription to pubsub/inference.requests"]
+    assert "component 'vault' not loaded" in sidecar_problems(meta, "inference", ["vault"])
+    assert sidecar_problems(meta, "archiver")[0].startswith("sidecar serves app id")
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
+def test_front_door_config_is_valid_haproxy(tmp_path: Path) -> None:
+    cfg = render_config(18080, [Backend("gateway-0", 1234), Backend("gateway-1", 1235)], tmp_path)
+    text = cfg.read_text()
+    assert "server gateway-0 127.0.0.1:1234 check" in text and "GET /readyz" in text
+    out = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_port_holder_is_named() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert port_holders(port) == [os.getpid()]
+        assert f"pid {os.getpid()}" in describe_pid(os.getpid())
+        # `ready` only when the listener is ours (or a child of ours).
+        assert answered_by_us(port, {os.getppid()}) and not answered_by_us(port, {1})
+        msgs = port_conflicts({port: "gateway-0 app port"})
+        assert f"port {port} (gateway-0 app port) is in use by pid {os.getpid()}" in msgs[0]
+    assert port_conflicts({port: "x"}) == []
+    assert ancestors(os.getpid())[:2] == [os.getpid(), os.getppid()]
+
+
+def test_children_do_not_outlive_their_launcher(tmp_path: Path) -> None:
+    """A launcher killed with SIGKILL (no cleanup runs) takes its services with it."""
+    pidfile = tmp_path / "child.pid"
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from autoglm.devstack.processes import ManagedProcess; "
+            f"p = ManagedProcess('svc', ['sleep', '300'], None).start(); "
+            f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(300)",
+        ],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    deadline = time.monotonic() + 20
+    while not (pidfile.exists() and pidfile.read_text()):
+        assert time.monotonic() < deadline and launcher.poll() is None
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+            if Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+                break
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the service outlived its launcher")
