@@ -1,8 +1,9 @@
 """(6) A replica is ready only when its sidecar really serves it.
 
-The inference app refuses daprd's first ``ListTopicSubscriptions`` (fault injection), so
-its daprd comes up healthy and "Running" but without the ``inference.requests``
-subscription: every job would sit unconsumed. The launcher's check through daprd's
+The inference app refuses daprd's first ``ListTopicSubscriptions`` and the three
+retries daprd makes within ~2.5 s (fault injection; as an app whose port refused
+connections did in the field), so its daprd comes up healthy and "Running" but without
+the ``inference.requests`` subscription: every job would sit unconsumed. The launcher's check through daprd's
 metadata API sees it, says why and restarts the sidecar; the stack then serves jobs.
 """
 
@@ -40,7 +41,7 @@ def test_sidecar_without_subscriptions_is_restarted_not_reported_ready(
                 "gateway": NO_LIMITS,
                 "inference": {
                     "AUTOGLM_INFERENCE_FAULTS_ENABLED": "true",
-                    "AUTOGLM_INFERENCE_FAULT_REFUSE_SUBSCRIPTION_LISTS": "1",
+                    "AUTOGLM_INFERENCE_FAULT_REFUSE_SUBSCRIPTION_LISTS": "4",
                 },
             },
             on_event=events.append,

@@ -228,7 +228,7 @@ def start_ha_mesh(
         logs=backing.workdir / "logs",
         cwd=Path.cwd(),
         app_logs=True,
-        drain=drain or DrainTimings(block_s=2.0, grace_s=20.0),
+        drain=drain or DrainTimings(settle_s=2.0, grace_s=20.0),
         on_event=on_event,
     )
     for reps in replicas.values():

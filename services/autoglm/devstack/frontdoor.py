@@ -8,8 +8,9 @@ drain a replica before it is stopped. nginx's open-source build has only passive
 (a backend is taken out after requests to it failed) and no drain without a reload.
 
 Routing: least connections (streams are long, requests short); a connection that fails
-is redispatched to another replica; idempotent requests whose replica died before it
-answered are retried on another one. Server connections are not reused, so a replica
+is redispatched to another replica; idempotent requests (GET, HEAD) whose replica died
+before it answered are retried on another one, others never (a chat turn is not sent
+twice). Server connections are not reused, so a replica
 that stops accepting never gets a request on a stale keep-alive connection.
 """
 
@@ -91,6 +92,9 @@ frontend gateway
 
 backend {BACKEND}
     balance leastconn
+    # A request the server may have started on (it died before answering) is retried
+    # only when replaying it is harmless; a POST (a chat turn) is never sent twice.
+    http-request disable-l7-retry unless {{ method GET HEAD OPTIONS }}
     option httpchk GET /readyz
     http-check expect status 200
     default-server inter {int(CHECK_INTERVAL_S * 1000)}ms fall {FALL} rise {RISE}

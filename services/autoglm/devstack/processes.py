@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -103,21 +104,30 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with(parent: int) -> Callable[[], None]:
-    """``preexec_fn``: the child gets SIGTERM when the thread that started it ends (the
-    launcher died, even by SIGKILL), so no service outlives its launcher as an orphan."""
+    """A ``preexec_fn`` for the launcher itself (see ``die_with_parent``)."""
     libc = ctypes.CDLL(None, use_errno=True)
 
     def preexec() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the launcher died before prctl took effect
+        if os.getppid() != parent:  # the parent died before prctl took effect
             os.kill(os.getpid(), signal.SIGTERM)
 
     return preexec
 
 
 def die_with_parent() -> None:
-    """Ask for SIGTERM when our own parent (``make``, a shell) dies; see ``_die_with``."""
+    """Ask for SIGTERM when our own parent (``make``, a shell) dies."""
     _die_with(os.getppid())()
+
+
+def bound_to_launcher(argv: Sequence[str]) -> list[str]:
+    """``argv`` run so that it gets SIGTERM when the thread that started it ends (the
+    launcher died, even by SIGKILL): no service outlives its launcher as an orphan.
+    ``setpriv --pdeathsig`` (util-linux) sets it and execs the command, keeping the pid;
+    a ``preexec_fn`` would do the same, but forces a plain fork() whose atfork handlers
+    (gRPC's, in a test process) can kill the child before it execs."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else list(argv)
 
 
 class ManagedProcess:
@@ -144,28 +154,26 @@ class ManagedProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ManagedProcess:
-        bind = _die_with(os.getpid())
+        argv = bound_to_launcher(self.argv)
         if self.log_path is None:
             self.proc = subprocess.Popen(
-                self.argv,
+                argv,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
-                preexec_fn=bind,
             )
             return self
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.argv,
+                argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
-                preexec_fn=bind,
             )
         return self
 

@@ -18,7 +18,7 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,40 @@ def deregister(db: Path, internal_grpc_port: int) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def held_out_of_resolution(db: Path | None, internal_grpc_port: int) -> Iterator[None]:
+    """Keep a starting replica out of name resolution until it serves. daprd registers
+    itself as soon as it initialises, before the app behind it listens (inference loads
+    its models first), and callers would be sent to it and fail. A trigger in the
+    resolver's SQLite file renames the row in the same transaction that inserts it;
+    on a clean exit of the block the row gets its app id back (Kubernetes: a pod
+    joins the endpoints only once ready). Not when the block fails: the replica never
+    served, and its row goes when its daprd stops."""
+    trigger = f"autoglm_hold_{internal_grpc_port}"
+    created = False
+    if db is not None:
+        try:
+            with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn, conn:
+                conn.execute(
+                    f"CREATE TRIGGER IF NOT EXISTS {trigger} AFTER INSERT ON hosts "
+                    f"WHEN NEW.address LIKE '%:{internal_grpc_port}' BEGIN "
+                    "UPDATE hosts SET app_id = NEW.app_id || '~starting' "
+                    "WHERE rowid = NEW.rowid; END"
+                )
+                created = True
+        except sqlite3.Error:
+            pass  # no table yet: the first daprd of this file; nobody to send calls
+    yield
+    if created and db is not None:
+        with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn, conn:
+            conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+            conn.execute(
+                "UPDATE hosts SET app_id = substr(app_id, 1, length(app_id) - 9) "
+                "WHERE address LIKE ? AND app_id LIKE '%~starting'",
+                (f"%:{internal_grpc_port}",),
+            )
+
+
 def _stop(proc: ManagedProcess | None, timeout: float) -> None:
     if proc is not None:
         proc.stop(timeout=timeout)
@@ -190,6 +224,13 @@ class Replica:
         """Start daprd and the app; return once the sidecar serves the app (else raise
         ``StartupError`` with the reason). Processes go to ``started`` at once."""
         self.state = "starting"
+        with held_out_of_resolution(
+            nameresolution_db(self.config, self.cwd), self.ports.internal_grpc
+        ):
+            self._start(timeout, started)
+        return self
+
+    def _start(self, timeout: float, started: list[ManagedProcess] | None) -> None:
         mine: list[ManagedProcess] = []
         try:
             self.sidecar, self.app = launch(
@@ -212,7 +253,6 @@ class Replica:
             if started is not None:
                 started.extend(mine)
         self.ensure_serving()
-        return self
 
     def sidecar_problems(self) -> list[str]:
         """What this replica's daprd lacks to serve the app (empty: nothing)."""
@@ -278,16 +318,17 @@ class Replica:
         self.state = "dead"
 
     def stop(self, graceful: bool = True) -> None:
-        """Graceful: out of name resolution, then SIGTERM daprd (it stops its
-        subscriptions, keeps serving calls in flight for ``drain.block_s``, then stops
-        within ``drain.grace_s``), then SIGTERM the app (it finishes what is left within
-        its own grace). Not graceful: SIGTERM both, short timeouts."""
+        """Graceful: out of name resolution, ``drain.settle_s`` for calls in flight,
+        then SIGTERM daprd (it stops its subscriptions, lets calls still in flight
+        finish within ``drain.grace_s``, exits), then SIGTERM the app (it finishes what
+        is left within its own grace). Not graceful: SIGTERM both, short timeouts."""
         if graceful:
             self.state = "draining"
             db = nameresolution_db(self.config, self.cwd)
             if db is not None:
                 deregister(db, self.ports.internal_grpc)
-            _stop(self.sidecar, timeout=self.drain.block_s + self.drain.grace_s + 5)
+            time.sleep(self.drain.settle_s)
+            _stop(self.sidecar, timeout=self.drain.grace_s + 5)
             _stop(self.app, timeout=self.app_grace_s + 5)
         else:
             for proc in (self.app, self.sidecar):

@@ -27,12 +27,16 @@ class SidecarPorts:
 
 @dataclass(frozen=True)
 class DrainTimings:
-    """A sidecar's graceful stop, as in Kubernetes: on SIGTERM daprd stops its
-    subscriptions at once but keeps serving calls in flight (and the app's own calls)
-    for ``block_s``; then it stops, letting calls still in flight finish within
-    ``grace_s``, the app's own shutdown grace."""
+    """How a replica is stopped gracefully. Taken out of name resolution, it keeps
+    serving for ``settle_s`` (calls in flight finish while its sidecar still serves
+    the app's own calls: state, publish); then daprd gets SIGTERM: it stops its
+    subscriptions and lets calls still in flight finish within ``grace_s`` (the app's
+    own shutdown grace) before it exits. (daprd's ``--dapr-block-shutdown-duration``
+    waits for the app's health check to fail; without app health checks, which would
+    mark a busy app unhealthy on this small machine, it ends at once, so the launcher
+    does the waiting.)"""
 
-    block_s: float = 3.0
+    settle_s: float = 3.0
     grace_s: float = 30.0
 
 
@@ -121,12 +125,7 @@ def start_daprd(
     if app_port is not None:
         argv += ["--app-port", str(app_port), "--app-protocol", app_protocol]
     if drain is not None:
-        argv += [
-            "--dapr-block-shutdown-duration",
-            f"{drain.block_s:g}s",
-            "--dapr-graceful-shutdown-seconds",
-            str(int(drain.grace_s)),
-        ]
+        argv += ["--dapr-graceful-shutdown-seconds", str(int(drain.grace_s))]
     # cwd = repo root, so relative paths in components/ resolve as in `make run`.
     (DATA_DIR / "dapr").mkdir(parents=True, exist_ok=True)
     proc = ManagedProcess(name or f"daprd-{app_id}", argv, log_path, cwd=REPO_ROOT).start()
