@@ -19,9 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.chaos.conftest import NO_LIMITS, chat_body, wait_for
+from tests.chaos.conftest import NO_LIMITS, chat_body
 from tests.support.ha import HAMesh, Load, ok, settle_jobs, start_ha_mesh
 from tests.support.otlp import OTLPReceiver
+from tests.support.polling import wait_for
 from tests.support.stack import start_backing
 
 TENANT = "ha"

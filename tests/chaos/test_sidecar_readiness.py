@@ -3,8 +3,9 @@
 The inference app refuses daprd's first ``ListTopicSubscriptions`` and the three
 retries daprd makes within ~2.5 s (fault injection; as an app whose port refused
 connections did in the field), so its daprd comes up healthy and "Running" but without
-the ``inference.requests`` subscription: every job would sit unconsumed. The launcher's check through daprd's
-metadata API sees it, says why and restarts the sidecar; the stack then serves jobs.
+the ``inference.requests`` subscription: every job would sit unconsumed. The
+launcher's check through daprd's metadata API sees it, says why and restarts the
+sidecar; the stack then serves jobs.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import httpx
 import pytest
 
 from autoglm.core.readiness import sidecar_problems
-from tests.chaos.conftest import NO_LIMITS, chat_body, wait_for
+from tests.chaos.conftest import NO_LIMITS, chat_body
 from tests.support.ha import start_ha_mesh
 from tests.support.otlp import OTLPReceiver
+from tests.support.polling import wait_for
 from tests.support.stack import start_backing
 
 

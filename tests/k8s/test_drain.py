@@ -33,7 +33,7 @@ def test_drain_settings_match_the_apps_grace(rendered: Rendered) -> None:
         app = dep["spec"]["template"]["metadata"]["labels"].get("app")
         if app not in ("gateway", "inference", "archiver"):
             continue
-        where = f"{rendered.name}/{dep['metadata']['name']}"
+        where = f"{rendered.overlay}/{dep['metadata']['name']}"
         pod = dep["spec"]["template"]["spec"]
         notes = dep["spec"]["template"]["metadata"]["annotations"]
         container = next(c for c in pod["containers"] if c["name"] == app)

@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import redis
 
+from autoglm.core.schemas import REQUESTS_TOPIC, RESULTS_TOPIC
 from autoglm.devstack.frontdoor import Backend, FrontDoor
 from autoglm.devstack.multiapp import AppEntry
 from autoglm.devstack.processes import free_port
 from autoglm.devstack.replicas import Replica, build_replicas, rolling_restart
 from autoglm.devstack.sidecars import DrainTimings, SidecarPorts
 from tests.support.mesh import inference_env
+from tests.support.polling import wait_settled
 from tests.support.stack import Backing, wait_http_ok
 from tests.support.tokens import bearer
 
@@ -157,7 +160,12 @@ def settle_jobs(mesh: HAMesh, tenant: str, jobs: list[str], timeout: float = 90)
                 break
             time.sleep(1)
         first = {job: c.get(f"/v1/jobs/{job}").json() for job in jobs}
-        time.sleep(2)  # time for a redelivered duplicate to reach a gateway
+        # No redelivery still to come: both topics delivered and acknowledged.
+        conn = redis.Redis(host="127.0.0.1", port=mesh.backing.redis_port)
+        try:
+            wait_settled(conn, REQUESTS_TOPIC, RESULTS_TOPIC, timeout=timeout)
+        finally:
+            conn.close()
         rewritten = sum(c.get(f"/v1/jobs/{job}").json() != first[job] for job in jobs)
     published = published_results(mesh.backing.redis_port)
     return {
