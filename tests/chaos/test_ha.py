@@ -216,24 +216,23 @@ def test_killed_archiver_loses_no_acknowledged_snapshot(ha: HAMesh) -> None:
     after the restart; those it had not acknowledged are redelivered. Every session's
     last acknowledged turn ends up in the archive."""
     headers = ha.headers(TENANT)
-    sids = [
-        httpx.post(f"{ha.url}/v1/sessions", json={}, headers=headers, timeout=30).json()["id"]
-        for _ in range(3)
-    ]
+    sids: list[str] = []
     stop = threading.Event()
     failures: list[str] = []
 
-    def chat(sid: str) -> None:
+    def chat() -> None:
+        """Sessions of six turns each (a session's history must fit the context)."""
         with httpx.Client(base_url=ha.url, headers=headers, timeout=60) as c:
-            turn = 0
             while not stop.is_set():
-                turn += 1
-                body = {**chat_body(f"{sid} {turn}"), "session_id": sid}
-                resp = c.post("/v1/chat/completions", json=body)
-                if resp.status_code != 200:  # publishing needs only Redis
-                    failures.append(resp.text[:200])
+                sid = c.post("/v1/sessions", json={}).json()["id"]
+                sids.append(sid)
+                for turn in range(6):
+                    body = {**chat_body(f"{sid} {turn}"), "session_id": sid}
+                    resp = c.post("/v1/chat/completions", json=body)
+                    if resp.status_code != 200:  # publishing needs only Redis
+                        failures.append(resp.text[:200])
 
-    threads = [threading.Thread(target=chat, args=(s,)) for s in sids]
+    threads = [threading.Thread(target=chat) for _ in range(3)]
     for t in threads:
         t.start()
     try:
