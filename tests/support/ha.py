@@ -207,7 +207,7 @@ def start_ha_mesh(
             "AUTOGLM_ARCHIVER_ROOT": str(root),
             "AUTOGLM_ARCHIVER_METRICS_PORT": str(free_port()),
         },
-        "gateway": {"AUTOGLM_GATEWAY_THREADS": "8"},
+        "gateway": {},
     }
     entries = []
     for app_id, protocol in APPS:
