@@ -47,6 +47,7 @@ _ERRORS = {
     401: "Missing or invalid credentials",
     403: "The caller's role may not do this",
     404: "Not found (also for another tenant's resources)",
+    408: "The body did not arrive within BODY_TIMEOUT_S",
     409: "Conflict: concurrent change or wrong upload offset",
     413: "Body too large",
     422: "Refused content (type, checksum)",
