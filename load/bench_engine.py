@@ -285,8 +285,13 @@ def mixed_scenario(
             "kv_tokens_peak": peak[1],
         }
 
-    short = median_run(repeat, lambda: run(shorts, [False] * len(shorts)))
-    mix = median_run(repeat, lambda: run(mixed, is_long))
+    # Alternate the two, so that both see the same (shared, noisy) machine.
+    shorts_runs, mixed_runs = [], []
+    for _ in range(repeat):
+        shorts_runs.append(run(shorts, [False] * len(shorts)))
+        mixed_runs.append(run(mixed, is_long))
+    short = median_run(repeat, iter(shorts_runs).__next__)
+    mix = median_run(repeat, iter(mixed_runs).__next__)
     per_token = mix["kv_bytes_peak"] / mix["kv_tokens_peak"] if mix["kv_tokens_peak"] else 0.0
     return {
         "long_prompt_tokens": long_lens,

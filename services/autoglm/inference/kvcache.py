@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.nn.attention.bias import causal_lower_right
 from torch.nn.functional import scaled_dot_product_attention
 
 ATTN_IMPLEMENTATION = "autoglm_paged"
@@ -40,8 +41,9 @@ class _Group:
     end: int
     #: Decode group: ``[rows, length]`` slots; prefill: ``[1, length]``.
     slots: torch.Tensor
-    #: Boolean ``[rows, 1, queries, length]`` (True: attend), or None for "all".
-    mask: torch.Tensor | None
+    #: Boolean ``[rows, 1, queries, length]`` (True: attend), a lower-right causal bias
+    #: (a chunk after cached tokens), or None for "all".
+    mask: Any
     causal: bool = False
 
 
@@ -121,10 +123,9 @@ class PagedKVCache:
         for blocks, cached, n in prefills:
             slots = self._slots(blocks, cached + n)
             writes.extend(slots[cached:])
-            mask = None
-            if cached:
-                q = torch.arange(cached, cached + n, device=dev)[:, None]
-                mask = (torch.arange(cached + n, device=dev)[None, :] <= q)[None, None]
+            # A chunk after cached tokens: causal, aligned bottom-right (SDPA computes it
+            # without a materialized mask, many times faster than a boolean one).
+            mask = causal_lower_right(n, cached + n) if cached else None
             groups.append(
                 _Group(pos, pos + n, torch.tensor([slots], device=dev), mask, causal=not cached)
             )
@@ -148,16 +149,19 @@ class PagedKVCache:
         outs = []
         gqa = query.shape[1] != key.shape[1]
         for g in plan.groups:
-            keys = k_pool[g.slots].permute(0, 2, 1, 3)  # [rows, kv_heads, length, dim]
-            values = v_pool[g.slots].permute(0, 2, 1, 3)
+            rows, length = g.slots.shape
+            flat = g.slots.view(-1)  # index_select: several times faster than pool[slots]
+            keys = k_pool.index_select(0, flat).view(rows, length, *k_pool.shape[1:])
+            values = v_pool.index_select(0, flat).view(rows, length, *v_pool.shape[1:])
+            keys, values = keys.transpose(1, 2), values.transpose(1, 2)  # [rows, kv, len, dim]
             q = query[0, :, g.start : g.end]  # [heads, queries, dim]
             # One sequence: all its queries in one row; decodes: one query per row.
-            q = q[None] if g.slots.shape[0] == 1 else q.transpose(0, 1)[:, :, None]
+            q = q[None] if rows == 1 else q.transpose(0, 1)[:, :, None]
             out = scaled_dot_product_attention(
                 q, keys, values, attn_mask=g.mask, is_causal=g.causal, scale=scaling, enable_gqa=gqa
             )
             # -> [queries, heads, dim]
-            outs.append(out[0].transpose(0, 1) if g.slots.shape[0] == 1 else out[:, :, 0])
+            outs.append(out[0].transpose(0, 1) if rows == 1 else out[:, :, 0])
         return torch.cat(outs)[None]
 
 
