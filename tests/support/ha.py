@@ -18,7 +18,7 @@ import httpx
 import redis
 
 from autoglm.core.schemas import REQUESTS_TOPIC, RESULTS_TOPIC
-from autoglm.devstack.frontdoor import Backend, FrontDoor
+from autoglm.devstack.frontdoor import GATEWAY_ENV, Backend, FrontDoor
 from autoglm.devstack.multiapp import AppEntry
 from autoglm.devstack.processes import free_port
 from autoglm.devstack.replicas import Replica, build_replicas, rolling_restart
@@ -207,7 +207,7 @@ def start_ha_mesh(
             "AUTOGLM_ARCHIVER_ROOT": str(root),
             "AUTOGLM_ARCHIVER_METRICS_PORT": str(free_port()),
         },
-        "gateway": {},
+        "gateway": dict(GATEWAY_ENV) if counts.get("gateway", 1) > 1 else {},
     }
     entries = []
     for app_id, protocol in APPS:

@@ -12,6 +12,11 @@ is redispatched to another replica; idempotent requests (GET, HEAD) whose replic
 before it answered are retried on another one, others never (a chat turn is not sent
 twice). Server connections are not reused, so a replica
 that stops accepting never gets a request on a stale keep-alive connection.
+
+Client addresses: HAProxy appends the peer's address to ``X-Forwarded-For``
+(``option forwardfor``), and the gateways behind it take that last entry
+(``GATEWAY_ENV``), so the per-address limit of unauthenticated requests and the audit's
+client ip see each client, and a client's own ``X-Forwarded-For`` cannot pose as another.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from autoglm.devstack.layout import tool
 from autoglm.devstack.processes import ManagedProcess, port_open
 
 BACKEND = "gateways"
+
+#: Settings of every gateway replica behind the front door (see the module docstring).
+GATEWAY_ENV = {"AUTOGLM_GATEWAY_TRUST_FORWARDED_FOR": "true"}
 
 #: Health checks: every ``CHECK_INTERVAL_S``; down after ``FALL`` failures, up after ``RISE``.
 CHECK_INTERVAL_S = 1.0
@@ -81,6 +89,7 @@ defaults
     timeout http-request 30s
     timeout queue 30s
     option http-server-close
+    option forwardfor
     option redispatch 1
     retries 3
     retry-on conn-failure empty-response

@@ -18,11 +18,12 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 
 import httpx
 
 from autoglm.devstack.backing import DEV_VAULT_TOKEN, seed_vault, start_redis, start_vault
-from autoglm.devstack.frontdoor import Backend, FrontDoor
+from autoglm.devstack.frontdoor import GATEWAY_ENV, Backend, FrontDoor
 from autoglm.devstack.layout import DATA_DIR, MODELS_DIR, REPO_ROOT
 from autoglm.devstack.multiapp import read_run_file
 from autoglm.devstack.processes import (
@@ -162,8 +163,12 @@ def run_dev_stack(replicas_spec: str | None = None) -> int:
         return 2
     run_file = read_run_file(REPO_ROOT / "dapr.yaml")
     front = counts.get("gateway", 1) > 1
+    apps = [
+        replace(e, env={**e.env, **GATEWAY_ENV}) if front and e.app_id == "gateway" else e
+        for e in run_file.apps
+    ]
     replicas = build_replicas(
-        run_file.apps,
+        apps,
         counts,
         resources=run_file.resources,
         config=run_file.config,

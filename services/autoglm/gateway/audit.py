@@ -78,11 +78,13 @@ def _masked(value: str | None) -> str | None:
 
 
 def client_ip(trust_forwarded: bool) -> str | None:
-    # Behind Istio's ingress the peer is the proxy; X-Forwarded-For is trusted only
-    # when configured, since a direct client can forge it.
+    """The client's address: the peer's, or behind a trusted proxy (Istio's ingress,
+    the dev front door) the last ``X-Forwarded-For`` entry — the one that proxy appended.
+    Entries before it come from the client and can be forged; so can the header itself
+    without a proxy, which is why it is trusted only when configured."""
     forwarded = request.headers.get("X-Forwarded-For") if trust_forwarded else None
     if forwarded:
-        return forwarded.split(",")[0].strip()
+        return forwarded.rsplit(",", 1)[-1].strip() or request.remote_addr
     return request.remote_addr
 
 
