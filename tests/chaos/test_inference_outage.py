@@ -21,6 +21,17 @@ def _submit(mesh: OwnMesh, client: httpx.Client, n: int) -> list[str]:
     return ids
 
 
+def _background(client: httpx.Client, n: int) -> list[str]:
+    """Background Responses API requests: the same job path."""
+    ids = []
+    for i in range(n):
+        body = {"model": "demo-glm", "input": f"r {i}", "background": True, "max_output_tokens": 4}
+        resp = client.post("/v1/responses", json=body)
+        assert resp.status_code == 200 and resp.json()["status"] == "queued", resp.text
+        ids.append(resp.json()["id"])
+    return ids
+
+
 def test_killed_inference_completes_every_accepted_job_exactly_once(
     own_mesh: MeshFactory,
 ) -> None:
@@ -37,8 +48,10 @@ def test_killed_inference_completes_every_accepted_job_exactly_once(
     tenant = "chaos"
     with httpx.Client(base_url=mesh.gateway_url, headers=mesh.headers(tenant), timeout=30) as c:
         accepted = _submit(mesh, c, 20)
+        responses = _background(c, 3)
         mesh.kill_inference()
         accepted += _submit(mesh, c, 20)  # publishing needs only Redis: still accepted
+        responses += _background(c, 3)
 
         for _ in range(8):
             t0 = time.monotonic()
@@ -57,6 +70,12 @@ def test_killed_inference_completes_every_accepted_job_exactly_once(
             return all(s != "queued" for s in status.values()) and len(status) == len(accepted)
 
         wait_for("every accepted job finished", all_finished, timeout=90, every=1)
+
+        def responses_finished() -> bool:
+            states = [c.get(f"/v1/responses/{rid}").json()["status"] for rid in responses]
+            return all(s not in ("queued", "in_progress") for s in states)
+
+        wait_for("every background response finished", responses_finished, timeout=60, every=1)
         assert set(status.values()) == {"completed"}, status
         # Results arrive at least once (a delivery in flight at the crash can be
         # published twice); completion is once: a job's record, once completed, is not
@@ -67,6 +86,10 @@ def test_killed_inference_completes_every_accepted_job_exactly_once(
         # Settled topics: no redelivered request or duplicate result is still to come.
         wait_settled(mesh.backing.redis_client(), "inference.requests", "inference.results")
         assert {job: c.get(f"/v1/jobs/{job}").json() for job in accepted} == first
+        # Background responses ride the same path: each completed, once.
+        done = {rid: c.get(f"/v1/responses/{rid}").json() for rid in responses}
+        assert {r["status"] for r in done.values()} <= {"completed", "incomplete"}, done
+        assert all(r["usage"]["output_tokens"] >= 1 for r in done.values())
         # Synchronous calls work again by themselves.
         wait_for(
             "synchronous chat answers again",

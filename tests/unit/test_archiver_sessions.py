@@ -250,6 +250,26 @@ def test_restore_prefers_memory_then_disk(tmp_path: Path) -> None:
     assert json.loads(service2.restore(b'{"tenant": "acme", "session_id": "s1"}'))["version"] == 2
 
 
+def test_a_snapshot_record_is_kept_with_its_version_and_restored(tmp_path: Path) -> None:
+    """A stored response is archived as a snapshot whose ``record`` is the response
+    object: each version keeps its own, through staging, disk (encrypted) and a restart."""
+    sessions, service = build(tmp_path, encrypt=True)
+    for version, status in ((1, "queued"), (2, "completed")):
+        body = json.loads(event(version, "a", session="resp_1"))
+        body["record"] = {"response": {"id": "resp_1", "status": status}}
+        assert service.on_snapshot(json.dumps(body).encode()) is Ack.SUCCESS
+    ask = b'{"tenant": "acme", "session_id": "resp_1"}'
+    assert json.loads(service.restore(ask))["record"]["response"]["status"] == "completed"
+    sessions.flush_all()
+    _, restarted = build(tmp_path, encrypt=True)
+    reply = json.loads(restarted.restore(ask))
+    assert reply["version"] == 2 and reply["record"]["response"]["status"] == "completed"
+    plain = json.loads(restarted.restore(b'{"tenant": "acme", "session_id": "s1"}'))
+    assert "error" in plain  # never archived
+    service.on_snapshot(event(1, "a", flush=True))
+    assert json.loads(service.restore(b'{"tenant": "acme", "session_id": "s1"}'))["record"] is None
+
+
 def test_unknown_session_is_answered_by_the_bloom_filter(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -186,6 +186,8 @@ class SessionStore:
             )
         except NotFoundError:
             raise self._not_found(session_id) from None
+        if snap.get("record") is not None:
+            raise self._not_found(session_id)  # an archived response, not a session
         log.info("session restored from archive", extra={"session_id": session_id})
         return SessionRecord(
             id=session_id,
