@@ -393,3 +393,30 @@ def test_retrieving_does_not_charge_tokens_again(sidecar: FakeSidecar) -> None:
         ).status_code
         == 200
     )
+
+
+def test_content_filter_audit_and_isolation(sidecar: FakeSidecar) -> None:
+    client = make_client(sidecar, FakeStream(), blocked_terms=["forbidden", "world"])
+    refused = client.post(
+        "/v1/responses",
+        json={"model": "demo-glm", "input": [{"role": "user", "content": "a forbidden word"}]},
+        headers=USER,
+    )
+    assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "content_filter"
+    # Output is cut (the fake stream says "Hello world"), whole and streamed.
+    body = {"model": "demo-glm", "input": "Hi", "stream": True}
+    events = _events(client.post("/v1/responses", json=body, headers=USER))
+    final = events[-1]
+    assert final["type"] == "response.incomplete"
+    assert final["response"]["incomplete_details"] == {"reason": "content_filter"}
+    assert "world" not in final["response"]["output"][0]["content"][0]["text"]
+    sidecar.invoke_replies["generate"] = lambda p: _result(p, text="hello world")
+    whole = _create(client, input="Hi")
+    assert whole["incomplete_details"] == {"reason": "content_filter"}
+    assert whole["output"][0]["content"][0]["text"] == "hello "
+    audits = [p for t, p in sidecar.published if t == "audit"]
+    assert [a["action"] for a in audits[-2:]] == ["POST /v1/responses"] * 2
+    assert audits[-1]["tenant"] == "acme" and audits[-1]["model"] == "demo-glm"
+    probe = client.delete(f"/v1/responses/{whole['id']}", headers=bearer("globex"))
+    assert probe.status_code == 404
+    assert client.get(f"/v1/responses/{whole['id']}", headers=USER).status_code == 200
