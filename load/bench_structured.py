@@ -99,6 +99,34 @@ def run(
     return {"tok_s": tokens[0] / elapsed, "tokens": tokens[0], "seconds": elapsed}
 
 
+def sampling_overhead(engine: AutoGLMEngine, rows: int = 32, steps: int = 64) -> dict[str, Any]:
+    """The sampling call alone (no forward pass) for one step of ``rows`` greedy rows, all
+    free or half constrained: the constraint's own cost, far less noisy than end-to-end
+    throughput on a shared machine."""
+    import torch
+
+    from autoglm.inference.outputs import prepare
+    from autoglm.inference.sampling import next_tokens
+
+    loaded = engine.get(None)
+    vocab = int(loaded.model.get_output_embeddings().weight.shape[0])
+    out: dict[str, Any] = {}
+    for label, half in (("free", False), ("half_constrained", True)):
+        reqs = [request(i, steps + 1, half and i % 2 == 0) for i in range(rows)]
+        samplers = [
+            prepare(loaded, r).sampler(r.sampling, None, set(loaded.eos_token_ids), [1])
+            for r in reqs
+        ]
+        logits = torch.randn(steps, rows, vocab)
+        start = time.perf_counter()
+        for step in range(steps):
+            next_tokens(samplers, logits[step])
+        out[f"{label}_sampling_ms_per_step"] = round(
+            (time.perf_counter() - start) / steps * 1000, 3
+        )
+    return out
+
+
 def compare(
     engine: AutoGLMEngine,
     requests: int,
@@ -116,6 +144,7 @@ def compare(
             result = run(engine, requests, max_tokens, concurrency, half, temperature)
             runs.append(result["tok_s"])
             tokens.add(result["tokens"])
+    overhead = sampling_overhead(engine)
     free_tok_s = sorted(free)[len(free) // 2]
     mixed_tok_s = sorted(mixed)[len(mixed) // 2]
     return {
@@ -123,6 +152,7 @@ def compare(
         "half_constrained_tok_s_at_32": round(mixed_tok_s, 1),
         "constrained_ratio": round(mixed_tok_s / free_tok_s, 3),
         "tokens_per_run": sorted(tokens),
+        **overhead,
     }
 
 

@@ -285,11 +285,20 @@ def next_tokens(samplers: list[SequenceSampler], logits: torch.Tensor) -> list[t
         if rows:
             import numpy as np
 
-            index = torch.tensor(rows, device=logits.device)
-            allowed = torch.from_numpy(np.stack(masks)).to(logits.device)
-            picked = logits.index_select(0, index).masked_fill(~allowed, float("-inf"))
-            for i, token in zip(rows, torch.argmax(picked, dim=-1).tolist(), strict=True):
-                chosen[i] = token
+            allowed = np.stack(masks)
+            if logits.device.type == "cpu":
+                # numpy on CPU: a few µs, where small torch ops pay intra-op thread
+                # hand-offs (milliseconds on a busy machine).
+                picked = logits.float().numpy()[rows]
+                picked[~allowed] = -np.inf
+                tokens = picked.argmax(axis=1).tolist()
+            else:
+                index = torch.tensor(rows, device=logits.device)
+                keep = torch.from_numpy(allowed).to(logits.device)
+                masked_rows = logits.index_select(0, index).masked_fill(~keep, float("-inf"))
+                tokens = torch.argmax(masked_rows, dim=-1).tolist()
+            for i, token in zip(rows, tokens, strict=True):
+                chosen[i] = int(token)
     out = []
     for i, sampler in enumerate(samplers):
         token = chosen[i]
