@@ -363,3 +363,19 @@ def test_batched_masks_match_per_row_processing(engine: AutoGLMEngine) -> None:
     assert batched == one_by_one
     assert batched[0][0] == int(torch.argmax(logits[0]))
     assert loaded.tokenizer.decode([batched[2][0]]) == "{"
+
+
+def test_grammars_are_compiled_once_per_schema(engine: AutoGLMEngine) -> None:
+    compiler = engine.get(None).grammar()
+    schema = {"type": "object", "properties": {"once": {"type": "boolean"}}, "required": ["once"]}
+    before = compiler.compilations
+    results = [
+        engine.generate(_chat(f"q{i}", response_format=_fmt(schema), sampling={"seed": i}))
+        for i in range(3)
+    ]
+    assert compiler.compilations == before + 1
+    assert all(json.loads(r.text)["once"] in (True, False) for r in results)
+    with pytest.raises(InvalidRequestError):
+        engine.submit(_chat("x", structured_outputs={"regex": "a(b"}))
+    with pytest.raises(InvalidRequestError):  # the failure is cached too, and still a 400
+        engine.submit(_chat("x", structured_outputs={"regex": "a(b"}))

@@ -100,9 +100,11 @@ def request_grammar(request: GenerateRequest) -> tuple[str, str] | None:
 
 
 class GrammarCompiler:
-    """One model's tokenizer as llguidance sees it, plus a cache of checked grammars."""
+    """One model's tokenizer as llguidance sees it, plus a cache of compiled grammars:
+    grammar text -> a matcher in its initial state (copied for each sequence) or the
+    reason it cannot be used. LRU, ``cache_size`` entries."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_id: int, cache_size: int = 512):
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_id: int, cache_size: int = 256):
         import llguidance.hf
 
         self.vocab_size = vocab_size
@@ -110,47 +112,47 @@ class GrammarCompiler:
             tokenizer, n_vocab=vocab_size, eos_token=eos_token_id
         )
         self.eos = eos_token_id
-        self._checked: OrderedDict[str, str | None] = OrderedDict()
+        self._compiled: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.cache_size = cache_size
+        self.compilations = 0
 
-    def check(self, grammar: str, param: str) -> None:
-        """Raise InvalidRequestError when llguidance cannot use ``grammar``."""
+    def _compile(self, grammar: str) -> Any:
+        """A matcher of ``grammar`` in its initial state, or the problem as a string."""
         import llguidance
 
-        with self._lock:
-            known = grammar in self._checked
-            problem = self._checked.get(grammar)
-            if known:
-                self._checked.move_to_end(grammar)
-        if not known:
-            failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
-                grammar, self.tokenizer
-            )
-            problem = "; ".join(messages) if failed else None
-            with self._lock:
-                self._checked[grammar] = problem
-                while len(self._checked) > self.cache_size:
-                    self._checked.popitem(last=False)
-        if problem:
-            raise InvalidRequestError(
-                f"constraint cannot be compiled: {problem[:500]}",
-                param=param,
-                code="invalid_grammar",
-            )
-
-    def constraint(self, grammar: str, param: str) -> Constraint:
-        """A fresh matcher for one sequence (its first mask is computed right away)."""
-        import llguidance
-
-        self.check(grammar, param)
+        failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+            grammar, self.tokenizer
+        )
+        if failed:
+            return "; ".join(messages)
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=1)
         if matcher.is_error():
+            return str(matcher.get_error())
+        self.compilations += 1
+        return matcher
+
+    def constraint(self, grammar: str, param: str) -> Constraint:
+        """A matcher for one sequence: a copy of the cached compiled grammar (compiled
+        on first use). Raises InvalidRequestError when llguidance cannot use it."""
+        with self._lock:
+            entry = self._compiled.get(grammar)
+            if entry is not None:
+                self._compiled.move_to_end(grammar)
+        if entry is None:
+            entry = self._compile(grammar)
+            with self._lock:
+                self._compiled[grammar] = entry
+                while len(self._compiled) > self.cache_size:
+                    self._compiled.popitem(last=False)
+        if isinstance(entry, str):
             raise InvalidRequestError(
-                f"constraint cannot be compiled: {matcher.get_error()[:500]}",
+                f"constraint cannot be compiled: {entry[:500]}",
                 param=param,
                 code="invalid_grammar",
             )
+        with self._lock:  # a template is only ever copied, one copy at a time
+            matcher = entry.deep_copy()
         return Constraint(matcher, self.vocab_size, self.eos)
 
 
