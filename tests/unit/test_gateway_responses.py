@@ -372,6 +372,8 @@ def test_input_items_pages(client: FlaskClient) -> None:
     [
         {"input": "x", "background": True, "store": False},
         {"input": "x", "reasoning": {"effort": "low"}},
+        {"input": "x", "include": ["message.output_text.logprobs"]},
+        {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]},
         {"input": "x", "tool_choice": "required"},
         {"input": "x", "text": {"format": {"type": "json_schema", "name": "a"}}},
         {"input": []},

@@ -151,6 +151,11 @@ class TextFormat(_Strict):
         return {"type": "json_schema", "json_schema": spec}
 
 
+class StreamOptions(_Strict):
+    #: OpenAI pads deltas against side channels; these events are not padded.
+    include_obfuscation: bool | None = None
+
+
 class TextConfig(_Strict):
     format: TextFormat = Field(default_factory=TextFormat)
 
@@ -186,6 +191,12 @@ class ResponsesRequest(_Strict):
     )
     user: str | None = Field(default=None, max_length=256)
     service_tier: str | None = Field(default=None, max_length=32)
+    #: Labels that only identify the caller or route the request: accepted, unused.
+    safety_identifier: str | None = Field(default=None, max_length=256)
+    prompt_cache_key: str | None = Field(default=None, max_length=256)
+    #: Extra output data (log-probabilities, ...) is not served: only an empty list.
+    include: list[str] | None = Field(default=None, max_length=0)
+    stream_options: StreamOptions | None = None
 
     def items(self) -> list[MessageItem | FunctionCallItem | FunctionCallOutputItem]:
         if isinstance(self.input, str):
