@@ -264,10 +264,11 @@ def stored_input_items(
     out: list[dict[str, Any]] = []
     for item in items:
         if isinstance(item, MessageItem):
-            part = "output_text" if item.role == "assistant" else "input_text"
-            content = [{"type": part, "text": item.text}]
-            if part == "output_text":
-                content[0]["annotations"] = []  # type: ignore[assignment]
+            content = (
+                [output_text(item.text)]
+                if item.role == "assistant"
+                else [{"type": "input_text", "text": item.text}]
+            )
             out.append(
                 {
                     "id": item.id or item_id("msg"),
@@ -301,9 +302,9 @@ def stored_input_items(
     return out
 
 
-def message_item(text: str, status: str = "completed", item: str | None = None) -> dict[str, Any]:
+def message_item(text: str, status: str = "completed") -> dict[str, Any]:
     return {
-        "id": item or item_id("msg"),
+        "id": item_id("msg"),
         "type": "message",
         "role": "assistant",
         "status": status,
@@ -420,10 +421,6 @@ class ResponseObject(BaseModel):
     user: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     completed_at: int | None = None
-
-    @property
-    def output_text(self) -> str:
-        return context_turn(self.output).content
 
     @staticmethod
     def start(rid: str, request: ResponsesRequest, status: ResponseStatus) -> ResponseObject:
