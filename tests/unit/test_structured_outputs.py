@@ -367,7 +367,12 @@ def test_batched_masks_match_per_row_processing(engine: AutoGLMEngine) -> None:
 
 def test_grammars_are_compiled_once_per_schema(engine: AutoGLMEngine) -> None:
     compiler = engine.get(None).grammar()
-    schema = {"type": "object", "properties": {"once": {"type": "boolean"}}, "required": ["once"]}
+    schema = {
+        "type": "object",
+        "properties": {"once": {"type": "boolean"}},
+        "required": ["once"],
+        "additionalProperties": False,
+    }
     before = compiler.compilations
     results = [
         engine.generate(_chat(f"q{i}", response_format=_fmt(schema), sampling={"seed": i}))
