@@ -163,9 +163,9 @@ def in_process(model: Path, n: int, max_tokens: int) -> dict[str, Any]:
 
 
 def via_sidecar(mesh: OwnMesh, n: int) -> list[float]:
-    url = f"{mesh.inference.dapr_url}/v1.0/invoke/inference/method/generate"
+    url = f"{mesh.gateway.dapr_url}/v1.0/invoke/inference/method/generate"
     body = {"messages": MESSAGES, "sampling": {"max_tokens": 1, "temperature": 0}}
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=mesh.gateway.dapr_headers) as client:
 
         def call() -> None:
             client.post(url, json=body).raise_for_status()
@@ -390,6 +390,8 @@ def main() -> None:
             snaps = snapshot_rate(archiver_metrics, t0, base)
             uploads = scenario(mesh, "attachments", "--concurrency", "4", "--requests", "40")
             say(f"{args.jobs} async jobs through pub/sub")
+            # The jobs scenario counts duplicate results in this stack's Redis.
+            os.environ["AUTOGLM_REDIS_PASSWORD"] = mesh.backing.creds.redis_password
             jobs = scenario(
                 mesh,
                 "jobs",

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -227,12 +228,16 @@ def attachment_worker(size: int, chunk: int) -> Worker:
     return one
 
 
-def published_results(redis_port: int, topic: str = "inference.results") -> Counter[str]:
-    """How often each request id was published on ``topic`` (Dapr's Redis stream)."""
+def published_results(
+    redis_port: int, topic: str = "inference.results", password: str | None = None
+) -> Counter[str]:
+    """How often each request id was published on ``topic`` (Dapr's Redis stream).
+    The stack's Redis password: ``password`` or ``AUTOGLM_REDIS_PASSWORD``."""
     import redis
 
     counts: Counter[str] = Counter()
-    conn = redis.Redis(host="127.0.0.1", port=redis_port)
+    secret = password or os.environ.get("AUTOGLM_REDIS_PASSWORD")
+    conn = redis.Redis(host="127.0.0.1", port=redis_port, password=secret)
     try:
         last = "-"
         while True:

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build the project's Go-based tools from source into $REPO/.tools/bin/.
 #
-#   tools/build.sh [daprd|vault|kustomize|crds|kube|kube-apiserver|etcd|kubectl|dapr|all]...
-#                  (default: all = daprd vault kustomize crds kube)
+#   tools/build.sh [daprd|sentry|vault|kustomize|crds|kube|kube-apiserver|etcd|kubectl|dapr|all]...
+#                  (default: all = daprd sentry vault kustomize crds kube)
 #
 #   daprd      slim Dapr sidecar runtime (tools/daprd, github.com/dapr/dapr)
+#   sentry     Dapr's CA (github.com/dapr/dapr/cmd/sentry): mTLS between local sidecars
 #   vault      HashiCorp Vault server    (tools/vault, github.com/hashicorp/vault)
 #   kustomize  renders k8s/ for the k8s tests (tools/kustomize, sigs.k8s.io/kustomize/kustomize/v5)
 #   crds       CRD schemas of Dapr, Istio, KEDA, prometheus-operator into .tools/crds/
@@ -47,7 +48,7 @@ die() {
 }
 
 usage() {
-	sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 command -v go >/dev/null 2>&1 || die "'go' not found in PATH; install Go (see the go line of tools/*/go.mod for the minimum version)"
@@ -129,6 +130,16 @@ build_daprd() {
 	local dir="$TOOLS_DIR/daprd"
 	check_pin "$dir" github.com/dapr/dapr "$DAPR_VERSION"
 	build daprd "$DAPR_VERSION" "$dir" . \
+		"-X github.com/dapr/dapr/pkg/buildinfo.version=$DAPR_VERSION -X github.com/dapr/dapr/pkg/buildinfo.gitversion=v$DAPR_VERSION -X github.com/dapr/dapr/pkg/buildinfo.gitcommit=$DAPR_GIT_COMMIT"
+}
+
+# Dapr's certificate authority, from the same module graph as daprd: the local stack
+# runs it so that daprd-to-daprd calls use mTLS and the access lists (Configuration
+# accessControl) know each caller's SPIFFE identity, as in Kubernetes.
+build_sentry() {
+	local dir="$TOOLS_DIR/daprd"
+	check_pin "$dir" github.com/dapr/dapr "$DAPR_VERSION"
+	build sentry "$DAPR_VERSION" "$dir" github.com/dapr/dapr/cmd/sentry \
 		"-X github.com/dapr/dapr/pkg/buildinfo.version=$DAPR_VERSION -X github.com/dapr/dapr/pkg/buildinfo.gitversion=v$DAPR_VERSION -X github.com/dapr/dapr/pkg/buildinfo.gitcommit=$DAPR_GIT_COMMIT"
 }
 
@@ -296,6 +307,7 @@ fi
 for t in "${targets[@]}"; do
 	case $t in
 	daprd) build_daprd ;;
+	sentry) build_sentry ;;
 	vault) build_vault ;;
 	kustomize) build_kustomize ;;
 	crds) fetch_crds ;;
@@ -306,6 +318,7 @@ for t in "${targets[@]}"; do
 	dapr | dapr-cli) build_dapr_cli ;;
 	all)
 		build_daprd
+		build_sentry
 		build_vault
 		build_kustomize
 		fetch_crds

@@ -12,21 +12,43 @@ from autoglm.core.logging import configure_logging
 
 
 def _init_demo(args: argparse.Namespace) -> int:
-    from autoglm.devstack.backing import store_signing_key
+    import hvac.exceptions
+    import requests
+
+    from autoglm.devstack.backing import SigningKeyConflictError, store_signing_key
     from autoglm.devstack.processes import port_open
     from autoglm.devstack.run import VAULT_PORT
+    from autoglm.devstack.secrets import RUN_SECRETS_FILE, StackSecrets
     from autoglm.models.demo import init_demo_models
 
     models_dir = Path(args.dir)
     print(f"preparing demo models in {models_dir} (first run trains a tokenizer, ~10 s)...")
     public_key = init_demo_models(models_dir, force=args.force)
     print(f"signed demo models ready: {models_dir}/demo-glm, {models_dir}/all-MiniLM-L6-v2")
-    if port_open(VAULT_PORT):
-        # The dev Vault of `make run` is up: inference verifies against this key from now on.
-        store_signing_key(f"http://127.0.0.1:{VAULT_PORT}", public_key)
-        print(f"dev signing key: {models_dir}/.signing/; public half stored in the dev Vault")
+    later = f"dev signing key: {models_dir}/.signing/ (public half goes to Vault on 'make run')"
+    saved = StackSecrets.load()
+    if not port_open(VAULT_PORT):
+        print(later)
+    elif saved is None:
+        # Another checkout's stack: its Vault token is not ours, and its key is its own.
+        print(
+            f"a dev Vault is running on {VAULT_PORT}, but not this checkout's "
+            f"({RUN_SECRETS_FILE} missing): its signing key was left alone\n{later}"
+        )
     else:
-        print(f"dev signing key: {models_dir}/.signing/ (public half goes to Vault on 'make run')")
+        # This checkout's `make run` is up: inference verifies against this key from now on
+        # (unless the stack already holds another one, which stays).
+        try:
+            store_signing_key(
+                f"http://127.0.0.1:{VAULT_PORT}", public_key, saved.vault_token, replace=args.force
+            )
+        except SigningKeyConflictError as exc:
+            print(f"{exc}\nrerun with --force to replace it\n{later}")
+            return 0
+        except (hvac.exceptions.VaultError, requests.RequestException) as exc:
+            print(f"the dev Vault on {VAULT_PORT} did not take the key ({exc})\n{later}")
+            return 0
+        print(f"dev signing key: {models_dir}/.signing/; public half stored in the dev Vault")
     return 0
 
 
@@ -108,10 +130,13 @@ def _token(args: argparse.Namespace) -> int:
     import hvac.exceptions
     import requests
 
-    from autoglm.devstack.backing import DEV_VAULT_TOKEN, VAULT_MOUNT, VAULT_PREFIX
+    from autoglm.devstack.backing import VAULT_MOUNT, VAULT_PREFIX
+    from autoglm.devstack.secrets import StackSecrets
     from autoglm.gateway.security.tokens import mint_token
 
-    client = hvac.Client(url=args.vault_addr, token=args.vault_token or DEV_VAULT_TOKEN)
+    saved = StackSecrets.load()
+    vault_token = args.vault_token or (saved.vault_token if saved else None)
+    client = hvac.Client(url=args.vault_addr, token=vault_token)
     try:
         secret = client.secrets.kv.v2.read_secret_version(
             path=f"{VAULT_PREFIX}/jwt", mount_point=VAULT_MOUNT, raise_on_deleted_version=True
@@ -175,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--vault-addr", default=os.environ.get("AUTOGLM_VAULT_ADDR", "http://127.0.0.1:8200")
     )
-    token.add_argument("--vault-token", default=os.environ.get("VAULT_TOKEN"))
+    token.add_argument(
+        "--vault-token",
+        default=os.environ.get("VAULT_TOKEN"),
+        help="default: VAULT_TOKEN, else the one `make run` saved in .data/secrets/dev.env",
+    )
     token.set_defaults(func=_token)
     sub.add_parser("doctor", help="what is running, what is missing").set_defaults(func=_doctor)
     return parser

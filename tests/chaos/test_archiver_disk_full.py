@@ -79,8 +79,10 @@ def test_snapshots_are_retried_while_the_disk_is_full_and_written_once_space_ret
 
         def restored() -> bool:
             resp = httpx.post(
-                f"{mesh.archiver.dapr_url}/v1.0/invoke/archiver/method/restore",
+                # Through the gateway's daprd: only the gateway may call restore.
+                f"{mesh.gateway.dapr_url}/v1.0/invoke/archiver/method/restore",
                 json={"tenant": "acme", "session_id": session},
+                headers=mesh.gateway.dapr_headers,
                 timeout=10,
             )
             # Until the snapshot is on disk the reply is a structured not-found error.

@@ -80,7 +80,9 @@ def test_killed_inference_completes_every_accepted_job_exactly_once(
         # Results arrive at least once (a delivery in flight at the crash can be
         # published twice); completion is once: a job's record, once completed, is not
         # rewritten by a later duplicate result.
-        published = published_results(mesh.backing.redis_port)
+        published = published_results(
+            mesh.backing.redis_port, password=mesh.backing.creds.redis_password
+        )
         assert all(published[f"{tenant}:{job}"] >= 1 for job in accepted)
         first = {job: c.get(f"/v1/jobs/{job}").json() for job in accepted}
         # Settled topics: no redelivered request or duplicate result is still to come.

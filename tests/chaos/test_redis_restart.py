@@ -42,6 +42,7 @@ def test_redis_restart_gives_503_then_recovers_without_losing_acknowledged_write
             mesh.backing.redis_port,
             mesh.backing.workdir / "redis",
             mesh.backing.workdir / "logs" / "redis-restarted.log",
+            mesh.backing.creds.redis_password,
         )
         mesh.stack.callback(restarted.stop)
         wait_for(

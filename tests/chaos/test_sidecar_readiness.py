@@ -54,7 +54,9 @@ def test_sidecar_without_subscriptions_is_restarted_not_reported_ready(
             "inference-0: sidecar up without no subscription to pubsub/inference.requests" in e
             for e in events
         ), events
-        meta = httpx.get(f"{inference.dapr_url}/v1.0/metadata", timeout=5).json()
+        meta = httpx.get(
+            f"{inference.dapr_url}/v1.0/metadata", headers=inference.dapr_headers, timeout=5
+        ).json()
         assert sidecar_problems(meta, "inference") == []
         assert inference.state == "ready"
         ready = httpx.get(f"{mesh.url}/readyz", timeout=10).json()

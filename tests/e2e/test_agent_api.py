@@ -16,10 +16,8 @@ from typing import Any, Literal
 import jsonschema
 import openai
 import pytest
-import redis
 from pydantic import BaseModel, Field
 
-from autoglm.core.sidecar import Sidecar
 from autoglm.core.streaming import stream_generate
 from autoglm.devstack.sidecars import SidecarPorts, start_daprd
 from tests.e2e.conftest import Mesh
@@ -241,7 +239,7 @@ def test_completions_logprobs_and_bad_schema(client: openai.OpenAI) -> None:
 
 def test_dapr_generate_accepts_the_same_options(mesh: Mesh) -> None:
     """Invocation, streaming and pub/sub callers send response_format, tools, logprobs, n."""
-    dapr = Sidecar(http_port=mesh.archiver.ports.http)
+    dapr = mesh.gateway.client()  # the access lists let only the gateway call inference
     body = {
         "messages": _ask("weather?"),
         "tools": [WEATHER],
@@ -262,7 +260,10 @@ def test_dapr_generate_accepts_the_same_options(mesh: Mesh) -> None:
         "structured_outputs": {"choice": ["yes", "no"]},
         "sampling": {"max_tokens": 8},
     }
-    frames = list(stream_generate(payload, grpc_port=mesh.gateway.ports.grpc, timeout=60))
+    token = mesh.gateway.dapr_headers["dapr-api-token"]
+    frames = list(
+        stream_generate(payload, grpc_port=mesh.gateway.ports.grpc, timeout=60, api_token=token)
+    )
     assert frames[-1]["result"]["text"] in ("yes", "no")
     request_id = f"agent-{time.time_ns()}"
     request = {
@@ -272,8 +273,8 @@ def test_dapr_generate_accepts_the_same_options(mesh: Mesh) -> None:
         "n": 2,
     }
     event = {"request_id": request_id, "request": request}
-    Sidecar(http_port=mesh.gateway.ports.http).publish("inference.requests", event)
-    results = redis.Redis(port=mesh.backing.redis_port)
+    dapr.publish("inference.requests", event)
+    results = mesh.backing.redis_client()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         found = [
@@ -315,6 +316,7 @@ def test_dapr_conversation_alpha2_with_a_tool(
     Conversation API: a conversation.openai component whose endpoint is the gateway."""
     from dapr.clients import DaprClient
     from dapr.clients.grpc import conversation as conv
+    from dapr.clients.grpc.interceptors import DaprClientInterceptor
     from dapr.conf import settings as dapr_settings
 
     resources = tmp_path / "resources"
@@ -331,10 +333,14 @@ def test_dapr_conversation_alpha2_with_a_tool(
             config=mesh.backing.config,
             log_path=mesh.backing.workdir / "logs" / "daprd-agent-app.log",
             ports=ports,
+            secrets=mesh.backing.creds,
+            sentry=mesh.backing.sentry,
         )
         stack.callback(sidecar.stop)
         # The SDK waits for its sidecar's HTTP health before the first call.
         monkeypatch.setattr(dapr_settings, "DAPR_HTTP_PORT", ports.http)
+        token = mesh.backing.creds.dapr_token("agent-app")
+        monkeypatch.setattr(dapr_settings, "DAPR_API_TOKEN", token)
         tool = conv.ConversationTools(
             function=conv.ConversationToolsFunction(
                 name="get_weather",
@@ -342,7 +348,8 @@ def test_dapr_conversation_alpha2_with_a_tool(
                 parameters=ARGS_SCHEMA,
             )
         )
-        with DaprClient(address=f"127.0.0.1:{ports.grpc}") as dapr:
+        sends = [DaprClientInterceptor([("dapr-api-token", token)])]
+        with DaprClient(address=f"127.0.0.1:{ports.grpc}", interceptors=sends) as dapr:
             reply = dapr.converse_alpha2(
                 name="autoglm",
                 inputs=[

@@ -9,6 +9,7 @@ switch file exists), which is how a full disk is injected into a separate proces
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import os
@@ -96,6 +97,8 @@ class Rig:
                 self.backing.config,
                 self.workdir / "logs",
                 Path.cwd(),
+                self.backing.creds,
+                self.backing.sentry,
                 app_log=self.workdir / "logs" / f"{APP_ID}.log",
                 started=started,
             )
@@ -143,11 +146,22 @@ def rig(backing: Backing, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         (resources / src.name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
     with ExitStack() as stack:
         client_app: AppUnderTest = start_app(backing, stack, "archiver-e2e-client", None)
-        client = Sidecar(http_port=client_app.ports.http)
+        client = client_app.client()
         stack.callback(client.close)
+        # Last to run: once the rig's archiver has stopped, its consumer groups go too,
+        # so later tests that wait for a topic to settle do not wait on a reader that
+        # is gone (``tests/support/polling.stream_settled`` counts every group).
+        stack.callback(_drop_consumer_groups, backing)
         r = Rig(backing, workdir, resources, client, stack, workdir / "archive", workdir / "full")
         r.start()
         yield r
+
+
+def _drop_consumer_groups(backing: Backing) -> None:
+    redis = backing.redis_client()
+    for topic in ("session.snapshots", "audit"):
+        with contextlib.suppress(Exception):  # never created: nothing to drop
+            redis.xgroup_destroy(topic, APP_ID)
 
 
 def test_snapshot_event_becomes_encrypted_snapshot(rig: Rig) -> None:

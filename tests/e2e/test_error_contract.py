@@ -36,6 +36,8 @@ def test_the_readme_client_raises_on_error_replies(
     example = _readme_example()
     invoke, mesh_error = example["invoke"], example["MeshError"]
     monkeypatch.setattr(settings, "DAPR_HTTP_PORT", mesh.gateway.ports.http)
+    # What an app finds in its environment: its daprd's API token.
+    monkeypatch.setattr(settings, "DAPR_API_TOKEN", mesh.gateway.dapr_headers["dapr-api-token"])
     with DaprClient(address=f"127.0.0.1:{mesh.gateway.ports.grpc}") as d:
         reply = invoke(d, "inference", "generate", {"prompt": "Hi", "sampling": {"max_tokens": 3}})
         assert isinstance(reply["text"], str)

@@ -8,7 +8,6 @@ import uuid
 import httpx
 import pytest
 
-from autoglm.core.sidecar import Sidecar
 from tests.e2e.conftest import Mesh
 from tests.support.polling import wait_for
 
@@ -63,7 +62,7 @@ def test_bad_request_crosses_the_mesh_as_clear_400(mesh: Mesh) -> None:
 
 def test_published_request_yields_result_with_same_id(mesh: Mesh) -> None:
     request_id = f"job-{uuid.uuid4().hex}"
-    client = Sidecar(http_port=mesh.gateway.ports.http)
+    client = mesh.gateway.client()
     client.publish(
         "inference.requests",
         {
@@ -88,7 +87,7 @@ def test_published_request_yields_result_with_same_id(mesh: Mesh) -> None:
 
 def test_snapshot_event_lands_under_archive_root(mesh: Mesh) -> None:
     session = f"s-{uuid.uuid4().hex[:12]}"
-    client = Sidecar(http_port=mesh.gateway.ports.http)
+    client = mesh.gateway.client()
     client.publish(
         "session.snapshots",
         {
@@ -108,18 +107,37 @@ def test_snapshot_event_lands_under_archive_root(mesh: Mesh) -> None:
 
 
 def test_secret_from_vault_through_dapr(mesh: Mesh) -> None:
-    resp = httpx.get(f"{mesh.inference.dapr_url}/v1.0/secrets/vault/jwt", timeout=10)
+    resp = httpx.get(
+        f"{mesh.gateway.dapr_url}/v1.0/secrets/vault/jwt",
+        headers=mesh.gateway.dapr_headers,
+        timeout=10,
+    )
     assert resp.status_code == 200
     assert resp.json() == mesh.backing.secrets["jwt"]
 
 
+@pytest.mark.parametrize(
+    ("app", "secret"),
+    [("inference", "jwt"), ("archiver", "jwt"), ("gateway", "archive"), ("inference", "archive")],
+)
+def test_each_app_reads_only_its_own_secrets(mesh: Mesh, app: str, secret: str) -> None:
+    """Secret scopes from the contract table: the JWT signing key is the gateway's alone,
+    the archive key the archiver's alone."""
+    daprd = getattr(mesh, app)
+    resp = httpx.get(
+        f"{daprd.dapr_url}/v1.0/secrets/vault/{secret}", headers=daprd.dapr_headers, timeout=10
+    )
+    assert resp.status_code == 403, resp.text
+
+
 def test_invoke_from_a_plain_dapr_client(mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dapr.clients import DaprClient
     from dapr.conf import settings
 
     # What `dapr run` sets in an app's environment: the SDK finds its sidecar from these.
-    monkeypatch.setattr(settings, "DAPR_HTTP_PORT", mesh.archiver.ports.http)
-    monkeypatch.setattr(settings, "DAPR_GRPC_PORT", mesh.archiver.ports.grpc)
-    with DaprClient(f"127.0.0.1:{mesh.archiver.ports.grpc}") as client:
+    # The gateway's, since the access lists let only the gateway call inference.
+    monkeypatch.setattr(settings, "DAPR_HTTP_PORT", mesh.gateway.ports.http)
+    monkeypatch.setattr(settings, "DAPR_GRPC_PORT", mesh.gateway.ports.grpc)
+    monkeypatch.setattr(settings, "DAPR_API_TOKEN", mesh.gateway.dapr_headers["dapr-api-token"])
+    with mesh.gateway.dapr_client() as client:
         resp = client.invoke_method("inference", "models", data=b"{}", http_verb="POST")
     assert [m["id"] for m in json.loads(resp.data)["data"]] == ["demo-glm", "all-MiniLM-L6-v2"]

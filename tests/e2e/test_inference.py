@@ -7,11 +7,9 @@ import uuid
 
 import httpx
 import pytest
-from dapr.clients import DaprClient
 from dapr.conf import settings as dapr_settings
 
 from autoglm.core.errors import PermissionDeniedError
-from autoglm.core.sidecar import Sidecar
 from autoglm.core.streaming import stream_generate
 from tests.e2e.conftest import Mesh
 from tests.support.polling import wait_for, wait_settled
@@ -31,7 +29,7 @@ def _results_for(mesh: Mesh, request_id: str) -> list[dict[str, object]]:
 
 
 def test_embed_through_invocation(mesh: Mesh) -> None:
-    client = Sidecar(http_port=mesh.archiver.ports.http)
+    client = mesh.gateway.client()
     reply = client.invoke("inference", "embed", {"input": ["hello world", "goodbye"]})
     assert reply["model"] == "all-MiniLM-L6-v2"
     assert len(reply["data"]) == 2 and len(reply["data"][0]) == 384
@@ -40,11 +38,14 @@ def test_embed_through_invocation(mesh: Mesh) -> None:
 def test_generate_with_the_dapr_sdk_from_another_app(
     mesh: Mesh, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Any Dapr app calls ``generate`` with the stock SDK: plain JSON in, JSON out."""
-    # As an app beside the archiver's sidecar would (the SDK waits for its HTTP health).
-    monkeypatch.setattr(dapr_settings, "DAPR_HTTP_PORT", mesh.archiver.ports.http)
+    """An app allowed to (the gateway's access list entry) calls ``generate`` with the
+    stock SDK: plain JSON in, JSON out."""
+    # As an app beside the gateway's sidecar would (the SDK waits for its HTTP health).
+    monkeypatch.setattr(dapr_settings, "DAPR_HTTP_PORT", mesh.gateway.ports.http)
+    token = mesh.gateway.dapr_headers["dapr-api-token"]
+    monkeypatch.setattr(dapr_settings, "DAPR_API_TOKEN", token)
     body = {"prompt": "Once upon a time", "sampling": {"max_tokens": 5, "temperature": 0}}
-    with DaprClient(address=f"127.0.0.1:{mesh.archiver.ports.grpc}") as dapr:
+    with mesh.gateway.dapr_client() as dapr:
         reply = dapr.invoke_method(
             "inference",
             "generate",
@@ -59,7 +60,14 @@ def test_generate_with_the_dapr_sdk_from_another_app(
 
 def test_stream_through_daprd_grpc_proxy(mesh: Mesh) -> None:
     payload = {"prompt": "Once upon a time", "sampling": {"max_tokens": 12, "temperature": 0}}
-    frames = list(stream_generate(payload, grpc_port=mesh.gateway.ports.grpc, timeout=60))
+    frames = list(
+        stream_generate(
+            payload,
+            grpc_port=mesh.gateway.ports.grpc,
+            timeout=60,
+            api_token=mesh.gateway.dapr_headers["dapr-api-token"],
+        )
+    )
     deltas = [f["delta"] for f in frames if "delta" in f]
     assert "result" in frames[-1]
     assert "".join(deltas) == frames[-1]["result"]["text"]
@@ -68,7 +76,7 @@ def test_stream_through_daprd_grpc_proxy(mesh: Mesh) -> None:
 
 def test_duplicate_delivery_yields_one_result(mesh: Mesh) -> None:
     request_id = f"dup-{uuid.uuid4().hex}"
-    client = Sidecar(http_port=mesh.gateway.ports.http)
+    client = mesh.gateway.client()
     event = {"request_id": request_id, "request": {"prompt": "x", "sampling": {"max_tokens": 2}}}
     client.publish("inference.requests", event)
     wait_for("a result", lambda: _results_for(mesh, request_id), timeout=60)
@@ -81,7 +89,7 @@ def test_simultaneous_duplicates_yield_one_result(mesh: Mesh) -> None:
     """Both copies are in flight at once: the claim on the request id lets one generate
     and sends the other back until the result is out, then acknowledges it."""
     request_id = f"twin-{uuid.uuid4().hex}"
-    client = Sidecar(http_port=mesh.gateway.ports.http)
+    client = mesh.gateway.client()
     event = {"request_id": request_id, "request": {"prompt": "x", "sampling": {"max_tokens": 48}}}
     client.publish("inference.requests", event)
     client.publish("inference.requests", event)
@@ -94,7 +102,7 @@ def test_simultaneous_duplicates_yield_one_result(mesh: Mesh) -> None:
 
 def test_poison_message_goes_to_dead_letter(mesh: Mesh) -> None:
     marker = f"poison-{uuid.uuid4().hex}"
-    client = Sidecar(http_port=mesh.gateway.ports.http)
+    client = mesh.gateway.client()
     client.publish("inference.requests", {"not_a_request": marker})
 
     def dead() -> list[dict[str, object]]:
@@ -106,13 +114,9 @@ def test_poison_message_goes_to_dead_letter(mesh: Mesh) -> None:
 
 
 def test_admin_methods_only_from_gateway(mesh: Mesh) -> None:
-    with pytest.raises(PermissionDeniedError, match="archiver"):
-        Sidecar(http_port=mesh.archiver.ports.http).invoke(
-            "inference", "unload_model", {"model": "demo-glm"}
-        )
-    ok = Sidecar(http_port=mesh.gateway.ports.http).invoke(
-        "inference", "load_model", {"model": "demo-glm"}
-    )
+    with pytest.raises(PermissionDeniedError):
+        mesh.archiver.client().invoke("inference", "unload_model", {"model": "demo-glm"})
+    ok = mesh.gateway.client().invoke("inference", "load_model", {"model": "demo-glm"})
     assert ok == {"model": "demo-glm", "state": "ready"}
 
 

@@ -14,6 +14,6 @@ def sidecar(backing: Backing) -> Iterator[Sidecar]:
     """A real daprd (no app behind it) wired to the real Redis and Vault."""
     with ExitStack() as stack:
         daprd = start_app(backing, stack, "itest", None)
-        client = Sidecar(http_port=daprd.ports.http)
+        client = daprd.client()
         stack.callback(client.close)
         yield client

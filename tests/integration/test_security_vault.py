@@ -14,7 +14,7 @@ import pytest
 from autoglm.cli import main as cli_main
 from autoglm.core.errors import AuthenticationError, RateLimitError
 from autoglm.core.sidecar import Sidecar
-from autoglm.devstack.backing import DEV_VAULT_TOKEN, VAULT_MOUNT, VAULT_PREFIX
+from autoglm.devstack.backing import VAULT_MOUNT, VAULT_PREFIX
 from autoglm.gateway.security.auth import Authenticator
 from autoglm.gateway.security.principal import Principal
 from autoglm.gateway.security.ratelimit import RateLimiter
@@ -28,7 +28,7 @@ class VaultSecrets:
     """Writes this test's own secrets, leaving the seeded ``jwt`` to the other tests."""
 
     def __init__(self, backing: Backing) -> None:
-        self.client = hvac.Client(url=backing.vault_addr, token=DEV_VAULT_TOKEN)
+        self.client = hvac.Client(url=backing.vault_addr, token=backing.vault_token)
         self.suffix = uuid.uuid4().hex[:8]
         self.jwt_name = f"jwt-{self.suffix}"
         self.api_keys_name = f"api-keys-{self.suffix}"
@@ -115,6 +115,7 @@ def test_cli_token_is_accepted_through_dapr(
     sidecar: Sidecar, backing: Backing, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["token", "--tenant", "acme", "--role", "admin", "--vault-addr", backing.vault_addr]
+    argv += ["--vault-token", backing.vault_token]
     assert cli_main(argv) == 0
     token = capsys.readouterr().out.strip().splitlines()[-1]
     principal = Authenticator(sidecar).authenticate(f"Bearer {token}")
@@ -159,7 +160,9 @@ def test_concurrent_replicas_never_over_admit(sidecar: Sidecar) -> None:
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     now = time.time()
     admitted: list[int] = []
-    clients = [Sidecar(http_port=int(sidecar.base_url.rsplit(":", 1)[1])) for _ in range(4)]
+    port = int(sidecar.base_url.rsplit(":", 1)[1])
+    token = sidecar._http.headers["dapr-api-token"]
+    clients = [Sidecar(http_port=port, api_token=token) for _ in range(4)]
 
     def replica(client: Sidecar) -> None:
         limiter = RateLimiter(client, requests_per_min=10, tokens_per_min=0, clock=lambda: now)

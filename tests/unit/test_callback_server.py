@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
+from dapr.clients.grpc.interceptors import DaprClientInterceptor
 from dapr.ext.grpc import App
 
-from autoglm.core.callback_server import callback_app, stop_gracefully
+from autoglm.core.callback_server import callback_app, caller_app_id, stop_gracefully
 
 SERVICE, METHOD = "test.Blocking", "Wait"
 
@@ -25,10 +26,14 @@ class Blocking:
     release: threading.Event
 
 
+TOKEN = "app-token"
+
+
 @contextmanager
-def serving(size: int) -> Iterator[Blocking]:
-    """A callback app of ``size`` calls whose one method blocks until released."""
-    app = callback_app(size)
+def serving(size: int, token: str | None = TOKEN) -> Iterator[Blocking]:
+    """A callback app of ``size`` calls whose one method blocks until released; every
+    call carries the app token ``token`` (as daprd's would)."""
+    app = callback_app(size, app_token=TOKEN)
     entered, release = threading.Semaphore(0), threading.Event()
 
     def wait(body: bytes, _ctx: grpc.ServicerContext) -> bytes:
@@ -45,6 +50,9 @@ def serving(size: int) -> Iterator[Blocking]:
     port = app._server.add_insecure_port("127.0.0.1:0")
     app._server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    if token is not None:
+        sends = DaprClientInterceptor([("dapr-api-token", token)])
+        channel = grpc.intercept_channel(channel, sends)
     try:
         yield Blocking(app, channel.unary_unary(f"/{SERVICE}/{METHOD}"), entered, release)
     finally:
@@ -71,6 +79,37 @@ def test_refuses_calls_beyond_its_size_instead_of_queueing_them() -> None:
         assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         srv.release.set()
         assert [f.result() for f in pending] == [b"x"] * 3
+
+
+@pytest.mark.parametrize("token", [None, "wrong", ""])
+def test_refuses_calls_without_the_app_token(token: str | None) -> None:
+    """A local process that reaches the app's port directly, not through daprd, gets
+    nothing: no method, no topic delivery runs."""
+    with serving(2, token=token) as srv:
+        with pytest.raises(grpc.RpcError) as refused:
+            srv.call(b"x", timeout=5)
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert not srv.entered.acquire(timeout=0.2)  # the handler never ran
+
+
+def test_an_app_without_a_configured_token_refuses_everything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("APP_API_TOKEN", raising=False)
+    app = callback_app(2)
+    port = app._server.add_insecure_port("127.0.0.1:0")
+    app._server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            sends = DaprClientInterceptor([("dapr-api-token", "")])
+            call = grpc.intercept_channel(channel, sends).unary_unary(
+                "/dapr.proto.runtime.v1.AppCallback/OnTopicEvent"
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"", timeout=5)
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        app._server.stop(grace=None)
 
 
 def test_size_must_be_positive() -> None:
@@ -122,3 +161,19 @@ def test_the_sdk_internals_relied_on_are_still_there() -> None:
     app = callback_app(3)
     assert isinstance(app._server, grpc.Server)
     assert stop_gracefully(app, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "caller"),
+    [
+        ({"dapr-caller-app-id": ["gateway"]}, "gateway"),
+        ({"dapr-caller-app-id": ["gateway", "gateway"]}, "gateway"),
+        # A header the caller added travels next to the one daprd set: no identity.
+        ({"dapr-caller-app-id": ["archiver", "gateway"]}, None),
+        ({"dapr-caller-app-id": ["gateway", "archiver"]}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_caller_identity_is_daprds_alone(metadata: object, caller: str | None) -> None:
+    assert caller_app_id(metadata) == caller

@@ -26,10 +26,13 @@ from autoglm.core.errors import (
     OverloadedError,
     UnavailableError,
 )
+from autoglm.gateway.app import create_app
+from autoglm.gateway.settings import GatewaySettings
 from tests.support.fakes import FakeSidecar
 from tests.support.tokens import bearer
 from tests.unit.gateway_fixtures import (
     CHAT,
+    FROM_DAPRD,
     USER,
     FakeStream,
     _result,
@@ -290,6 +293,37 @@ def test_dapr_callbacks_need_the_app_token_when_set(
     assert client.get("/dapr/subscribe", headers={"dapr-api-token": "s3cret"}).status_code == 200
 
 
+def test_a_forged_job_result_without_the_app_token_is_refused(
+    sidecar: FakeSidecar, stream: FakeStream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local process posting a result to the gateway's delivery route (as daprd would)
+    cannot complete a job: neither without the token nor when none is configured."""
+    client = make_client(sidecar, stream)
+    job = client.post("/v1/jobs", json=CHAT, headers=USER).get_json()
+    request_id = f"acme:{job['id']}"
+    forged = {"data": {"request_id": request_id, "result": {**_forged(request_id)}}}
+    for headers in ({}, {"dapr-api-token": "guess"}):
+        resp = client.post("/dapr/events/inference-results", json=forged, headers=headers)
+        assert resp.status_code == 401
+    assert client.get(f"/v1/jobs/{job['id']}", headers=USER).get_json()["status"] == "queued"
+    # No token configured: callbacks are refused, never open.
+    monkeypatch.delenv("APP_API_TOKEN", raising=False)
+    open_gateway = create_app(GatewaySettings(), sidecar, stream_fn=stream).test_client()
+    assert open_gateway.get("/dapr/subscribe").status_code == 401
+    assert open_gateway.get("/dapr/subscribe", headers={"dapr-api-token": ""}).status_code == 401
+
+
+def _forged(request_id: str) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "model": "demo-glm",
+        "text": "forged",
+        "finish_reason": "stop",
+        "prompt_tokens": 1,
+        "completion_tokens": 1,
+    }
+
+
 # -- other OpenAI endpoints -----------------------------------------------------------
 def test_models_list_and_get(client: FlaskClient) -> None:
     listing = client.get("/v1/models", headers=USER).get_json()
@@ -489,11 +523,15 @@ def test_job_tokens_are_charged_when_stored_and_exhaust_the_budget(
     request_id = f"acme:{job['id']}"
     envelope = {"data": {"request_id": request_id, "result": _result({"request_id": request_id})}}
     sidecar.fail_state = UnavailableError("store down")
-    retry = client.post("/dapr/events/inference-results", json=envelope).get_json()
+    retry = client.post(
+        "/dapr/events/inference-results", json=envelope, headers=FROM_DAPRD
+    ).get_json()
     assert retry == {"status": "RETRY"} and _tokens_charged(sidecar) == 0  # not stored yet
     sidecar.fail_state = None
     for _ in range(2):  # the redelivery stores it; a duplicate is not charged again
-        ack = client.post("/dapr/events/inference-results", json=envelope).get_json()
+        ack = client.post(
+            "/dapr/events/inference-results", json=envelope, headers=FROM_DAPRD
+        ).get_json()
         assert ack == {"status": "SUCCESS"}
     assert _tokens_charged(sidecar) == 12
     assert client.get(f"/v1/jobs/{job['id']}", headers=USER).status_code == 429

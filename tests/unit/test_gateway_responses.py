@@ -22,6 +22,7 @@ from autoglm.gateway.openai.responses.protocol import (
 from tests.support.fakes import FakeSidecar
 from tests.support.tokens import bearer
 from tests.unit.gateway_fixtures import (
+    FROM_DAPRD,
     USER,
     FakeStream,
     _result,
@@ -283,7 +284,7 @@ def _deliver(client: FlaskClient, sidecar: FakeSidecar, result: dict[str, Any] |
         event["error"] = {"message": "boom", "code": "internal_error"}
     else:
         event["result"] = {**result, "request_id": request["request_id"]}
-    resp = client.post(RESULTS_ROUTE, json={"data": event})
+    resp = client.post(RESULTS_ROUTE, json={"data": event}, headers=FROM_DAPRD)
     return str(resp.get_json()["status"])
 
 

@@ -15,6 +15,7 @@ from tests.support.fakes import FakeSidecar
 from tests.support.tokens import bearer
 from tests.unit.gateway_fixtures import (
     CHAT,
+    FROM_DAPRD,
     USER,
     FakeStream,
     _result,
@@ -142,7 +143,9 @@ def test_jobs_complete_once_from_results(client: FlaskClient, sidecar: FakeSidec
     result = {"request_id": event["request_id"], "result": _result(event["request"])}
     envelope = {"data": result, "topic": "inference.results"}
     for _ in range(2):  # at-least-once delivery: the duplicate changes nothing
-        ack = client.post("/dapr/events/inference-results", json=envelope).get_json()
+        ack = client.post(
+            "/dapr/events/inference-results", json=envelope, headers=FROM_DAPRD
+        ).get_json()
         assert ack == {"status": "SUCCESS"}
     done = client.get(f"/v1/jobs/{job['id']}", headers=USER).get_json()
     assert done["status"] == "completed"
@@ -159,6 +162,7 @@ def test_job_results_pass_the_output_content_filter(
     client.post(
         "/dapr/events/inference-results",
         json={"data": {"request_id": f"acme:{job['id']}", "result": result}},
+        headers=FROM_DAPRD,
     )
     choice = client.get(f"/v1/jobs/{job['id']}", headers=USER).get_json()["result"]["choices"][0]
     assert choice["message"]["content"] == "the " and choice["finish_reason"] == "content_filter"
@@ -176,6 +180,7 @@ def test_failed_job_carries_the_error(client: FlaskClient, sidecar: FakeSidecar)
     client.post(
         "/dapr/events/inference-results",
         json={"data": {"request_id": f"acme:{job['id']}", "error": error}},
+        headers=FROM_DAPRD,
     )
     failed = client.get(f"/v1/jobs/{job['id']}", headers=USER).get_json()
     assert failed["status"] == "failed" and failed["error"]["code"] == "model_not_found"
@@ -183,12 +188,14 @@ def test_failed_job_carries_the_error(client: FlaskClient, sidecar: FakeSidecar)
 
 
 def test_malformed_result_is_dropped_to_dead_letter(client: FlaskClient) -> None:
-    ack = client.post("/dapr/events/inference-results", json={"data": {"nope": 1}}).get_json()
+    ack = client.post(
+        "/dapr/events/inference-results", json={"data": {"nope": 1}}, headers=FROM_DAPRD
+    ).get_json()
     assert ack == {"status": "DROP"}
 
 
 def test_gateway_subscribes_to_results_with_dead_letter(client: FlaskClient) -> None:
-    subs = client.get("/dapr/subscribe").get_json()
+    subs = client.get("/dapr/subscribe", headers=FROM_DAPRD).get_json()
     assert subs == [
         {
             "pubsubname": "pubsub",

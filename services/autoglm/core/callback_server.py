@@ -9,11 +9,19 @@ rather than queueing it without bound.
 
 ``App.stop()`` stops the server with no grace, aborting calls in flight (an upload, a
 restore, a generation); ``stop_gracefully`` lets them finish first, within a bound.
+
+Every call must carry the app API token (``APP_API_TOKEN``) in its ``dapr-api-token``
+metadata: daprd sends it on every call it makes to the app (methods, topic deliveries,
+health checks, proxied streams), so a local process that reaches the app's port
+directly, without the token, is refused (UNAUTHENTICATED). Without a token configured
+the app refuses every call: it never runs open.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -23,18 +31,117 @@ import grpc
 from dapr.conf import settings
 from dapr.ext.grpc import App
 
+from autoglm.core import contracts
+from autoglm.core.schemas import PUBSUB
+
 log = logging.getLogger(__name__)
+
+#: Metadata key daprd sends the app token in (and apps send the Dapr API token in).
+TOKEN_METADATA = "dapr-api-token"
+#: The two calls daprd 1.18 makes without the app token (``ListTopicSubscriptions`` in
+#: pkg/runtime/processor/subscriber, ``HealthCheck`` in pkg/channel/grpc's HealthProbe):
+#: they take no input and tell only which topics the app subscribes to (also in k8s/'s
+#: Subscriptions) and whether it is up. Everything that acts or reads data needs it.
+OPEN_METHODS = frozenset(
+    {
+        "/dapr.proto.runtime.v1.AppCallback/ListTopicSubscriptions",
+        "/dapr.proto.runtime.v1.AppCallbackHealthCheck/HealthCheck",
+    }
+)
 
 #: After the grace, gRPC cancels the calls left; allow it this long to finish doing so.
 CANCEL_MARGIN_S = 5.0
 
 
+class RequireAppToken(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Refuses (UNAUTHENTICATED) every call whose metadata lacks the app API token."""
+
+    def __init__(self, token: str | None) -> None:
+        self._token = token or ""
+        if not self._token:
+            log.error("APP_API_TOKEN is not set: every call from daprd will be refused")
+
+    def allowed(self, metadata: Any) -> bool:
+        if not self._token:
+            return False
+        sent = [str(v) for k, v in metadata or () if k == TOKEN_METADATA]
+        return any(hmac.compare_digest(v.encode(), self._token.encode()) for v in sent)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None or details.method in OPEN_METHODS:
+            return handler
+        if self.allowed(details.invocation_metadata):
+            return handler
+        return _refusing(handler)
+
+
+def caller_app_id(metadata: Any) -> str | None:
+    """The calling app's id as daprd states it in ``dapr-caller-app-id``, or None.
+
+    daprd sets the header from the caller's identity, but on some paths (HTTP headers
+    of an invoke, gRPC proxying) a header the caller added itself travels alongside it.
+    More than one distinct value means someone tried to forge it: no identity then."""
+    values = (metadata or {}).get("dapr-caller-app-id") or []
+    if isinstance(values, str):
+        values = [values]
+    distinct = {str(v) for v in values}
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+def method(app: App, app_id: str, name: str) -> Callable[[Any], Any]:
+    """``app.method(name)`` for a method the contract table declares for ``app_id``
+    (``autoglm.core.contracts``); a KeyError for one it does not, so no app serves a
+    method that the access lists do not know about."""
+    contracts.rpc(app_id, name)
+    return app.method(name)  # type: ignore[no-any-return]
+
+
+def subscribe(app: App, app_id: str, topic: str) -> Callable[[Any], Any]:
+    """``app.subscribe`` for a topic the contract table lets ``app_id`` take, with its
+    dead-letter topic."""
+    declared = contracts.topic(topic)
+    if app_id not in declared.subscribers:
+        raise KeyError(f"{app_id} does not subscribe to {topic!r} in the contract table")
+    return app.subscribe(  # type: ignore[no-any-return]
+        PUBSUB, topic, dead_letter_topic=declared.dead_letter
+    )
+
+
+def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that aborts with UNAUTHENTICATED."""
+
+    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong app API token")
+
+    kind = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    return kind(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
 def callback_app(
-    max_concurrent_calls: int, interceptors: Sequence[grpc.ServerInterceptor] = ()
+    max_concurrent_calls: int,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    app_token: str | None = None,
 ) -> App:
-    """A Dapr gRPC ``App`` that serves up to ``max_concurrent_calls`` calls at once."""
+    """A Dapr gRPC ``App`` that serves up to ``max_concurrent_calls`` calls at once, each
+    only with the app API token (``app_token``, default ``APP_API_TOKEN``); the token is
+    checked before ``interceptors`` run."""
     if max_concurrent_calls < 1:
         raise ValueError("max_concurrent_calls must be at least 1")
+    token = app_token if app_token is not None else os.environ.get("APP_API_TOKEN")
     # Passing server arguments replaces the SDK's defaults, so keep its one option: the
     # inbound message limit from DAPR_GRPC_MAX_INBOUND_MESSAGE_SIZE_BYTES.
     limit = settings.DAPR_GRPC_MAX_INBOUND_MESSAGE_SIZE_BYTES
@@ -44,7 +151,7 @@ def callback_app(
         ),
         maximum_concurrent_rpcs=max_concurrent_calls,
         options=[("grpc.max_receive_message_length", limit)] if limit else [],
-        interceptors=list(interceptors),
+        interceptors=[RequireAppToken(token), *interceptors],
     )
 
 

@@ -25,6 +25,7 @@ from autoglm.core.errors import (
     DeadlineExceededError,
     InvalidRequestError,
     NotFoundError,
+    PermissionDeniedError,
     UnavailableError,
 )
 from autoglm.core.schemas import PUBSUB, STATESTORE
@@ -155,6 +156,9 @@ class Sidecar:
             return ConflictError(f"{what}: modified concurrently", code="etag_mismatch")
         if resp.status_code == 404:
             return NotFoundError(f"{what}: not found")
+        if resp.status_code == 403:
+            # Dapr's access lists (accessControl, secret and pub/sub scopes) refused it.
+            return PermissionDeniedError(f"{what}: not allowed for this app", code="forbidden")
         if resp.status_code in (500, 502, 503) and "ERR_DIRECT_INVOKE" in code:
             return UnavailableError(f"{what}: target app unavailable", code="upstream_unavailable")
         return UnavailableError(f"{what}: Dapr error {resp.status_code} {code}".strip())

@@ -48,14 +48,16 @@ def stream_generate(
     app_id: str = "inference",
     grpc_port: int | None = None,
     timeout: float = 300.0,
+    api_token: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield frames from ``app_id``'s stream via the local sidecar; errors are raised.
 
     Closing the iterator early (the client left, the content filter cut the text)
-    stops the generation gracefully: see the module docstring."""
+    stops the generation gracefully: see the module docstring. ``api_token``: the
+    sidecar's Dapr API token (default ``DAPR_API_TOKEN``)."""
     port = grpc_port or int(os.environ.get("DAPR_GRPC_PORT", "50001"))
     metadata = [("dapr-app-id", app_id), (STOP_METADATA, STOP_ON_HALF_CLOSE)]
-    token = os.environ.get("DAPR_API_TOKEN")
+    token = api_token or os.environ.get("DAPR_API_TOKEN")
     if token:
         metadata.append(("dapr-api-token", token))
     stop = threading.Event()

@@ -52,6 +52,7 @@ CHECKS = [
         "make install",
     ),
     Check("daprd", _binary("daprd", "--version"), "make tools"),
+    Check("sentry", _binary("sentry", "--help"), "make tools"),
     Check("vault", _binary("vault", "version"), "make tools"),
     Check(
         "redis-server",

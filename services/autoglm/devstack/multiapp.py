@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
+from autoglm.devstack.mtls import Sentry
 from autoglm.devstack.processes import ManagedProcess, free_port, port_open
+from autoglm.devstack.secrets import StackSecrets
 from autoglm.devstack.sidecars import (
     DrainTimings,
     SidecarPorts,
@@ -74,6 +76,8 @@ def launch(
     config: Path,
     logs: Path,
     cwd: Path,
+    secrets: StackSecrets,
+    sentry: Sentry | None = None,
     app_log: Path | None = None,
     started: list[ManagedProcess] | None = None,
     ready_timeout: float = 300,
@@ -93,6 +97,8 @@ def launch(
         config=config,
         log_path=logs / f"daprd-{name}.log",
         ports=entry.ports,
+        secrets=secrets,
+        sentry=sentry,
         app_port=entry.app_port,
         app_protocol=entry.app_protocol,
         drain=drain,
@@ -102,6 +108,7 @@ def launch(
     env = dict(
         os.environ,
         **entry.env,
+        **secrets.app_env(entry.app_id),
         APP_ID=entry.app_id,
         DAPR_HTTP_PORT=str(entry.ports.http),
         DAPR_GRPC_PORT=str(entry.ports.grpc),

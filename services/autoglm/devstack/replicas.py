@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import sqlite3
 import time
@@ -28,8 +27,10 @@ import yaml
 
 from autoglm.core.readiness import sidecar_problems
 from autoglm.devstack.frontdoor import FrontDoor
+from autoglm.devstack.mtls import Sentry
 from autoglm.devstack.multiapp import AppEntry, launch
 from autoglm.devstack.processes import ManagedProcess, StartupError, free_port
+from autoglm.devstack.secrets import StackSecrets
 from autoglm.devstack.sidecars import DrainTimings, SidecarPorts, start_daprd, wait_sidecar_ready
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,10 @@ class Replica:
     app_grace_s: float = 30.0
     sidecar: ManagedProcess | None = None
     app: ManagedProcess | None = None
+    #: The stack's tokens and credentials, and its Sentry (mTLS, access lists); both
+    #: must be set before ``start``.
+    secrets: StackSecrets | None = None
+    sentry: Sentry | None = None
     restarts: int = 0
     #: ``starting``, ``ready``, ``not ready: <why>``, ``draining``, ``dead``, ``stopped``.
     state: str = "stopped"
@@ -211,6 +216,11 @@ class Replica:
     def dapr_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.http}"
 
+    @property
+    def dapr_headers(self) -> dict[str, str]:
+        """The API token this replica's daprd requires."""
+        return self.secrets.dapr_headers(self.app_id) if self.secrets else {}
+
     def processes(self) -> list[ManagedProcess]:
         return [p for p in (self.sidecar, self.app) if p is not None]
 
@@ -232,6 +242,7 @@ class Replica:
 
     def _start(self, timeout: float, started: list[ManagedProcess] | None) -> None:
         mine: list[ManagedProcess] = []
+        assert self.secrets is not None, f"{self.name}: no stack secrets"
         try:
             self.sidecar, self.app = launch(
                 self.entry,
@@ -239,6 +250,8 @@ class Replica:
                 self.config,
                 self.logs,
                 self.cwd,
+                self.secrets,
+                self.sentry,
                 app_log=self.app_log,
                 started=mine,
                 ready_timeout=timeout,
@@ -256,8 +269,7 @@ class Replica:
 
     def sidecar_problems(self) -> list[str]:
         """What this replica's daprd lacks to serve the app (empty: nothing)."""
-        token = self.entry.env.get("DAPR_API_TOKEN") or os.environ.get("DAPR_API_TOKEN")
-        headers = {"dapr-api-token": token} if token else {}
+        headers = self.dapr_headers
         try:
             resp = httpx.get(f"{self.dapr_url}/v1.0/metadata", headers=headers, timeout=3)
             resp.raise_for_status()
@@ -292,12 +304,15 @@ class Replica:
     def restart_sidecar(self, timeout: float = 120) -> None:
         """A new daprd on the same ports next to the running app."""
         _stop(self.sidecar, timeout=10)
+        assert self.secrets is not None, f"{self.name}: no stack secrets"
         self.sidecar = start_daprd(
             self.app_id,
             resources=self.resources,
             config=self.config,
             log_path=self.logs / f"daprd-{self.name}.log",
             ports=self.ports,
+            secrets=self.secrets,
+            sentry=self.sentry,
             app_port=self.app_port,
             app_protocol=self.entry.app_protocol,
             drain=self.drain,
@@ -354,6 +369,8 @@ def build_replicas(
     keep_ports: Callable[[AppEntry], bool] = lambda _e: True,
     drain: DrainTimings | None = None,
     on_event: Callable[[str], None] | None = None,
+    secrets: StackSecrets | None = None,
+    sentry: Sentry | None = None,
 ) -> dict[str, list[Replica]]:
     """The replicas of each app, not started. ``app_logs``: the app's output goes to
     ``logs/<app>-<i>.log`` (else the terminal); ``keep_ports(entry)``: whether replica 0
@@ -373,6 +390,8 @@ def build_replicas(
                 cwd,
                 app_log=logs / f"{entry.app_id}-{index}.log" if app_logs else None,
                 drain=drain or DrainTimings(),
+                secrets=secrets,
+                sentry=sentry,
             )
             if on_event is not None:
                 replica.on_event = on_event

@@ -22,9 +22,10 @@ from dataclasses import replace
 
 import httpx
 
-from autoglm.devstack.backing import DEV_VAULT_TOKEN, seed_vault, start_redis, start_vault
+from autoglm.devstack.backing import seed_vault, start_redis, start_vault
 from autoglm.devstack.frontdoor import GATEWAY_ENV, Backend, FrontDoor
 from autoglm.devstack.layout import DATA_DIR, MODELS_DIR, REPO_ROOT
+from autoglm.devstack.mtls import sentry_available, start_sentry
 from autoglm.devstack.multiapp import read_run_file
 from autoglm.devstack.processes import (
     ManagedProcess,
@@ -36,6 +37,7 @@ from autoglm.devstack.processes import (
     port_open,
 )
 from autoglm.devstack.replicas import Replica, build_replicas, parse_replicas
+from autoglm.devstack.secrets import RUN_SECRETS_FILE, StackSecrets
 from autoglm.devstack.stackfile import ProcessRecord, read_stack, start_time, write_stack
 
 REDIS_PORT = 6379
@@ -111,7 +113,7 @@ def _records(
     records = []
     for proc in backing:
         if proc.alive():
-            port = REDIS_PORT if proc.name == "redis" else VAULT_PORT
+            port = {"redis": REDIS_PORT, "vault": VAULT_PORT}.get(proc.name)
             records.append(
                 ProcessRecord(proc.name, proc.name, proc.pid, start_time(proc.pid), app_port=port)
             )
@@ -148,6 +150,21 @@ def answered_by_us(port: int, ours: set[int]) -> bool:
     workers share their master's socket)."""
     holders = port_holders(port)
     return bool(holders) and all(set(ancestors(pid)) & ours for pid in holders)
+
+
+def stack_secrets() -> StackSecrets:
+    """Fresh secrets when this run starts Redis and Vault itself; the saved ones of the
+    run that started them when they are already up (their password and root token)."""
+    if port_open(REDIS_PORT) or port_open(VAULT_PORT):
+        saved = StackSecrets.load()
+        if saved is None:
+            raise StartupError(
+                f"Redis or Vault is already running on {REDIS_PORT}/{VAULT_PORT}, but "
+                f"{RUN_SECRETS_FILE} (their password and token) is missing: stop them, "
+                "or start from the checkout whose `make run` started them"
+            )
+        return saved
+    return StackSecrets.generate()
 
 
 def run_dev_stack(replicas_spec: str | None = None) -> int:
@@ -193,20 +210,35 @@ def run_dev_stack(replicas_spec: str | None = None) -> int:
         write_stack(_records(replicas, backing, door), replicas=counts)
 
     try:
+        secrets = stack_secrets()
+        secrets.save()
+        _say(f"stack secrets (API tokens, Redis password, Vault token): {RUN_SECRETS_FILE}")
         if port_open(REDIS_PORT):
             _say(f"Redis already listening on {REDIS_PORT} ({_holder(REDIS_PORT)}); using it")
         else:
             _say(f"starting Redis on 127.0.0.1:{REDIS_PORT} (appendonly)")
-            backing.append(start_redis(REDIS_PORT, DATA_DIR / "redis", logs / "redis.log"))
+            backing.append(
+                start_redis(
+                    REDIS_PORT, DATA_DIR / "redis", logs / "redis.log", secrets.redis_password
+                )
+            )
         if port_open(VAULT_PORT):
             _say(f"Vault already listening on {VAULT_PORT} ({_holder(VAULT_PORT)}); using it")
         else:
             _say(f"starting Vault dev server on 127.0.0.1:{VAULT_PORT}")
-            backing.append(start_vault(VAULT_PORT, logs / "vault.log"))
+            backing.append(start_vault(VAULT_PORT, logs / "vault.log", secrets.vault_token))
+        if not sentry_available():
+            raise StartupError("sentry not found in .tools/bin: run 'make tools'")
+        _say("starting Dapr Sentry (mTLS between the sidecars, access lists by app id)")
+        sentry_proc, sentry = start_sentry(DATA_DIR / "dapr", logs / "sentry.log")
+        backing.append(sentry_proc)
+        for reps in replicas.values():
+            for r in reps:
+                r.secrets, r.sentry = secrets, sentry
         record()
         _say(f"preparing signed demo models in {MODELS_DIR}")
         public_key = init_demo_models(MODELS_DIR)
-        secrets = seed_vault(f"http://127.0.0.1:{VAULT_PORT}", public_key, DEV_VAULT_TOKEN)
+        seeded = seed_vault(f"http://127.0.0.1:{VAULT_PORT}", public_key, secrets.vault_token)
         _say("Vault seeded with dev secrets under secret/autoglm/")
         _say(
             "starting "
@@ -244,7 +276,7 @@ def run_dev_stack(replicas_spec: str | None = None) -> int:
             _say(f"not ready: {GATEWAY_URL} is not answered by the gateway this command started")
             return 1
         if not stop.is_set():
-            token = mint_token(secrets["jwt"], tenant="dev", role="user", ttl_s=24 * 3600)
+            token = mint_token(seeded["jwt"], tenant="dev", role="user", ttl_s=24 * 3600)
             _say(f"ready: gateway at {GATEWAY_URL}")
             _say(
                 "try (a dev token for tenant 'dev', valid 24 h; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,11 @@ from typing import Any
 import httpx
 import yaml
 
+from autoglm.core import contracts
 from autoglm.devstack.layout import COMPONENTS_DIR, DATA_DIR, REPO_ROOT, tool
+from autoglm.devstack.mtls import Sentry
 from autoglm.devstack.processes import ManagedProcess, free_port
+from autoglm.devstack.secrets import StackSecrets
 
 
 @dataclass(frozen=True)
@@ -45,20 +49,19 @@ def render_components(
     *,
     redis_addr: str,
     vault_addr: str,
-    vault_token: str,
     otlp_endpoint: str | None = None,
     pubsub_metadata: dict[str, str] | None = None,
 ) -> tuple[Path, Path]:
     """Copy ``components/`` to ``dst`` with the given backing-service addresses.
 
     Tests run their own Redis and Vault on free ports; everything else (names, types,
-    options) stays exactly as in the checked-in files, except ``pubsub_metadata`` (e.g. a
-    short ``processingTimeout`` for tests that kill a consumer). Returns (resources dir,
-    config file).
+    options, and credentials read from daprd's environment) stays exactly as in the
+    checked-in files, except ``pubsub_metadata`` (e.g. a short ``processingTimeout`` for
+    tests that kill a consumer). Returns (resources dir, config file).
     """
     resources = dst / "resources"
     resources.mkdir(parents=True, exist_ok=True)
-    overrides = {"redisHost": redis_addr, "vaultAddr": vault_addr, "vaultToken": vault_token}
+    overrides = {"redisHost": redis_addr, "vaultAddr": vault_addr}
     for src in sorted(COMPONENTS_DIR.glob("*.yaml")):
         docs: list[dict[str, Any]] = [d for d in yaml.safe_load_all(src.read_text()) if d]
         for doc in docs:
@@ -80,6 +83,24 @@ def render_components(
     return resources, config
 
 
+def render_app_config(config: Path, app_id: str, dst: Path, *, mtls: bool) -> Path:
+    """``config`` with ``app_id``'s own lists from the contract table
+    (``autoglm.core.contracts``), written to ``dst``: the secrets it may read and, when
+    its daprd runs with mTLS, which app may call which of its methods (Dapr knows the
+    caller only from its certificate, so without mTLS the list would deny everything).
+    Apps outside the table (test clients) get ``config`` as it is."""
+    if app_id not in contracts.APPS:
+        return config
+    doc = yaml.safe_load(config.read_text())
+    doc["metadata"]["name"] = f"{doc['metadata']['name']}-{app_id}"
+    doc["spec"]["secrets"] = {"scopes": contracts.secret_scopes(app_id)}
+    if mtls:
+        doc["spec"]["accessControl"] = contracts.access_control(app_id)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dst
+
+
 def start_daprd(
     app_id: str,
     *,
@@ -87,6 +108,8 @@ def start_daprd(
     config: Path,
     log_path: Path,
     ports: SidecarPorts,
+    secrets: StackSecrets,
+    sentry: Sentry | None = None,
     app_port: int | None = None,
     app_protocol: str = "http",
     drain: DrainTimings | None = None,
@@ -94,7 +117,15 @@ def start_daprd(
 ) -> ManagedProcess:
     """Start daprd for ``app_id`` and wait until its outbound API is up. ``drain``: how
     it shuts down on SIGTERM (see ``DrainTimings``); ``name``: its process name
-    (default ``daprd-<app id>``)."""
+    (default ``daprd-<app id>``).
+
+    Its API requires the app's Dapr API token; it sends the app's app token to its app;
+    its components read the Redis password and Vault token from its environment (never
+    from its command line). With ``sentry``, calls between sidecars use mTLS and the
+    app's access list from the contract table applies."""
+    config = render_app_config(
+        config, app_id, log_path.with_suffix(".config.yaml"), mtls=sentry is not None
+    )
     argv = [
         str(tool("daprd")),
         "--app-id",
@@ -126,9 +157,12 @@ def start_daprd(
         argv += ["--app-port", str(app_port), "--app-protocol", app_protocol]
     if drain is not None:
         argv += ["--dapr-graceful-shutdown-seconds", str(int(drain.grace_s))]
+    if sentry is not None:
+        argv += sentry.daprd_args()
     # cwd = repo root, so relative paths in components/ resolve as in `make run`.
     (DATA_DIR / "dapr").mkdir(parents=True, exist_ok=True)
-    proc = ManagedProcess(name or f"daprd-{app_id}", argv, log_path, cwd=REPO_ROOT).start()
+    env = {**os.environ, **secrets.daprd_env(app_id), **(sentry.daprd_env() if sentry else {})}
+    proc = ManagedProcess(name or f"daprd-{app_id}", argv, log_path, env=env, cwd=REPO_ROOT).start()
     proc.wait_until(
         lambda: (
             httpx.get(f"http://127.0.0.1:{ports.http}/v1.0/healthz/outbound", timeout=1).status_code

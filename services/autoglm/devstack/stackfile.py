@@ -21,6 +21,7 @@ import httpx
 
 from autoglm.core.readiness import sidecar_problems
 from autoglm.devstack.layout import DATA_DIR
+from autoglm.devstack.secrets import StackSecrets
 
 STACK_FILE = DATA_DIR / "run" / "stack.json"
 
@@ -100,7 +101,9 @@ def _probe(record: ProcessRecord) -> str:
         return "dead"
     if record.role not in ("app", "daprd") or record.dapr_http is None:
         return "running"
-    token = os.environ.get("DAPR_API_TOKEN")
+    # The stack's own tokens (one per app), saved by `autoglm dev up`.
+    saved = StackSecrets.load()
+    token = saved.dapr_token(record.app_id) if saved else os.environ.get("DAPR_API_TOKEN")
     headers = {"dapr-api-token": token} if token else {}
     try:
         resp = httpx.get(

@@ -2,8 +2,9 @@
 
 Every route except health, the OpenAPI document and Dapr's own callbacks needs a valid
 bearer token; ``require`` then checks the route's action against the caller's role.
-Dapr callbacks (``/dapr/...``) come from the local sidecar: when ``APP_API_TOKEN`` is
-set (as daprd's ``--app-api-token`` counterpart) they must carry it.
+Dapr callbacks (``/dapr/...``) come from the local sidecar and must carry the app API
+token (``APP_API_TOKEN``, which daprd sends as ``dapr-api-token``); without a token
+configured they are all refused, so a local process can never forge a delivery.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def install_guards(
             return
         if request.path.startswith(DAPR_PREFIX):
             sent = request.headers.get("dapr-api-token", "")
-            if app_token and not hmac.compare_digest(sent, app_token):
+            if not app_token or not hmac.compare_digest(sent.encode(), app_token.encode()):
                 raise AuthenticationError("missing or wrong dapr-api-token")
             return
         try:

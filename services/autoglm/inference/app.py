@@ -14,9 +14,18 @@ import grpc
 from cloudevents.sdk.event import v1
 from dapr.ext.grpc import App, InvokeMethodRequest, TopicEventResponse
 
-from autoglm.core.callback_server import LIST_SUBSCRIPTIONS, RefuseFirstCalls, callback_app
+from autoglm.core import contracts
+from autoglm.core.callback_server import (
+    LIST_SUBSCRIPTIONS,
+    RefuseFirstCalls,
+    callback_app,
+    caller_app_id,
+    method,
+    subscribe,
+)
+from autoglm.core.contracts import INFERENCE
 from autoglm.core.pubsub import event_data, topic_response
-from autoglm.core.schemas import PUBSUB, REQUESTS_TOPIC
+from autoglm.core.schemas import REQUESTS_TOPIC
 from autoglm.core.streaming import (
     STOP_METADATA,
     STOP_ON_HALF_CLOSE,
@@ -29,8 +38,7 @@ from autoglm.inference.serving import InferenceService, StopSignal
 
 def _caller(request: InvokeMethodRequest) -> str | None:
     """The calling app's id, which daprd sets from the caller's verified identity."""
-    values = (request.metadata or {}).get("dapr-caller-app-id")
-    return str(values[0]) if values else None
+    return caller_app_id(request.metadata)
 
 
 def build_app(
@@ -44,46 +52,47 @@ def build_app(
     )
     app = callback_app(max_concurrent_calls, faults)
 
-    @app.method("generate")
+    @method(app, INFERENCE, "generate")
     def generate(request: InvokeMethodRequest) -> str:
         with server_span("generate", grpc_carrier(request.metadata)):
             return service.generate(request.data)
 
-    @app.method("cancel")
+    @method(app, INFERENCE, "cancel")
     def cancel(request: InvokeMethodRequest) -> str:
         with server_span("cancel", grpc_carrier(request.metadata)):
             return service.cancel(request.data)
 
-    @app.method("embed")
+    @method(app, INFERENCE, "embed")
     def embed(request: InvokeMethodRequest) -> str:
         with server_span("embed", grpc_carrier(request.metadata)):
             return service.embed(request.data)
 
-    @app.method("models")
+    @method(app, INFERENCE, "models")
     def models(request: InvokeMethodRequest) -> str:
         with server_span("models", grpc_carrier(request.metadata)):
             return service.models(request.data)
 
-    @app.method("health")
+    @method(app, INFERENCE, "health")
     def health(request: InvokeMethodRequest) -> str:
         with server_span("health", grpc_carrier(request.metadata)):
             return service.health(request.data)
 
-    @app.method("load_model")
+    @method(app, INFERENCE, "load_model")
     def load_model(request: InvokeMethodRequest) -> str:
         with server_span("load_model", grpc_carrier(request.metadata)):
             return service.load_model(request.data, _caller(request))
 
-    @app.method("unload_model")
+    @method(app, INFERENCE, "unload_model")
     def unload_model(request: InvokeMethodRequest) -> str:
         with server_span("unload_model", grpc_carrier(request.metadata)):
             return service.unload_model(request.data, _caller(request))
 
-    @app.subscribe(PUBSUB, REQUESTS_TOPIC, dead_letter_topic=f"{REQUESTS_TOPIC}.deadletter")
+    @subscribe(app, INFERENCE, REQUESTS_TOPIC)
     def on_request(event: v1.Event) -> TopicEventResponse:
         with server_span(f"{REQUESTS_TOPIC} process", event_carrier(event)):
             return topic_response(service.on_request_event(event_data(event.Data())))
 
+    contracts.rpc(INFERENCE, f"/{STREAM_SERVICE}/{STREAM_METHOD}")
     handler = stream_handler(service)
     app.add_external_service(  # type: ignore[no-untyped-call]
         lambda h, server: server.add_generic_rpc_handlers((h,)), handler

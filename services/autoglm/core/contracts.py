@@ -1,0 +1,243 @@
+"""Every call between the apps, declared once: who serves it, who may call or publish it.
+
+This table is the single source of the mesh's access lists. The Dapr access control of
+each app (Configuration ``accessControl``), the pub/sub component's
+``publishingScopes`` / ``subscriptionScopes`` / ``allowedTopics``, the secret scopes, and
+in ``k8s/`` the Istio AuthorizationPolicies and NetworkPolicies are all derived from it
+(``autoglm.devstack`` renders the local ones; ``tests/k8s`` checks that the cluster's
+allow exactly this set, and ``tests/unit`` that ``components/`` does). A new method or
+topic is added here first; an app that calls something not listed here is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from autoglm.core import archive_protocol as archive
+from autoglm.core.schemas import (
+    AUDIT_TOPIC,
+    REQUESTS_TOPIC,
+    RESULTS_TOPIC,
+    SECRETSTORE,
+    SNAPSHOTS_TOPIC,
+    AuditEvent,
+    CancelRequest,
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    InferenceRequestEvent,
+    InferenceResultEvent,
+    ModelRef,
+    SnapshotEvent,
+)
+from autoglm.core.streaming import STREAM_METHOD, STREAM_SERVICE
+
+GATEWAY, INFERENCE, ARCHIVER = "gateway", "inference", "archiver"
+APPS = (GATEWAY, INFERENCE, ARCHIVER)
+#: Namespace and trust domain of the apps' SPIFFE ids, locally as in ``k8s/``.
+NAMESPACE = "autoglm"
+TRUST_DOMAIN = "public"
+#: Port of daprd's internal gRPC API (daprd-to-daprd calls) in Kubernetes.
+DAPR_INTERNAL_PORT = 50002
+
+
+@dataclass(frozen=True)
+class Rpc:
+    """A service-invocation method (or a gRPC method proxied by daprd) of ``app``."""
+
+    name: str
+    app: str
+    request: type[BaseModel] | None
+    reply: type[BaseModel] | None
+    callers: frozenset[str]
+
+    @property
+    def operation(self) -> str:
+        """The operation name Dapr's access control matches (``/method``)."""
+        return self.name if self.name.startswith("/") else f"/{self.name}"
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    event: type[BaseModel] | None
+    publishers: frozenset[str]
+    subscribers: frozenset[str]
+
+    @property
+    def dead_letter(self) -> str:
+        """Where the subscriber's daprd moves what it cannot deliver."""
+        return f"{self.name}.deadletter"
+
+
+def _rpc(
+    name: str,
+    app: str,
+    request: type[BaseModel] | None,
+    reply: type[BaseModel] | None,
+    *callers: str,
+) -> Rpc:
+    return Rpc(name, app, request, reply, frozenset(callers))
+
+
+def _topic(name: str, event: type[BaseModel], publishers: Iterable[str], *subs: str) -> Topic:
+    return Topic(name, event, frozenset(publishers), frozenset(subs))
+
+
+#: Inference's model administration; only these callers pass its admin check too.
+ADMIN_METHODS = ("load_model", "unload_model")
+GENERATE_STREAM = f"/{STREAM_SERVICE}/{STREAM_METHOD}"
+
+RPCS: tuple[Rpc, ...] = (
+    _rpc("generate", INFERENCE, GenerateRequest, GenerateResult, GATEWAY),
+    # Cancels a request sent through inference.requests (the Responses API's cancel).
+    _rpc("cancel", INFERENCE, CancelRequest, None, GATEWAY),
+    _rpc(GENERATE_STREAM, INFERENCE, GenerateRequest, GenerateResult, GATEWAY),
+    _rpc("embed", INFERENCE, EmbedRequest, EmbedResult, GATEWAY),
+    _rpc("models", INFERENCE, None, None, GATEWAY),
+    _rpc("load_model", INFERENCE, ModelRef, None, GATEWAY),
+    _rpc("unload_model", INFERENCE, ModelRef, None, GATEWAY),
+    # Inference's readiness probe in k8s/ invokes its own ``health`` through its daprd
+    # (the app id may resolve to a sibling replica).
+    _rpc("health", INFERENCE, None, None, INFERENCE),
+    _rpc(archive.RESTORE, ARCHIVER, archive.RestoreRequest, archive.RestoreReply, GATEWAY),
+    _rpc(
+        archive.ATTACHMENT_START,
+        ARCHIVER,
+        archive.AttachmentStartRequest,
+        archive.AttachmentInfo,
+        GATEWAY,
+    ),
+    _rpc(
+        archive.ATTACHMENT_PUT,
+        ARCHIVER,
+        archive.AttachmentPutRequest,
+        archive.AttachmentPutReply,
+        GATEWAY,
+    ),
+    _rpc(
+        archive.ATTACHMENT_GET,
+        ARCHIVER,
+        archive.AttachmentGetRequest,
+        archive.AttachmentGetReply,
+        GATEWAY,
+    ),
+    _rpc(
+        archive.AUDIT_QUERY,
+        ARCHIVER,
+        archive.AuditQueryRequest,
+        archive.AuditQueryReply,
+        GATEWAY,
+    ),
+    # Served for operators and tests through a daprd of their own; no app calls it.
+    _rpc(archive.HEALTH, ARCHIVER, None, archive.HealthReply),
+)
+
+TOPICS: tuple[Topic, ...] = (
+    _topic(REQUESTS_TOPIC, InferenceRequestEvent, [GATEWAY], INFERENCE),
+    _topic(RESULTS_TOPIC, InferenceResultEvent, [INFERENCE], GATEWAY),
+    _topic(SNAPSHOTS_TOPIC, SnapshotEvent, [GATEWAY], ARCHIVER),
+    _topic(AUDIT_TOPIC, AuditEvent, [GATEWAY], ARCHIVER),
+)
+
+#: Which secrets (in the ``vault`` store) each app reads; the defaults of its settings.
+SECRETS: Mapping[str, tuple[str, ...]] = {
+    GATEWAY: ("jwt", "api-keys"),
+    INFERENCE: ("model-signing",),
+    ARCHIVER: ("archive",),
+}
+
+
+def rpc(app: str, name: str) -> Rpc:
+    """The declaration of ``app``'s method ``name`` (KeyError if there is none)."""
+    for r in RPCS:
+        if r.app == app and r.name == name:
+            return r
+    raise KeyError(f"{app} declares no method {name!r}")
+
+
+def topic(name: str) -> Topic:
+    for t in TOPICS:
+        if t.name == name:
+            return t
+    raise KeyError(f"no topic {name!r} in the contract table")
+
+
+# -- derived sets ----------------------------------------------------------------------
+def invocations() -> set[tuple[str, str, str]]:
+    """Every allowed call: (caller app, callee app, operation)."""
+    return {(c, r.app, r.operation) for r in RPCS for c in r.callers}
+
+
+def app_flows() -> set[tuple[str, str]]:
+    """(caller, callee) pairs that need a network path between their daprd."""
+    return {(caller, callee) for caller, callee, _ in invocations()}
+
+
+def publications() -> set[tuple[str, str]]:
+    """(app, topic) pairs an app's daprd may publish to: its topics, and the dead-letter
+    topics of its subscriptions (daprd moves undeliverable messages there for it)."""
+    pubs = {(a, t.name) for t in TOPICS for a in t.publishers}
+    return pubs | {(a, t.dead_letter) for t in TOPICS for a in t.subscribers}
+
+
+def subscriptions() -> set[tuple[str, str]]:
+    return {(a, t.name) for t in TOPICS for a in t.subscribers}
+
+
+# -- Dapr resources ------------------------------------------------------------------
+def access_control(callee: str, app_id: str | None = None) -> dict[str, Any]:
+    """The ``accessControl`` of the Configuration used by ``callee``'s daprd: deny by
+    default; each caller may use exactly the operations declared for it. ``app_id``:
+    the Dapr id the callee runs under when it is not its own (a canary), which its
+    own calls to itself come from."""
+    policies = []
+    for caller in APPS:
+        ops = sorted(op for c, a, op in invocations() if c == caller and a == callee)
+        if ops:
+            policies.append(
+                {
+                    "appId": app_id if app_id and caller == callee else caller,
+                    "namespace": NAMESPACE,
+                    "trustDomain": TRUST_DOMAIN,
+                    "defaultAction": "deny",
+                    "operations": [
+                        {"name": op, "httpVerb": ["*"], "action": "allow"} for op in ops
+                    ],
+                }
+            )
+    return {"defaultAction": "deny", "trustDomain": TRUST_DOMAIN, "policies": policies}
+
+
+def secret_scopes(app: str) -> list[dict[str, Any]]:
+    """The ``secrets.scopes`` of ``app``'s Configuration: only its own Vault secrets;
+    nothing from the Kubernetes store (that serves components' secretKeyRefs only)."""
+    return [
+        {"storeName": "kubernetes", "defaultAccess": "deny"},
+        {
+            "storeName": SECRETSTORE,
+            "defaultAccess": "deny",
+            "allowedSecrets": list(SECRETS.get(app, ())),
+        },
+    ]
+
+
+def _scope_list(pairs: set[tuple[str, str]]) -> str:
+    """Dapr's ``app1=topic1,topic2;app2=`` form; every app listed, so one with no topics
+    gets none (an app left out would get every allowed topic)."""
+    return ";".join(f"{a}={','.join(sorted(t for x, t in pairs if x == a))}" for a in APPS)
+
+
+def pubsub_scopes() -> dict[str, str]:
+    """Metadata of the ``pubsub`` component that limits topics, publishers, subscribers."""
+    topics = {t for _, t in publications()} | {t for _, t in subscriptions()}
+    return {
+        "allowedTopics": ",".join(sorted(topics)),
+        "publishingScopes": _scope_list(publications()),
+        "subscriptionScopes": _scope_list(subscriptions()),
+    }
