@@ -142,9 +142,9 @@ def ok(o: Outcome) -> bool:
 
 
 def settle_jobs(mesh: HAMesh, tenant: str, jobs: list[str], timeout: float = 90) -> dict[str, int]:
-    """Wait (bounded) until every job has finished; count how they ended. ``lost``: still
-    not finished at the deadline; ``duplicated``: result published more than once;
-    ``rewritten``: a finished job's record changed afterwards (must never happen)."""
+    """Wait (bounded) until every job has finished and both topics are settled; count
+    how they ended. ``lost``: not finished even then; ``duplicated``: result published
+    more than once; ``rewritten``: a finished job's record changed afterwards."""
     from load.loadgen import published_results
 
     status: dict[str, str] = {}
@@ -158,14 +158,17 @@ def settle_jobs(mesh: HAMesh, tenant: str, jobs: list[str], timeout: float = 90)
             if all(status.get(j) not in (None, "queued", "running") for j in jobs):
                 break
             time.sleep(1)
-        first = {job: c.get(f"/v1/jobs/{job}").json() for job in jobs}
-        # No redelivery still to come: both topics delivered and acknowledged.
+        done = {j: c.get(f"/v1/jobs/{j}").json() for j in jobs if status.get(j) == "completed"}
+        # No redelivery still to come: both topics delivered and acknowledged. Only then
+        # is a job that has not finished lost, and a finished one safe from rewrites.
         conn = mesh.backing.redis_client()
         try:
             wait_settled(conn, REQUESTS_TOPIC, RESULTS_TOPIC, timeout=timeout)
         finally:
             conn.close()
-        rewritten = sum(c.get(f"/v1/jobs/{job}").json() != first[job] for job in jobs)
+        final = {job: c.get(f"/v1/jobs/{job}").json() for job in jobs}
+        rewritten = sum(final[job] != record for job, record in done.items())
+        status = {job: record["status"] for job, record in final.items()}
     published = published_results(
         mesh.backing.redis_port, password=mesh.backing.creds.redis_password
     )

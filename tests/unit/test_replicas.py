@@ -124,3 +124,31 @@ def test_children_do_not_outlive_their_launcher(tmp_path: Path) -> None:
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the service outlived its launcher")
+
+
+def test_dev_ps_and_down_see_and_stop_a_recorded_stack(tmp_path: Path) -> None:
+    from autoglm.devstack.processes import ManagedProcess
+    from autoglm.devstack.stackfile import (
+        ProcessRecord,
+        format_ps,
+        ps_rows,
+        read_stack,
+        start_time,
+        stop_stack,
+        write_stack,
+    )
+
+    orphan = ManagedProcess("svc", ["sleep", "300"], tmp_path / "svc.log").start()
+    path = tmp_path / "stack.json"
+    record = ProcessRecord("redis", "redis", orphan.pid, start_time(orphan.pid), app_port=1)
+    write_stack([record], path, replicas={"gateway": 1})
+    stack = read_stack(path)
+    assert stack is not None and stack.launcher_alive()  # we wrote it: we are its launcher
+    assert stack.extra == {"replicas": {"gateway": 1}}
+    text = format_ps(stack, ps_rows(stack))
+    row = ["redis", "-", "redis", str(orphan.pid), "1", "-", "-", "-", "running"]
+    assert text.splitlines()[2].split() == row
+    # A launcher that is gone leaves orphans; `dev down` stops them by their group.
+    stack.launcher_pid, stack.launcher_started = 1, None
+    stop_stack(stack, timeout=5)
+    assert not orphan.alive() and ps_rows(stack)[0]["state"] == "dead"

@@ -143,7 +143,7 @@ def format_ps(stack: Stack, rows: list[dict[str, Any]]) -> str:
     widths = [
         max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)
     ]
-    out.append("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
+    out.append("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
     for t in table:
         out.append("  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True)).rstrip())
     return "\n".join(out)
