@@ -252,3 +252,19 @@ def test_a_group_computes_its_prompt_once_and_shares_its_blocks() -> None:
     assert all(s.table.blocks[:2] == first.table.blocks[:2] for s in others)
     _run(policy)
     assert all(len(s.output_ids) == 3 for s in (first, *others))
+
+
+def test_a_burst_of_short_prompts_is_admitted_whole_while_long_ones_are_chunked() -> None:
+    policy = _policy(blocks=1024, max_step_tokens=64, interleaved_prefill_tokens=8)
+    running = _seq(prompt=4, max_tokens=50)
+    policy.add(running)
+    _apply(policy, policy.schedule())
+    shorts = [_seq(prompt=6) for _ in range(5)]
+    long_ = _seq(prompt=300)
+    for s in (*shorts, long_):
+        policy.add(s)
+    plan = policy.schedule()
+    # One step: the decode, every short prompt whole, the long one only a chunk.
+    assert (running, 1) in plan.scheduled
+    assert all((s, 6) in plan.scheduled for s in shorts)
+    assert plan.num_tokens <= 64 and long_.num_cached + dict(plan.scheduled).get(long_, 0) < 64

@@ -199,7 +199,9 @@ def paged_attention_forward(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    layer = int(getattr(module, "layer_idx", 0) or 0)
+    # Every Hugging Face attention module knows its layer (the cache needs it too).
+    layer = module.layer_idx
+    assert isinstance(layer, int), "attention module without a layer_idx"
     return cache.attention(layer, query, key, value, plan, scaling), None
 
 

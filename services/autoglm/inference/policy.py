@@ -16,9 +16,10 @@ Rules, in order, every step:
    when nothing decodes, else ``interleaved_prefill_tokens`` on top of the decodes, so a
    long prompt being admitted adds a bounded amount of work to every decode step (the
    running sequences' time per output token stays bounded). Waiting requests are
-   admitted first (a short prompt does not wait behind a long one's prefill), then
-   prompts part-way through continue, shortest remaining first, with at least a quarter
-   of it.
+   admitted first (a short prompt does not wait behind a long one's prefill; a prompt
+   that fits what is left of ``max_step_tokens`` is admitted whole, so a burst of short
+   requests costs one step), then prompts part-way through continue, shortest remaining
+   first, with at least a quarter of the budget.
 3. Admission is fair across tenants: each tenant has its own queue, and the next request
    comes from the tenant with the least weighted service so far (start-time fair
    queuing on tokens: a request costs its prompt plus ``max_tokens``, divided by the
@@ -279,7 +280,8 @@ class Policy:
         # a quarter of the budget stays for prompts already part-way through.
         if not plan.preempted:
             reserve = max(1, budget // 4) if continuing else 0
-            budget -= self._admit(plan, budget - reserve)
+            whole = cfg.max_step_tokens - len(plan.scheduled) - reserve
+            budget -= self._admit(plan, budget - reserve, whole)
         # 3. prompts part-way through their prefill.
         for seq in continuing:
             if budget <= 0 or seq.status is not Status.RUNNING:
@@ -302,8 +304,11 @@ class Policy:
                 return False
         return True
 
-    def _admit(self, plan: StepPlan, budget: int) -> int:
+    def _admit(self, plan: StepPlan, budget: int, whole: int | None = None) -> int:
         """Admit waiting sequences within ``budget`` tokens; returns the tokens used.
+        A prompt that fits ``whole`` (the step's full size left) is admitted in one
+        piece even beyond ``budget``: a burst of short requests costs one step, and
+        only long prompts are cut into ``budget``-sized chunks.
 
         First tenants within their caps, fairly; a tenant within its caps that finds the
         batch full takes the place of the newest sequence of a tenant beyond its caps.
@@ -311,10 +316,10 @@ class Policy:
         usage = self.tenant_usage()
         # Keep one block per running sequence free, so admitting never forces the next
         # decode step to preempt.
-        state = {"used": 0, "reserve": len(self.running)}
+        state = {"used": 0, "reserve": len(self.running), "whole": max(budget, whole or 0)}
         if self._admit_phase(plan, budget, usage, state, borrow=False):
             self._admit_phase(plan, budget, usage, state, borrow=True)
-        return state["used"]
+        return min(state["used"], budget)
 
     def _admit_phase(
         self,
@@ -326,7 +331,7 @@ class Policy:
     ) -> bool:
         """One pass of admissions; whether the next pass may still find room."""
         blocked: set[str] = set()
-        while state["used"] < budget:
+        while state["used"] < state["whole"]:
             tenant = self.queue.order(blocked)
             if tenant is None:
                 return True
@@ -345,7 +350,13 @@ class Policy:
                 state["reserve"] -= 1
             if not seq.table.blocks:
                 seq.num_cached = self.blocks.match_prefix(seq.table, seq.tokens)
-            n = min(seq.pending, budget - state["used"])
+            n = seq.pending if seq.pending <= state["whole"] - state["used"] else 0
+            if not n:
+                n = min(seq.pending, budget - state["used"])
+                if n <= 0:  # only a chunk would fit, and the chunk budget is spent
+                    self.blocks.free(seq.table)
+                    seq.num_cached = 0
+                    return False
             need = self.blocks.missing(seq.table, seq.num_cached + n)
             busy = need + state["reserve"] > self.blocks.num_free and self.running
             if busy or not self.blocks.allocate(seq.table, seq.num_cached + n):
