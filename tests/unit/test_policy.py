@@ -268,3 +268,33 @@ def test_a_burst_of_short_prompts_is_admitted_whole_while_long_ones_are_chunked(
     assert (running, 1) in plan.scheduled
     assert all((s, 6) in plan.scheduled for s in shorts)
     assert plan.num_tokens <= 64 and long_.num_cached + dict(plan.scheduled).get(long_, 0) < 64
+
+
+def test_a_heavy_tenant_decodes_in_turns_while_a_light_one_has_work() -> None:
+    """Rule 4: with a light tenant active, a heavy tenant's decodes per step are capped
+    (in turn, every sequence keeps progressing, none is preempted); alone it runs all."""
+    limits = TenantLimits(max_running=32, contended_running=4)
+    policy = _policy(blocks=256, max_batch_size=32, default_limits=limits)
+    heavy = [_seq("heavy", prompt=4, max_tokens=64) for _ in range(12)]
+    for seq in heavy:
+        policy.add(seq)
+    _apply(policy, policy.schedule())  # all twelve prefilled together
+    alone = policy.schedule()
+    assert len(alone.scheduled) == 12  # no light tenant: the whole batch decodes
+    _apply(policy, alone)
+
+    light = _seq("light", prompt=4, max_tokens=3)
+    policy.add(light)
+    stepped: dict[str, int] = {}
+    while light.status is not Status.FINISHED:
+        plan = policy.schedule()
+        heavy_now = [s for s, _ in plan.scheduled if s.tenant == "heavy"]
+        assert len(heavy_now) <= 4
+        assert not plan.preempted
+        for seq in heavy_now:
+            stepped[seq.request_id] = stepped.get(seq.request_id, 0) + 1
+        _apply(policy, plan)
+    # In turn: the light request's few steps went to different heavy sequences.
+    assert len(stepped) >= 8
+    # Once the light tenant is done, the heavy tenant has the whole batch again.
+    assert len(policy.schedule().scheduled) == 12

@@ -28,6 +28,12 @@ Rules, in order, every step:
    while other tenants are waiting; while none is, it may borrow the idle capacity, and
    gives its newest borrowed sequence back (preempted) as soon as another tenant waits
    for a place in a full batch.
+4. Latency is shared too: on a CPU every sequence in a step makes the step slower for
+   all, so while a *light* tenant (at most ``contended_running`` sequences) has work, a
+   heavier tenant decodes at most ``contended_running`` of its sequences per step, in
+   turn (least recently stepped first). The others keep their cache and wait a step: no
+   recompute, no lost work, and the light tenant's time per token stays near its
+   idle figure. Heavy tenants among themselves are not held back.
 """
 
 from __future__ import annotations
@@ -63,6 +69,9 @@ class TenantLimits(BaseModel):
     #: Requests of this tenant waiting at most; beyond it a request is refused (429).
     #: None: as many as the model's whole queue (``max_queue``).
     max_queued: int | None = Field(default=None, ge=1)
+    #: While a light tenant (at most this many sequences) has work, sequences of this
+    #: tenant that decode in one step at most (in turn); see the module docstring, 4.
+    contended_running: int = Field(default=4, ge=1)
 
 
 @dataclass(eq=False)
@@ -84,6 +93,8 @@ class Seq:
     #: Same prompt as this earlier sequence (``n`` > 1): admitted once that one has
     #: computed the prompt, whose full blocks it then shares instead of computing them.
     after: Seq | None = None
+    #: The policy step that last scheduled this sequence (turns while contended).
+    last_step: int = 0
 
     @property
     def waits_for_prompt(self) -> bool:
@@ -223,6 +234,7 @@ class Policy:
         self.running: list[Seq] = []
         self._admissions = 0
         self.preemptions = 0
+        self._steps = 0
 
     # -- bookkeeping ---------------------------------------------------------------------
     def add(self, seq: Seq) -> None:
@@ -258,7 +270,8 @@ class Policy:
     def schedule(self) -> StepPlan:
         plan = StepPlan()
         cfg = self.config
-        decoding = [s for s in self.running if s.decoding]
+        self._steps += 1
+        decoding = self._in_turn([s for s in self.running if s.decoding])
         if decoding:
             budget = min(cfg.max_step_tokens, len(decoding) + cfg.interleaved_prefill_tokens)
         else:
@@ -270,6 +283,7 @@ class Policy:
             if not self._grow(seq, 1, plan):
                 continue
             plan.scheduled.append((seq, 1))
+            seq.last_step = self._steps
         budget -= len(plan.scheduled)
         # Shortest remaining prompt first: a short prompt admitted part-way does not wait
         # for a long one's whole prefill.
@@ -294,6 +308,26 @@ class Policy:
             plan.scheduled.append((seq, n))
             budget -= n
         return plan
+
+    def _in_turn(self, decoding: list[Seq]) -> list[Seq]:
+        """The decodes of this step (rule 4): all of them, unless a light tenant has
+        work; then each heavier tenant's ``contended_running`` least recently stepped."""
+        count: dict[str, int] = {}
+        for seq in self.running:
+            count[seq.tenant] = count.get(seq.tenant, 0) + 1
+        for tenant in self.queue.tenants():
+            count.setdefault(tenant, 0)
+        light = [t for t, n in count.items() if n <= self.config.limits(t).contended_running]
+        if len(count) < 2 or not light:
+            return decoding
+        kept: list[Seq] = []
+        taken: dict[str, int] = {}
+        for seq in sorted(decoding, key=lambda s: (s.last_step, s.admitted)):
+            n = taken.get(seq.tenant, 0)
+            if n < self.config.limits(seq.tenant).contended_running:
+                kept.append(seq)
+                taken[seq.tenant] = n + 1
+        return kept
 
     def _grow(self, seq: Seq, n: int, plan: StepPlan) -> bool:
         """Blocks for ``n`` more tokens of ``seq``; preempting newer sequences if needed."""
