@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -130,3 +131,11 @@ def test_backing_services_get_credentials_off_the_command_line(
     banner = "Unseal Key: abc\nRoot Token: xyz\nApi Address: http://127.0.0.1:2\n"
     out = subprocess.run(["sh", "-c", script], input=banner, capture_output=True, text=True)
     assert out.stdout == "Api Address: http://127.0.0.1:2\n"
+
+
+def test_generated_stack_secrets_are_safe_on_any_command_line() -> None:
+    from autoglm.devstack.secrets import StackSecrets
+
+    for _ in range(200):
+        for value in dataclasses.astuple(StackSecrets.generate()):
+            assert len(value) >= 64 and not value.startswith("-") and value.isalnum()

@@ -43,7 +43,9 @@ APP_API_TOKEN_ENV = "APP_API_TOKEN"
 
 
 def _token() -> str:
-    return secrets.token_urlsafe(32)
+    # Hex, not urlsafe base64: a value that starts with "-" is read as an option by any
+    # command line it is passed to (``autoglm token --vault-token ...``).
+    return secrets.token_hex(32)
 
 
 @dataclass(frozen=True)
