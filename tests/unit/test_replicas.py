@@ -68,8 +68,9 @@ def test_sidecar_problems_name_what_is_missing() -> None:
     assert sidecar_problems(meta, "archiver")[0].startswith("sidecar serves app id")
 
 
-@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
 def test_front_door_config_is_valid_haproxy(tmp_path: Path) -> None:
+    # `make test` installs haproxy (system-deps): its absence is a setup error, not a skip.
+    assert shutil.which("haproxy"), "haproxy missing: run `make system-deps`"
     cfg = render_config(18080, [Backend("gateway-0", 1234), Backend("gateway-1", 1235)], tmp_path)
     text = cfg.read_text()
     assert "server gateway-0 127.0.0.1:1234 check" in text and "GET /readyz" in text
