@@ -308,7 +308,7 @@ def test_background_completes_once(client: FlaskClient, sidecar: FakeSidecar) ->
 
 
 def test_background_failure_and_cancel(client: FlaskClient, sidecar: FakeSidecar) -> None:
-    sidecar.invoke_replies["cancel"] = {"cancelled": True}
+    sidecar.invoke_replies["cancel"] = lambda p: {**p, "cancelled": True}
     failed = _create(client, input="Hi", background=True)
     _deliver(client, sidecar, None)
     got = client.get(f"/v1/responses/{failed['id']}", headers=USER).get_json()

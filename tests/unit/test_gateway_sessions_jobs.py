@@ -117,14 +117,15 @@ def test_lost_session_is_restored_from_the_archive(
     record = client.get("/v1/sessions/s-old", headers=USER).get_json()
     assert record["version"] == 4 and record["messages"][0]["content"] == "remember me"
     assert "session:acme:s-old" in sidecar.state  # written back to the state store
-    assert ("archiver", "restore", {"tenant": "acme", "session_id": "s-old"}) in sidecar.invocations
+    restore = {"tenant": "acme", "session_id": "s-old", "version": None}  # the newest
+    assert ("archiver", "restore", restore) in sidecar.invocations
 
 
 def test_deleted_session_is_not_resurrected(client: FlaskClient, sidecar: FakeSidecar) -> None:
     sidecar.invoke_replies["restore"] = NotFoundError("no such session")
     sid = client.post("/v1/sessions", json={}, headers=USER).get_json()["id"]
     assert client.delete(f"/v1/sessions/{sid}", headers=USER).get_json()["deleted"] is True
-    sidecar.invoke_replies["restore"] = lambda p: {"version": 1, "messages": []}
+    sidecar.invoke_replies["restore"] = lambda p: {**p, "version": 1, "messages": []}
     assert client.get(f"/v1/sessions/{sid}", headers=USER).status_code == 404
     assert client.get("/v1/sessions/never", headers=USER).status_code == 200  # restorable id
 
@@ -226,8 +227,14 @@ def test_tenant_isolation_on_sessions_jobs_and_attachments(
     assert sidecar.invocations[-1][2]["tenant"] == "globex"
     # An admin may read any tenant's resources only through admin routes; the tenant
     # in a user's body is ignored in favour of the token's.
-    sidecar.invoke_replies["attachment_start"] = lambda p: {"id": "a2", "offset": 0}
-    client.post("/v1/attachments", json={"tenant": "acme", "filename": "f.txt"}, headers=OTHER)
+    sidecar.invoke_replies["attachment_start"] = lambda p: {
+        **{k: v for k, v in p.items() if k != "tenant"},
+        **{"id": "a2", "category": "text", "offset": 0, "version": 1, "complete": False},
+    }
+    upload = {"filename": "f.txt", "mime_type": "text/plain", "size": 1, "sha256": "a" * 64}
+    resp = client.post("/v1/attachments", json={**upload, "tenant": "acme"}, headers=OTHER)
+    assert resp.status_code == 201 and resp.get_json()["id"] == "a2"
+    assert sidecar.invocations[-1][:2] == ("archiver", "attachment_start")
     assert sidecar.invocations[-1][2]["tenant"] == "globex"
 
 
@@ -238,6 +245,7 @@ def test_attachment_upload_proxies_chunks_and_offsets(
         "id": p["id"],
         "offset": p["offset"] + 3,
         "complete": False,
+        "version": 1,
     }
     resp = client.put("/v1/attachments/a1?offset=0", data=b"abc", headers=USER)
     assert resp.status_code == 200 and resp.headers["Upload-Offset"] == "3"

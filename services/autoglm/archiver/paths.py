@@ -7,17 +7,16 @@ climb out of their directory, and the result is checked to be inside the root.
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
 from autoglm.core.errors import InvalidRequestError
-
-_COMPONENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+from autoglm.core.schemas import is_safe_id
 
 
 def component(value: str, param: str) -> str:
-    """``value`` if it is one safe path component (no separator, no leading dot)."""
-    if not _COMPONENT.fullmatch(value):
+    """``value`` if it is one safe path component: a ``SafeId`` (no separator, no
+    leading dot)."""
+    if not is_safe_id(value):
         raise InvalidRequestError(f"'{param}' is not a valid id: {value!r}", param=param)
     return value
 

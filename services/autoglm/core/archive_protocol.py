@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from autoglm.core.schemas import SAFE_ID, ChatMessage, Payload
+from autoglm.core.schemas import ChatMessage, Payload, SafeId, TenantId
 
 RESTORE = "restore"
 ATTACHMENT_START = "attachment_start"
@@ -25,7 +25,6 @@ ATTACHMENT_GET = "attachment_get"
 AUDIT_QUERY = "audit_query"
 HEALTH = "health"
 
-TENANT_FIELD = Field(min_length=1, max_length=64, pattern=SAFE_ID)
 ATTACHMENT_ID = r"^att-[0-9a-f]{32}$"
 #: A UTC day as the audit archive names its files.
 AUDIT_DAY = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
@@ -44,8 +43,8 @@ def b64encode(data: bytes) -> str:
 
 
 class RestoreRequest(Payload):
-    tenant: str = TENANT_FIELD
-    session_id: str = Field(min_length=1, max_length=128, pattern=SAFE_ID)
+    tenant: TenantId
+    session_id: SafeId
     #: A chosen version (admin restore); the newest one when omitted.
     version: int | None = Field(default=None, ge=1)
 
@@ -64,7 +63,7 @@ class RestoreReply(Payload):
 
 
 class AttachmentStartRequest(Payload):
-    tenant: str = TENANT_FIELD
+    tenant: TenantId
     filename: str = Field(min_length=1, max_length=255)
     mime_type: str = Field(min_length=3, max_length=127)
     size: int = Field(ge=1)
@@ -91,7 +90,8 @@ class AttachmentInfo(Payload):
 
 
 class AttachmentPutRequest(Payload):
-    tenant: str = TENANT_FIELD
+    tenant: TenantId
+    #: Not found unless it is an ``ATTACHMENT_ID`` (a stricter rule than ``SafeId``).
     id: str = Field(min_length=1, max_length=64)
     #: Must equal the upload's checkpoint (the next byte expected).
     offset: int = Field(ge=0)
@@ -122,7 +122,8 @@ MAX_READ_BYTES = 1024 * 1024
 
 
 class AttachmentGetRequest(Payload):
-    tenant: str = TENANT_FIELD
+    tenant: TenantId
+    #: Not found unless it is an ``ATTACHMENT_ID`` (a stricter rule than ``SafeId``).
     id: str = Field(min_length=1, max_length=64)
     #: The range to read: ``length`` bytes from ``offset`` (fewer at the end).
     offset: int = Field(default=0, ge=0)
@@ -175,7 +176,7 @@ class AuditPage(Payload):
 
 
 class AuditQueryRequest(AuditPage):
-    tenant: str = TENANT_FIELD
+    tenant: TenantId
 
 
 class AuditQueryReply(Payload):

@@ -12,12 +12,13 @@ topic is added here first; an app that calls something not listed here is refuse
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from autoglm.core import archive_protocol as archive
+from autoglm.core.errors import InternalError
 from autoglm.core.schemas import (
     AUDIT_TOPIC,
     REQUESTS_TOPIC,
@@ -25,6 +26,7 @@ from autoglm.core.schemas import (
     SECRETSTORE,
     SNAPSHOTS_TOPIC,
     AuditEvent,
+    CancelReply,
     CancelRequest,
     EmbedRequest,
     EmbedResult,
@@ -33,9 +35,15 @@ from autoglm.core.schemas import (
     InferenceRequestEvent,
     InferenceResultEvent,
     ModelRef,
+    ModelsReply,
+    ModelState,
     SnapshotEvent,
 )
+from autoglm.core.sidecar import SidecarAPI
 from autoglm.core.streaming import STREAM_METHOD, STREAM_SERVICE
+
+Req = TypeVar("Req", bound=BaseModel)
+Rep = TypeVar("Rep", bound=BaseModel)
 
 GATEWAY, INFERENCE, ARCHIVER = "gateway", "inference", "archiver"
 APPS = (GATEWAY, INFERENCE, ARCHIVER)
@@ -47,13 +55,14 @@ DAPR_INTERNAL_PORT = 50002
 
 
 @dataclass(frozen=True)
-class Rpc:
-    """A service-invocation method (or a gRPC method proxied by daprd) of ``app``."""
+class Rpc(Generic[Req, Rep]):
+    """A service-invocation method (or a gRPC method proxied by daprd) of ``app``:
+    ``request`` is its body (None: it takes none), ``reply`` what it answers."""
 
     name: str
     app: str
-    request: type[BaseModel] | None
-    reply: type[BaseModel] | None
+    request: type[Req] | None
+    reply: type[Rep] | None
     callers: frozenset[str]
 
     @property
@@ -78,10 +87,10 @@ class Topic:
 def _rpc(
     name: str,
     app: str,
-    request: type[BaseModel] | None,
-    reply: type[BaseModel] | None,
+    request: type[Req] | None,
+    reply: type[Rep] | None,
     *callers: str,
-) -> Rpc:
+) -> Rpc[Req, Rep]:
     return Rpc(name, app, request, reply, frozenset(callers))
 
 
@@ -93,49 +102,76 @@ def _topic(name: str, event: type[BaseModel], publishers: Iterable[str], *subs: 
 ADMIN_METHODS = ("load_model", "unload_model")
 GENERATE_STREAM = f"/{STREAM_SERVICE}/{STREAM_METHOD}"
 
-RPCS: tuple[Rpc, ...] = (
-    _rpc("generate", INFERENCE, GenerateRequest, GenerateResult, GATEWAY),
-    # Cancels a request sent through inference.requests (the Responses API's cancel).
-    _rpc("cancel", INFERENCE, CancelRequest, None, GATEWAY),
-    _rpc(GENERATE_STREAM, INFERENCE, GenerateRequest, GenerateResult, GATEWAY),
-    _rpc("embed", INFERENCE, EmbedRequest, EmbedResult, GATEWAY),
-    _rpc("models", INFERENCE, None, None, GATEWAY),
-    _rpc("load_model", INFERENCE, ModelRef, None, GATEWAY),
-    _rpc("unload_model", INFERENCE, ModelRef, None, GATEWAY),
-    # Inference's readiness probe in k8s/ invokes its own ``health`` through its daprd
-    # (the app id may resolve to a sibling replica).
-    _rpc("health", INFERENCE, None, None, INFERENCE),
-    _rpc(archive.RESTORE, ARCHIVER, archive.RestoreRequest, archive.RestoreReply, GATEWAY),
-    _rpc(
-        archive.ATTACHMENT_START,
-        ARCHIVER,
-        archive.AttachmentStartRequest,
-        archive.AttachmentInfo,
-        GATEWAY,
-    ),
-    _rpc(
-        archive.ATTACHMENT_PUT,
-        ARCHIVER,
-        archive.AttachmentPutRequest,
-        archive.AttachmentPutReply,
-        GATEWAY,
-    ),
-    _rpc(
-        archive.ATTACHMENT_GET,
-        ARCHIVER,
-        archive.AttachmentGetRequest,
-        archive.AttachmentGetReply,
-        GATEWAY,
-    ),
-    _rpc(
-        archive.AUDIT_QUERY,
-        ARCHIVER,
-        archive.AuditQueryRequest,
-        archive.AuditQueryReply,
-        GATEWAY,
-    ),
-    # Served for operators and tests through a daprd of their own; no app calls it.
-    _rpc(archive.HEALTH, ARCHIVER, None, archive.HealthReply),
+GENERATE: Rpc[GenerateRequest, GenerateResult] = _rpc(
+    "generate", INFERENCE, GenerateRequest, GenerateResult, GATEWAY
+)
+#: Cancels a request sent through inference.requests (the Responses API's cancel).
+CANCEL: Rpc[CancelRequest, CancelReply] = _rpc(
+    "cancel", INFERENCE, CancelRequest, CancelReply, GATEWAY
+)
+STREAM: Rpc[GenerateRequest, GenerateResult] = _rpc(
+    GENERATE_STREAM, INFERENCE, GenerateRequest, GenerateResult, GATEWAY
+)
+EMBED: Rpc[EmbedRequest, EmbedResult] = _rpc("embed", INFERENCE, EmbedRequest, EmbedResult, GATEWAY)
+MODELS: Rpc[BaseModel, ModelsReply] = _rpc("models", INFERENCE, None, ModelsReply, GATEWAY)
+LOAD_MODEL: Rpc[ModelRef, ModelState] = _rpc("load_model", INFERENCE, ModelRef, ModelState, GATEWAY)
+UNLOAD_MODEL: Rpc[ModelRef, ModelState] = _rpc(
+    "unload_model", INFERENCE, ModelRef, ModelState, GATEWAY
+)
+#: Inference's readiness probe in k8s/ invokes its own ``health`` through its daprd
+#: (the app id may resolve to a sibling replica).
+INFERENCE_HEALTH: Rpc[BaseModel, BaseModel] = _rpc("health", INFERENCE, None, None, INFERENCE)
+RESTORE: Rpc[archive.RestoreRequest, archive.RestoreReply] = _rpc(
+    archive.RESTORE, ARCHIVER, archive.RestoreRequest, archive.RestoreReply, GATEWAY
+)
+ATTACHMENT_START: Rpc[archive.AttachmentStartRequest, archive.AttachmentInfo] = _rpc(
+    archive.ATTACHMENT_START,
+    ARCHIVER,
+    archive.AttachmentStartRequest,
+    archive.AttachmentInfo,
+    GATEWAY,
+)
+ATTACHMENT_PUT: Rpc[archive.AttachmentPutRequest, archive.AttachmentPutReply] = _rpc(
+    archive.ATTACHMENT_PUT,
+    ARCHIVER,
+    archive.AttachmentPutRequest,
+    archive.AttachmentPutReply,
+    GATEWAY,
+)
+ATTACHMENT_GET: Rpc[archive.AttachmentGetRequest, archive.AttachmentGetReply] = _rpc(
+    archive.ATTACHMENT_GET,
+    ARCHIVER,
+    archive.AttachmentGetRequest,
+    archive.AttachmentGetReply,
+    GATEWAY,
+)
+AUDIT_QUERY: Rpc[archive.AuditQueryRequest, archive.AuditQueryReply] = _rpc(
+    archive.AUDIT_QUERY,
+    ARCHIVER,
+    archive.AuditQueryRequest,
+    archive.AuditQueryReply,
+    GATEWAY,
+)
+#: Served for operators and tests through a daprd of their own; no app calls it.
+ARCHIVER_HEALTH: Rpc[BaseModel, archive.HealthReply] = _rpc(
+    archive.HEALTH, ARCHIVER, None, archive.HealthReply
+)
+
+RPCS: tuple[Rpc[Any, Any], ...] = (
+    GENERATE,
+    CANCEL,
+    STREAM,
+    EMBED,
+    MODELS,
+    LOAD_MODEL,
+    UNLOAD_MODEL,
+    INFERENCE_HEALTH,
+    RESTORE,
+    ATTACHMENT_START,
+    ATTACHMENT_PUT,
+    ATTACHMENT_GET,
+    AUDIT_QUERY,
+    ARCHIVER_HEALTH,
 )
 
 TOPICS: tuple[Topic, ...] = (
@@ -153,7 +189,7 @@ SECRETS: Mapping[str, tuple[str, ...]] = {
 }
 
 
-def rpc(app: str, name: str) -> Rpc:
+def rpc(app: str, name: str) -> Rpc[Any, Any]:
     """The declaration of ``app``'s method ``name`` (KeyError if there is none)."""
     for r in RPCS:
         if r.app == app and r.name == name:
@@ -166,6 +202,37 @@ def topic(name: str) -> Topic:
         if t.name == name:
             return t
     raise KeyError(f"no topic {name!r} in the contract table")
+
+
+@dataclass
+class MeshClient:
+    """Calls other apps' methods through the local daprd, typed by this table:
+    ``client.call(RESTORE, RestoreRequest(...))`` sends the request model and returns
+    the reply model. ``app_ids`` maps an app to the Dapr id it runs under when that is
+    configured otherwise (a canary); failures come back as ``AutoGLMError`` subclasses
+    (``Sidecar.invoke``), a reply that does not fit its model as ``InternalError``."""
+
+    sidecar: SidecarAPI
+    app_ids: Mapping[str, str] = field(default_factory=dict)
+
+    def call(
+        self, method: Rpc[Req, Rep], request: Req | None = None, *, timeout: float = 60.0
+    ) -> Rep:
+        if (request is None) != (method.request is None) or (
+            request is not None and not isinstance(request, method.request or ())
+        ):
+            raise TypeError(f"{method.name} takes {method.request!r}, not {type(request)!r}")
+        payload = request.model_dump(mode="json") if request is not None else {}
+        app_id = self.app_ids.get(method.app, method.app)
+        reply = self.sidecar.invoke(app_id, method.name, payload, timeout=timeout)
+        if method.reply is None:
+            raise TypeError(f"{method.name} declares no reply; nobody calls it through here")
+        try:
+            return method.reply.model_validate(reply)
+        except ValidationError as exc:
+            raise InternalError(
+                f"malformed reply from {method.app}.{method.name}: {exc.error_count()} errors"
+            ) from None
 
 
 # -- derived sets ----------------------------------------------------------------------

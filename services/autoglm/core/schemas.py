@@ -11,13 +11,14 @@ import json
 import re
 import time
 import uuid
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_serializer,
@@ -30,14 +31,30 @@ M = TypeVar("M", bound=BaseModel)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
-#: Ids and tenants become parts of state keys, URL path segments and folder names: no
-#: separators, no ``:``, no leading dot (so never ``.``, ``..`` or a hidden name).
+#: The one rule for ids. Tenants, sessions, jobs, responses and attachments become
+#: parts of state keys, URL path segments and folder names: no separators, no ``:``, no
+#: leading dot (so never ``.``, ``..`` or a hidden name), never empty, at most
+#: ``SAFE_ID_MAX_LENGTH`` characters (``TENANT_MAX_LENGTH`` for tenants). Every check of
+#: an id (``SafeId``, ``TenantId``, ``is_safe_id``, the archiver's path components, the
+#: OpenAPI document's path parameters) is made from these constants.
 SAFE_ID = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+SAFE_ID_MAX_LENGTH = 128
+TENANT_MAX_LENGTH = 64
 _SAFE_ID = re.compile(SAFE_ID)
 
+#: An id that is safe as a state key part, a URL path segment and a folder name.
+SafeId = Annotated[
+    str, StringConstraints(min_length=1, max_length=SAFE_ID_MAX_LENGTH, pattern=SAFE_ID)
+]
+#: A tenant: a ``SafeId`` of at most ``TENANT_MAX_LENGTH`` characters.
+TenantId = Annotated[
+    str, StringConstraints(min_length=1, max_length=TENANT_MAX_LENGTH, pattern=SAFE_ID)
+]
 
-def is_safe_id(value: str, max_length: int = 128) -> bool:
-    return len(value) <= max_length and _SAFE_ID.fullmatch(value) is not None
+
+def is_safe_id(value: str, max_length: int = SAFE_ID_MAX_LENGTH) -> bool:
+    """Whether ``value`` is a ``SafeId`` (a ``TenantId`` with ``TENANT_MAX_LENGTH``)."""
+    return 0 < len(value) <= max_length and _SAFE_ID.fullmatch(value) is not None
 
 
 #: Default topic for async inference results (DESIGN.md).
@@ -286,9 +303,7 @@ class GenerateRequest(Payload):
     parallel_tool_calls: bool = True
     #: Whose request this is: the engine schedules tenants fairly and caps each one's
     #: share. Set by the gateway from the authenticated principal.
-    tenant: str = Field(
-        default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
-    )
+    tenant: TenantId = "default"
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:
@@ -386,6 +401,20 @@ class ModelRef(Payload):
     model: str = Field(min_length=1, max_length=128)
 
 
+class ModelState(Payload):
+    """Reply of ``load_model`` / ``unload_model``."""
+
+    model: str
+    state: str
+
+
+class ModelsReply(Payload):
+    """Reply of inference's ``models``: the registry's entries (``id``, ``kind``,
+    ``state``, ``created``...)."""
+
+    data: list[dict[str, Any]]
+
+
 _INTERNAL_TOPICS = frozenset({REQUESTS_TOPIC, SNAPSHOTS_TOPIC, AUDIT_TOPIC})
 
 
@@ -421,6 +450,11 @@ class CancelRequest(Payload):
     request_id: str = Field(min_length=1, max_length=128)
 
 
+class CancelReply(Payload):
+    request_id: str
+    cancelled: bool
+
+
 class InferenceResultEvent(Payload):
     request_id: str
     result: GenerateResult | None = None
@@ -431,8 +465,8 @@ class SnapshotEvent(Payload):
     """A session's full history at ``version``, published on every change; or, with
     ``deleted``, the session's deletion at ``version``, so the archive forgets it too."""
 
-    tenant: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    session_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    tenant: TenantId
+    session_id: SafeId
     version: int = Field(ge=1)
     messages: list[ChatMessage]
     model: str | None = None
@@ -459,7 +493,7 @@ class SnapshotEvent(Payload):
 
 class AuditEvent(Payload):
     time: float = Field(default_factory=time.time)
-    tenant: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    tenant: TenantId
     user: str | None = None
     role: str | None = None
     action: str

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from flask import Flask
 
+from autoglm.core.contracts import ARCHIVER, INFERENCE, MeshClient
 from autoglm.core.sidecar import SidecarAPI
 from autoglm.gateway.attachments.api_router import attachments_blueprint
+from autoglm.gateway.attachments.serving import AttachmentService
 from autoglm.gateway.audit import install_audit
 from autoglm.gateway.audit_log.api_router import audit_log_blueprint
+from autoglm.gateway.audit_log.serving import AuditLogService
 from autoglm.gateway.body_limit import body_deadline, install_body_limit
 from autoglm.gateway.errors import register_error_handlers
 from autoglm.gateway.guards import install_guards
@@ -70,13 +73,11 @@ def create_app(
     # After authentication: no body is read for a caller without a valid token.
     install_body_limit(app)
 
-    client_options = {"stream_fn": stream_fn} if stream_fn else {}
-    inference = InferenceClient(
-        sidecar,
-        app_id=settings.inference_app_id,
-        timeout_s=settings.request_timeout_s,
-        **client_options,
+    mesh = MeshClient(
+        sidecar, {INFERENCE: settings.inference_app_id, ARCHIVER: settings.archiver_app_id}
     )
+    client_options = {"stream_fn": stream_fn} if stream_fn else {}
+    inference = InferenceClient(mesh, timeout_s=settings.request_timeout_s, **client_options)
     content_filter = ContentFilter(settings.blocked_terms, settings.blocked_patterns)
     sessions = SessionStore(sidecar, archiver_app_id=settings.archiver_app_id)
     cache = (
@@ -90,7 +91,7 @@ def create_app(
     )
     chat = ChatCompletionService(inference, sessions, content_filter, cache, settings)
 
-    app.register_blueprint(health_blueprint(sidecar, settings))
+    app.register_blueprint(health_blueprint(sidecar, inference))
     app.register_blueprint(openapi_blueprint())
     app.register_blueprint(chat_blueprint(chat))
     app.register_blueprint(
@@ -105,10 +106,6 @@ def create_app(
     app.register_blueprint(
         responses_blueprint(ResponseService(chat, responses, jobs, charge=tokens))
     )
-    app.register_blueprint(
-        attachments_blueprint(
-            sidecar, archiver_app_id=settings.archiver_app_id, content_filter=content_filter
-        )
-    )
-    app.register_blueprint(audit_log_blueprint(sidecar, archiver_app_id=settings.archiver_app_id))
+    app.register_blueprint(attachments_blueprint(AttachmentService(mesh, content_filter)))
+    app.register_blueprint(audit_log_blueprint(AuditLogService(mesh)))
     return app

@@ -7,10 +7,10 @@ from flask import Blueprint, Response, jsonify
 from autoglm.core.errors import AutoGLMError
 from autoglm.core.readiness import sidecar_problems
 from autoglm.core.sidecar import Sidecar, SidecarAPI
-from autoglm.gateway.settings import GatewaySettings
+from autoglm.gateway.inference_client import InferenceClient
 
 
-def health_blueprint(sidecar: SidecarAPI, settings: GatewaySettings) -> Blueprint:
+def health_blueprint(sidecar: SidecarAPI, inference: InferenceClient) -> Blueprint:
     bp = Blueprint("health", __name__)
 
     @bp.get("/healthz")
@@ -34,7 +34,7 @@ def health_blueprint(sidecar: SidecarAPI, settings: GatewaySettings) -> Blueprin
         except AutoGLMError as exc:
             checks["statestore"] = exc.message
         try:
-            sidecar.invoke(settings.inference_app_id, "models", {}, timeout=5.0)
+            inference.models(timeout=5.0)
             checks["inference"] = "ok"
         except AutoGLMError as exc:
             checks["inference"] = exc.message

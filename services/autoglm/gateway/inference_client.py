@@ -1,24 +1,39 @@
-"""The gateway's one way to reach ``inference``: Dapr service invocation and the
-gRPC stream proxied by daprd. Routes never build invocation payloads themselves."""
+"""The gateway's one way to reach ``inference``: typed calls through the contract table
+(``autoglm.core.contracts``) and the gRPC stream proxied by daprd. Routes never build
+invocation payloads themselves."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+from autoglm.core.contracts import (
+    CANCEL,
+    EMBED,
+    GENERATE,
+    INFERENCE,
+    LOAD_MODEL,
+    MODELS,
+    UNLOAD_MODEL,
+    MeshClient,
+)
 from autoglm.core.schemas import (
     CancelRequest,
     EmbedRequest,
     EmbedResult,
     GenerateRequest,
     GenerateResult,
-    parse,
+    ModelRef,
+    ModelState,
 )
-from autoglm.core.sidecar import SidecarAPI
 from autoglm.core.streaming import stream_generate
 
 #: ``(payload, app_id, timeout)`` → frames; the default goes through the local daprd.
 StreamFn = Callable[[dict[str, Any], str, float], Iterator[dict[str, Any]]]
+
+#: How long listing the models may take (a probe of ``/readyz`` uses it too).
+MODELS_TIMEOUT_S = 10.0
 
 
 def _sidecar_stream(
@@ -27,46 +42,35 @@ def _sidecar_stream(
     return stream_generate(payload, app_id=app_id, timeout=timeout)
 
 
+@dataclass
 class InferenceClient:
-    def __init__(
-        self,
-        sidecar: SidecarAPI,
-        *,
-        app_id: str,
-        timeout_s: float,
-        stream_fn: StreamFn = _sidecar_stream,
-    ) -> None:
-        self.sidecar = sidecar
-        self.app_id = app_id
-        self.timeout_s = timeout_s
-        self._stream_fn = stream_fn
+    mesh: MeshClient
+    timeout_s: float
+    stream_fn: StreamFn = _sidecar_stream
+
+    @property
+    def app_id(self) -> str:
+        return self.mesh.app_ids.get(INFERENCE, INFERENCE)
 
     def generate(self, request: GenerateRequest) -> GenerateResult:
-        reply = self.sidecar.invoke(
-            self.app_id, "generate", request.model_dump(mode="json"), timeout=self.timeout_s
-        )
-        return parse(GenerateResult, reply)
+        return self.mesh.call(GENERATE, request, timeout=self.timeout_s)
 
     def stream(self, request: GenerateRequest) -> Iterator[dict[str, Any]]:
         """Frames ``{"delta": str}`` then one ``{"result": ...}``; closing the iterator
         cancels the generation upstream."""
-        return self._stream_fn(request.model_dump(mode="json"), self.app_id, self.timeout_s)
+        return self.stream_fn(request.model_dump(mode="json"), self.app_id, self.timeout_s)
 
     def cancel(self, request_id: str) -> None:
         """Cancel a request sent through ``inference.requests`` (whichever replica runs it)."""
-        body = CancelRequest(request_id=request_id).model_dump(mode="json")
-        self.sidecar.invoke(self.app_id, "cancel", body, timeout=self.timeout_s)
+        self.mesh.call(CANCEL, CancelRequest(request_id=request_id), timeout=self.timeout_s)
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
-        reply = self.sidecar.invoke(
-            self.app_id, "embed", request.model_dump(mode="json"), timeout=self.timeout_s
-        )
-        return parse(EmbedResult, reply)
+        return self.mesh.call(EMBED, request, timeout=self.timeout_s)
 
-    def models(self) -> list[dict[str, Any]]:
-        reply = self.sidecar.invoke(self.app_id, "models", {}, timeout=10)
-        return list(reply.get("data", []))
+    def models(self, timeout: float = MODELS_TIMEOUT_S) -> list[dict[str, Any]]:
+        return self.mesh.call(MODELS, timeout=timeout).data
 
-    def manage(self, method: str, model: str) -> dict[str, Any]:
-        """``load_model`` / ``unload_model`` (inference allows them only from the gateway)."""
-        return self.sidecar.invoke(self.app_id, method, {"model": model}, timeout=self.timeout_s)
+    def manage(self, action: str, model: str) -> ModelState:
+        """``load`` / ``unload`` (inference allows them only from the gateway)."""
+        method = LOAD_MODEL if action == "load" else UNLOAD_MODEL
+        return self.mesh.call(method, ModelRef(model=model), timeout=self.timeout_s)

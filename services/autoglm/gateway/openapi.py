@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from autoglm.core.archive_protocol import (
     AttachmentInfo,
@@ -16,6 +16,7 @@ from autoglm.core.archive_protocol import (
     AttachmentStartRequest,
     AuditQueryReply,
 )
+from autoglm.core.schemas import SafeId
 from autoglm.gateway.audit_log.protocol import AuditQuery
 from autoglm.gateway.jobs.protocol import JobRecord
 from autoglm.gateway.openai.chat.protocol import (
@@ -55,6 +56,10 @@ _ERRORS = {
     503: "A dependency is unavailable or overloaded",
     504: "Timed out",
 }
+
+
+#: Path parameters are ids: the schema of ``SafeId``, so the document states its rule.
+_ID_SCHEMA: dict[str, Any] = TypeAdapter(SafeId).json_schema()
 
 
 @dataclass(frozen=True)
@@ -289,9 +294,7 @@ def build_document() -> dict[str, Any]:
                     "name": name,
                     "in": where,
                     "required": True,
-                    "schema": {"type": "integer", "minimum": 0}
-                    if where == "query"
-                    else {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"},
+                    "schema": {"type": "integer", "minimum": 0} if where == "query" else _ID_SCHEMA,
                 }
                 for name, where in route.params
             ]

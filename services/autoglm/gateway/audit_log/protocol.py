@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from autoglm.core.archive_protocol import AuditPage
-from autoglm.core.schemas import SAFE_ID
+from autoglm.core.schemas import TenantId
 
 
 class AuditQuery(AuditPage):
     #: Whose events; the caller's own tenant when omitted.
-    tenant: str | None = Field(default=None, min_length=1, max_length=64, pattern=SAFE_ID)
+    tenant: TenantId | None = None

@@ -33,6 +33,7 @@ from autoglm.gateway.openai.chat.protocol import (
     ChatCompletionResponse,
 )
 from autoglm.gateway.openai.protocol import Usage
+from autoglm.gateway.records import known_id
 from autoglm.gateway.security.content_filter import ContentFilter
 from autoglm.gateway.security.ratelimit import ChargeTokens
 
@@ -92,7 +93,7 @@ class JobStore:
         self._routes[prefix] = handler
 
     def get(self, tenant: str, job_id: str) -> JobRecord:
-        entry = self.sidecar.get_state(job_key(tenant, job_id))
+        entry = self.sidecar.get_state(job_key(tenant, known_id(job_id, "job", "job_id")))
         if entry is None:
             raise NotFoundError(f"job {job_id!r} not found", param="job_id")
         return JobRecord.model_validate(entry.value)

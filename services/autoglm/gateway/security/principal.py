@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeGuard
 
-from autoglm.core.schemas import is_safe_id
+from autoglm.core.schemas import TENANT_MAX_LENGTH, is_safe_id
 
 Role = Literal["admin", "user", "service"]
 ROLES: tuple[Role, ...] = ("admin", "user", "service")
@@ -17,7 +17,7 @@ def is_role(value: str) -> TypeGuard[Role]:
 
 def is_tenant(value: str) -> bool:
     """Tenants become parts of state keys (``session:{tenant}:...``) and archive folders."""
-    return is_safe_id(value, max_length=64)
+    return is_safe_id(value, max_length=TENANT_MAX_LENGTH)
 
 
 @dataclass(frozen=True)

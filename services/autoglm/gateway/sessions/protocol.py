@@ -7,14 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autoglm.core.schemas import SAFE_ID, ChatMessage, new_id
+from autoglm.core.schemas import ChatMessage, SafeId, TenantId, new_id
 
 
 class CreateSessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     #: Optional client-chosen id; a server id is generated otherwise.
-    id: str | None = Field(default=None, min_length=1, max_length=128, pattern=SAFE_ID)
+    id: SafeId | None = None
     model: str | None = Field(default=None, min_length=1, max_length=128)
     #: Initial history, typically a system message.
     messages: list[ChatMessage] = Field(default_factory=list, max_length=1000)
@@ -29,7 +29,7 @@ class RestoreSessionRequest(BaseModel):
     #: The archived version whose history becomes the session's current one.
     version: int = Field(ge=1)
     #: The session's tenant; the admin's own when omitted.
-    tenant: str | None = Field(default=None, min_length=1, max_length=64, pattern=SAFE_ID)
+    tenant: TenantId | None = None
 
 
 class SessionRecord(BaseModel):

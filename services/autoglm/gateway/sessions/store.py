@@ -11,30 +11,23 @@ may restore a chosen archived version over the current history (``restore_versio
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
+from typing import Any
 
-from autoglm.core.archive_protocol import RESTORE, RestoreReply, RestoreRequest
-from autoglm.core.errors import AutoGLMError, ConflictError, NotFoundError
-from autoglm.core.schemas import SNAPSHOTS_TOPIC, ChatMessage, SnapshotEvent, is_safe_id
-from autoglm.core.sidecar import SidecarAPI
+from autoglm.core.archive_protocol import RestoreReply, RestoreRequest
+from autoglm.core.contracts import RESTORE
+from autoglm.core.errors import ConflictError
+from autoglm.core.schemas import ChatMessage, SnapshotEvent
+from autoglm.gateway.records import TOMBSTONE, ArchivedRecords, known_id
 from autoglm.gateway.sessions.protocol import CreateSessionRequest, SessionRecord
 
 log = logging.getLogger(__name__)
 
-#: Written in place of a deleted session so a read does not resurrect it from the archive.
-_TOMBSTONE = {"deleted": True}
 
-
-def session_key(tenant: str, session_id: str) -> str:
-    return f"session:{tenant}:{session_id}"
-
-
-class SessionStore:
-    def __init__(self, sidecar: SidecarAPI, *, archiver_app_id: str = "archiver") -> None:
-        self.sidecar = sidecar
-        self.archiver_app_id = archiver_app_id
+class SessionStore(ArchivedRecords):
+    kind = "session"
+    param = "session_id"
 
     def create(self, tenant: str, request: CreateSessionRequest) -> SessionRecord:
         record = SessionRecord(
@@ -43,9 +36,7 @@ class SessionStore:
         if request.id:
             record.id = request.id
         try:
-            self.sidecar.save_state(
-                session_key(tenant, record.id), record.to_json(), create_only=True
-            )
+            self.sidecar.save_state(self.key(tenant, record.id), record.to_json(), create_only=True)
         except ConflictError:
             raise ConflictError(f"session {record.id!r} already exists", param="id") from None
         self._snapshot(record)
@@ -53,23 +44,17 @@ class SessionStore:
 
     def get(self, tenant: str, session_id: str) -> tuple[SessionRecord, str | None]:
         """The record and its ETag; restored from the archive when the store lost it."""
-        if not is_safe_id(session_id):
-            raise self._not_found(session_id)  # no session can have that id
-        entry = self.sidecar.get_state(session_key(tenant, session_id))
-        if entry is not None:
-            if entry.value == _TOMBSTONE:
-                raise self._not_found(session_id)
-            return SessionRecord.model_validate(entry.value), entry.etag
-        record = self._restore(tenant, session_id)
-        # ConflictError: another replica restored it first; read theirs below.
-        with contextlib.suppress(ConflictError):
-            self.sidecar.save_state(
-                session_key(tenant, session_id), record.to_json(), create_only=True
-            )
-        entry = self.sidecar.get_state(session_key(tenant, session_id))
-        if entry is None or entry.value == _TOMBSTONE:
-            raise self._not_found(session_id)
+        entry = self.read(tenant, session_id)
         return SessionRecord.model_validate(entry.value), entry.etag
+
+    def _from_archive(self, tenant: str, rid: str, reply: RestoreReply) -> dict[str, Any]:
+        if reply.record is not None:
+            raise self.not_found(rid)  # an archived response, not a session
+        log.info("session restored from archive", extra={"session_id": rid})
+        record = SessionRecord(
+            id=rid, tenant=tenant, version=reply.version, model=reply.model, messages=reply.messages
+        )
+        return record.to_json()
 
     def append(
         self,
@@ -87,58 +72,33 @@ class SessionStore:
                 "updated": int(time.time()),
             }
         )
-        try:
-            self.sidecar.save_state(
-                session_key(record.tenant, record.id), updated.to_json(), etag=etag
-            )
-        except ConflictError:
-            raise ConflictError(
-                f"session {record.id!r} was changed by another request while this one ran; "
-                "read it again and retry",
-                code="session_conflict",
-            ) from None
+        self.save(
+            record.tenant,
+            record.id,
+            updated.to_json(),
+            etag,
+            " while this one ran; read it again and retry",
+        )
         self._snapshot(updated, flush=flush)
         return updated
 
     def delete(self, tenant: str, session_id: str) -> None:
-        # 404 for unknown ids, as for any other read. The ETag is required, not just
-        # safe: state.redis refuses to overwrite a key created first-write without one.
+        # 404 for unknown ids, as for any other read.
         record, etag = self.get(tenant, session_id)
-        # Publish the deletion BEFORE writing the tombstone, and let a publish failure
-        # fail the request (503) with nothing written. A crash or error between the two
-        # leaves the session live in the state store, the client without a success, and
-        # a retried DELETE that publishes again (the archiver's deletion is idempotent;
-        # later changes have higher versions, so the archive takes them again). The
-        # other order is unsafe: a tombstone whose deletion never reached the archiver
-        # makes every retry 404 here, and once the state store is lost the archive
-        # restores the "deleted" session.
-        event = SnapshotEvent(
-            tenant=tenant, session_id=session_id, version=record.version, messages=[], deleted=True
-        )
-        self.sidecar.publish(SNAPSHOTS_TOPIC, event.model_dump(mode="json"))
-        try:
-            self.sidecar.save_state(session_key(tenant, session_id), _TOMBSTONE, etag=etag)
-        except ConflictError:
-            raise ConflictError(
-                f"session {session_id!r} was changed by another request; read it and retry",
-                code="session_conflict",
-            ) from None
+        self.delete_record(tenant, session_id, record.version, etag, "; read it and retry")
 
     def restore_version(self, tenant: str, session_id: str, version: int) -> SessionRecord:
         """Make archived ``version`` the session's current history (admin)."""
-        if not is_safe_id(session_id):
-            raise self._not_found(session_id)
-        key = session_key(tenant, session_id)
+        key = self.key(tenant, known_id(session_id, self.kind, self.param))
         entry = self.sidecar.get_state(key)
         current = (
             SessionRecord.model_validate(entry.value)
-            if entry is not None and entry.value != _TOMBSTONE
+            if entry is not None and entry.value != TOMBSTONE
             else None
         )
+        # The archiver's own 404 (no such version) goes to the client as it is.
         request = RestoreRequest(tenant=tenant, session_id=session_id, version=version)
-        snap = RestoreReply.model_validate(
-            self.sidecar.invoke(self.archiver_app_id, RESTORE, request.model_dump(mode="json"))
-        )
+        snap = self.mesh.call(RESTORE, request)
         # The archiver versions optimistically (archiver/versions.py): an event at or
         # below its newest version is a duplicate when its history is a prefix of the
         # newest one (as an older version's is) and a conflict otherwise, so it would be
@@ -167,10 +127,7 @@ class SessionStore:
                 create_only=entry is None,
             )
         except ConflictError:
-            raise ConflictError(
-                f"session {session_id!r} was changed by another request during the restore; retry",
-                code="session_conflict",
-            ) from None
+            raise self.conflict(session_id, " during the restore; retry") from None
         log.info(
             "session version restored",
             extra={"session_id": session_id, "from_version": version, "version": record.version},
@@ -179,40 +136,6 @@ class SessionStore:
         self._snapshot(record, flush=True)
         return record
 
-    def _restore(self, tenant: str, session_id: str) -> SessionRecord:
-        try:
-            snap = self.sidecar.invoke(
-                self.archiver_app_id, "restore", {"tenant": tenant, "session_id": session_id}
-            )
-        except NotFoundError:
-            raise self._not_found(session_id) from None
-        if snap.get("record") is not None:
-            raise self._not_found(session_id)  # an archived response, not a session
-        log.info("session restored from archive", extra={"session_id": session_id})
-        return SessionRecord(
-            id=session_id,
-            tenant=tenant,
-            version=int(snap["version"]),
-            model=snap.get("model"),
-            messages=[ChatMessage.model_validate(m) for m in snap["messages"]],
-        )
-
     def _snapshot(self, record: SessionRecord, flush: bool = False) -> None:
-        event = SnapshotEvent(
-            tenant=record.tenant,
-            session_id=record.id,
-            version=record.version,
-            messages=record.messages,
-            model=record.model,
-            flush=flush,
-        )
-        try:
-            self.sidecar.publish(SNAPSHOTS_TOPIC, event.model_dump(mode="json"))
-        except AutoGLMError as exc:
-            # The record itself is durable in the state store; the next change carries
-            # the full history to the archive again.
-            log.warning("snapshot not published", extra={"reason": exc.message})
-
-    @staticmethod
-    def _not_found(session_id: str) -> NotFoundError:
-        return NotFoundError(f"session {session_id!r} not found", param="session_id")
+        history = record.model_dump(include={"tenant", "version", "messages", "model"})
+        self.publish_snapshot(SnapshotEvent(session_id=record.id, flush=flush, **history))

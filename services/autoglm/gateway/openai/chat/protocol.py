@@ -15,10 +15,10 @@ from pydantic import (
 )
 
 from autoglm.core.schemas import (
-    SAFE_ID,
     ChatMessage,
     FinishReason,
     NamedToolChoice,
+    SafeId,
     TokenLogprob,
     ToolCall,
     ToolChoice,
@@ -37,7 +37,7 @@ class ChatCompletionRequest(GenerationRequest):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     #: Extension: continue this server-side session (its history is prepended and the
     #: turn is appended to it).
-    session_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=SAFE_ID)
+    session_id: SafeId | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[ToolDef] | None = Field(default=None, max_length=128)

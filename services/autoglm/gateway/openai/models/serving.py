@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from autoglm.core.errors import NotFoundError
 from autoglm.gateway.inference_client import InferenceClient
@@ -33,6 +33,6 @@ class ModelService:
                 return self._card(entry)
         raise NotFoundError(f"model {model_id!r} not found", param="model", code="model_not_found")
 
-    def manage(self, model_id: str, action: str) -> dict[str, Any]:
+    def manage(self, model_id: str, action: Literal["load", "unload"]) -> dict[str, Any]:
         self.get(model_id)
-        return self.inference.manage(f"{action}_model", model_id)
+        return self.inference.manage(action, model_id).model_dump(mode="json")

@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from autoglm.core.schemas import (
-    SAFE_ID,
     ChatMessage,
     FinishReason,
     GenerateResult,
+    SafeId,
     ToolCall,
     ToolCallFunction,
 )
@@ -167,9 +167,7 @@ class ResponsesRequest(_Strict):
     model: str = Field(min_length=1, max_length=128)
     input: str | list[InputItem] = Field(min_length=1)
     instructions: str | None = None
-    previous_response_id: str | None = Field(
-        default=None, min_length=1, max_length=128, pattern=SAFE_ID
-    )
+    previous_response_id: SafeId | None = None
     #: Stored responses can be retrieved, continued (``previous_response_id``) and
     #: listed; ``false`` keeps nothing.
     store: bool = True
