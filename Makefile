@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install system-deps tools demo-model run test lint typecheck unit integration e2e chaos k8s bench audit clean
+.PHONY: help install system-deps tools demo-model run test lint typecheck unit integration e2e chaos k8s bench bench-peers audit clean
 
 help:
 	@echo "make run    install, build tools, start Redis + Vault + the three apps (foreground)"
@@ -72,8 +72,19 @@ chaos: install tools
 	@$(PY) -m pytest -m chaos -q
 
 # Not part of `make test`: minutes of full load on every core. See load/README.md.
-bench: install tools
+bench: install tools bench-peers
 	@$(PY) -m load.bench
+
+# The peer servers `make bench` compares against (issue 15): `transformers serve` needs
+# FastAPI, uvicorn and accelerate, pinned in load/peers.lock and kept out of .venv in a
+# folder of their own (.data/peers) that only the peer's process sees.
+PEERS := .data/peers
+bench-peers: $(PEERS)/.installed
+$(PEERS)/.installed: load/peers.lock $(INSTALLED)
+	@echo "[make] installing the bench peers' serving dependencies into $(PEERS)"
+	@rm -rf $(PEERS)
+	@$(PY) -m pip install -q --no-deps --target $(PEERS) -r load/peers.lock
+	@touch $@
 
 # Known vulnerabilities in the locked dependencies, from PyPI's advisory data. Needs the
 # network, so it is not part of `make test` (offline-safe); run it as its own CI job.

@@ -16,6 +16,15 @@ daprd, all on free 127.0.0.1 ports), the benchmarks below, and their results in
    (``noisy_neighbour_quiet_p99_ratio``, goal <= 3) and the noisy tenant's tokens/s.
 8. HA (``load/bench_ha.py``): replicas behind HAProxy; requests failed during a rolling
    restart, time to route around a killed inference replica, jobs lost/duplicated.
+9. The Dapr floor (issue 15): a trivial echo app (``load/echo_app.py``, the Dapr SDK's
+   ``App`` like inference) behind its daprd, called through a second daprd the way the
+   gateway calls inference, against a direct gRPC call to it; ``overhead_over_floor_p50``
+   is our 1-token overhead (benchmark 1) over that floor.
+10. Same workload, three servers (issue 15): 64 completions, 32 in flight, 32 tokens,
+   greedy, through the gateway, through the in-process engine, and through
+   ``transformers serve --continuous-batching`` (the peer; its FastAPI/uvicorn/accelerate
+   live in ``.data/peers``, installed by ``make bench-peers``; absent, only that peer is
+   skipped, with the reason printed).
 
 Everything is bounded in count and time; the stack is stopped at the end.
 
@@ -30,28 +39,55 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from tests.support.mesh import OwnMesh, start_mesh
 from tests.support.otlp import OTLPReceiver
-from tests.support.stack import start_backing
+from tests.support.stack import start_app, start_backing
 
-from autoglm.devstack.layout import MODELS_DIR, REPO_ROOT
-from autoglm.devstack.processes import ManagedProcess, free_port
+from autoglm.core import contracts
+from autoglm.core.schemas import ChatMessage, GenerateRequest, SamplingParams
+from autoglm.devstack.layout import DATA_DIR, MODELS_DIR, REPO_ROOT
+from autoglm.devstack.multiapp import AppEntry, launch
+from autoglm.devstack.processes import ManagedProcess, free_port, port_open
+from autoglm.devstack.sidecars import SidecarPorts
 from autoglm.models.demo import init_demo_models
-from load import bench_ha, loadgen, noisy_neighbour
-from load.bench_engine import hf_sequential, prompts
+from load import bench_ha, echo_app, loadgen, noisy_neighbour
+from load.bench_engine import clear_prefix_cache, engine_run, hf_sequential, prompts
 
 RESULTS = REPO_ROOT / "load" / "results"
 TENANT = "bench"
 MESSAGES = [{"role": "user", "content": "Say one word."}]
+#: Where ``make bench-peers`` installs what ``transformers serve`` needs beyond our venv.
+PEERS = DATA_DIR / "peers"
+PEER_MODULES = ("fastapi", "starlette", "uvicorn", "accelerate")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The side-by-side workload of issue 15 (the same for every server)."""
+
+    requests: int = 64
+    concurrency: int = 32
+    max_tokens: int = 32
+
+    def texts(self) -> list[str]:
+        return prompts(self.requests)
+
+    @staticmethod
+    def warmup_texts(n: int = 8) -> list[str]:
+        # Not the timed prompts: nobody's prefix cache may hold those beforehand.
+        return [f"Warm-up request {i}: say something about the weather." for i in range(n)]
 
 
 def say(msg: str) -> None:
@@ -143,8 +179,9 @@ def ms(values: list[float]) -> dict[str, float]:
     return loadgen.percentiles(values)
 
 
-def in_process(model: Path, n: int, max_tokens: int) -> dict[str, Any]:
-    """1-token latency in this process, and HF ``generate`` one request at a time."""
+def in_process(model: Path, n: int, max_tokens: int, work: Workload) -> dict[str, Any]:
+    """1-token latency in this process, HF ``generate`` one request at a time, and the
+    engine on ``work`` (client threads submitting to it directly)."""
     from autoglm.core.schemas import ChatMessage, GenerateRequest, SamplingParams
     from autoglm.inference.engine import AutoGLMEngine
 
@@ -157,9 +194,12 @@ def in_process(model: Path, n: int, max_tokens: int) -> dict[str, Any]:
         timed(5, lambda: engine.generate(req))  # warm-up
         one_token = timed(n, lambda: engine.generate(req))
         hf = hf_sequential(engine, prompts(32), max_tokens)
+        engine_run(engine, work.warmup_texts(), work.max_tokens, work.concurrency, 0.0)
+        clear_prefix_cache(engine)
+        same = engine_run(engine, work.texts(), work.max_tokens, work.concurrency, 0.0)
     finally:
         engine.close()
-    return {"one_token": one_token, "hf_tok_s": hf["tok_s"]}
+    return {"one_token": one_token, "hf_tok_s": hf["tok_s"], "same_workload": same}
 
 
 def via_sidecar(mesh: OwnMesh, n: int) -> list[float]:
@@ -198,25 +238,151 @@ def scenario(mesh: OwnMesh, name: str, *argv: str) -> dict[str, Any]:
     return result
 
 
-def batching(mesh: OwnMesh, max_tokens: int) -> dict[str, Any]:
-    """32 ``/v1/completions`` in flight, the prompts of ``bench_engine.py``."""
-    texts = prompts(32)
+def completions(
+    url: str,
+    headers: dict[str, str],
+    model: str,
+    texts: list[str],
+    max_tokens: int,
+    concurrency: int,
+) -> dict[str, Any]:
+    """``/v1/completions`` of ``texts``, ``concurrency`` in flight, greedy (any
+    OpenAI-compatible server: the gateway or a peer)."""
 
     async def one(client: httpx.AsyncClient, i: int) -> loadgen.Sample:
         t0 = time.perf_counter()
-        body = {"model": "demo-glm", "prompt": texts[i], "max_tokens": max_tokens}
+        body = {"model": model, "prompt": texts[i], "max_tokens": max_tokens}
         resp = await client.post("/v1/completions", json={**body, "temperature": 0})
         tokens = resp.json()["usage"]["completion_tokens"] if resp.status_code == 200 else 0
         return loadgen.Sample(resp.status_code, time.perf_counter() - t0, tokens=tokens)
 
     async def go() -> loadgen.Report:
-        async with httpx.AsyncClient(
-            base_url=mesh.gateway_url, headers=mesh.headers(TENANT), timeout=300
-        ) as client:
-            samples, seconds = await loadgen.closed_loop(client, 32, 32, 300, one)
-        return loadgen.report("completions", 32, samples, seconds)
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300) as client:
+            samples, seconds = await loadgen.closed_loop(client, concurrency, len(texts), 300, one)
+        return loadgen.report("completions", concurrency, samples, seconds)
 
     return asyncio.run(go()).to_json()
+
+
+def batching(mesh: OwnMesh, max_tokens: int) -> dict[str, Any]:
+    """32 ``/v1/completions`` in flight, the prompts of ``bench_engine.py``."""
+    return completions(
+        mesh.gateway_url, mesh.headers(TENANT), "demo-glm", prompts(32), max_tokens, 32
+    )
+
+
+def same_workload(url: str, headers: dict[str, str], model: str, work: Workload) -> dict[str, Any]:
+    """``work`` against one server, after a warm-up of other prompts."""
+    completions(url, headers, model, work.warmup_texts(), work.max_tokens, work.concurrency)
+    return completions(url, headers, model, work.texts(), work.max_tokens, work.concurrency)
+
+
+def hf_serve_peer(model: Path, work: Workload, logs: Path) -> dict[str, Any] | None:
+    """``transformers serve --continuous-batching`` on ``model``, run on ``work``; None
+    (with the reason printed) when its serving dependencies are not installed."""
+    missing = [m for m in PEER_MODULES if not (PEERS / m).is_dir()]
+    if missing:
+        say(
+            f"SKIPPED peer transformers serve: {', '.join(missing)} not in {PEERS} "
+            "(run `make bench-peers`; `make bench` does)"
+        )
+        return None
+    port = free_port()
+    # KV cache sized for the workload: 32 sequences of at most ~30 + 32 tokens need ~64
+    # blocks of 32 tokens; 128 leave room. Its batch is a static tensor of
+    # ``max_batch_tokens`` rows whatever the step holds, so the smallest budget that
+    # still decodes all 32 at once was its fastest here (128: 345 tok/s; 512: 226;
+    # 2048: 159; its defaults: 168-283; load/RESULTS.md).
+    argv = [str(Path(sys.executable).parent / "transformers"), "serve", str(model)]
+    argv += ["--continuous-batching", "--device", "cpu", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--cb-block-size", "32", "--cb-num-blocks", "128"]
+    argv += ["--cb-max-batch-tokens", "128", "--log-level", "warning"]
+    path = os.pathsep.join(p for p in (str(PEERS), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
+    proc = ManagedProcess("hf-serve", argv, logs / "hf-serve.log", env=env, cwd=REPO_ROOT)
+    proc.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        proc.wait_until(
+            lambda: port_open(port) and httpx.get(f"{url}/health", timeout=2).status_code == 200,
+            300,
+            "transformers serve /health",
+        )
+        result = same_workload(url, {}, str(model), work)
+        result["rss_mb"] = group_rss_mb(proc.pid)
+        return result
+    finally:
+        proc.stop()
+
+
+def dapr_floor(mesh: OwnMesh, n: int) -> dict[str, list[float]]:
+    """The echo app behind its daprd, called through a second daprd with ``Sidecar``
+    (as the gateway calls inference) and directly over gRPC, alternately, ``n`` each.
+    Both daprds run on this stack's backing: same components, configuration, tracing,
+    mTLS through its Sentry, API tokens; the echo daprd gets an access list of the
+    same shape as inference's (deny by default, the caller allowed ``echo``)."""
+    backing, st = mesh.backing, mesh.stack
+    caller = start_app(backing, st, "echo-caller", None)
+    doc = yaml.safe_load(backing.config.read_text())
+    doc["metadata"]["name"] = f"{doc['metadata']['name']}-echo"
+    doc["spec"]["accessControl"] = {
+        "defaultAction": "deny",
+        "trustDomain": contracts.TRUST_DOMAIN,
+        "policies": [
+            {
+                "appId": "echo-caller",
+                "namespace": contracts.NAMESPACE,
+                "trustDomain": contracts.TRUST_DOMAIN,
+                "defaultAction": "deny",
+                "operations": [{"name": "/echo", "httpVerb": ["*"], "action": "allow"}],
+            }
+        ],
+    }
+    config = backing.workdir / "dapr" / "config-echo.yaml"
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    app_port = free_port()
+    entry = AppEntry(
+        "echo",
+        app_port,
+        "grpc",
+        SidecarPorts.allocate(),
+        [sys.executable, "-m", "load.echo_app"],
+        env={"PYTHONUNBUFFERED": "1"},
+    )
+    started: list[ManagedProcess] = []
+    logs = backing.workdir / "logs"
+    try:
+        launch(
+            entry, backing.resources, config, logs, REPO_ROOT, backing.creds, backing.sentry,
+            app_log=logs / "echo.log", started=started,
+        )  # fmt: skip
+    finally:
+        for proc in started:
+            st.callback(proc.stop)
+    # The body of the 1-token generation the gateway sends inference.
+    body = GenerateRequest(
+        messages=[ChatMessage(role="user", content=MESSAGES[0]["content"])],
+        sampling=SamplingParams(max_tokens=1, temperature=0),
+    ).model_dump(mode="json")
+    raw = json.dumps(body).encode()
+    sidecar = caller.client()
+    direct = echo_app.direct_caller(app_port, backing.creds.app_token("echo"))
+    try:
+        through: list[float] = []
+        plain: list[float] = []
+        for i in range(n + 10):
+            t0 = time.perf_counter()
+            assert sidecar.invoke("echo", echo_app.METHOD, body) == body
+            t1 = time.perf_counter()
+            assert direct(raw) == raw
+            t2 = time.perf_counter()
+            if i >= 10:  # warm-up
+                through.append(t1 - t0)
+                plain.append(t2 - t1)
+    finally:
+        direct.close()
+        sidecar.close()
+    return {"through_daprds": through, "direct": plain}
 
 
 def snapshot_events(port: int) -> float:
@@ -244,6 +410,72 @@ def snapshot_rate(port: int, since: float, base: float) -> dict[str, float]:
         last, last_t = now, time.perf_counter()
     events = last - base
     return {"snapshot_events": events, "snapshots_per_s": round(events / (last_t - since), 2)}
+
+
+def same_workload_keys(
+    gateway: dict[str, Any], engine: dict[str, Any], peer: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Issue 15's side-by-side keys; the peer's are None when it was skipped."""
+    gw_tok_s, gw_p50 = gateway["tokens_per_s"], gateway["latency_ms"].get("p50")
+    keys: dict[str, Any] = {
+        "gateway_tok_s_same_workload": gw_tok_s,
+        "gateway_p50_ms_same_workload": gw_p50,
+        "in_process_tok_s_same_workload": round(engine["tok_s"], 1),
+        "in_process_p50_ms_same_workload": round(engine["p50_s"] * 1000, 1),
+        "path_efficiency": round(gw_tok_s / engine["tok_s"], 3),
+        "peer_hf_serve_tok_s": None,
+        "peer_hf_serve_p50_ms": None,
+        "gateway_over_hf_serve": None,
+        "gateway_p50_over_hf_serve_p50": None,
+    }
+    if peer is not None and peer["tokens_per_s"]:
+        keys["peer_hf_serve_tok_s"] = peer["tokens_per_s"]
+        keys["peer_hf_serve_p50_ms"] = peer["latency_ms"].get("p50")
+        keys["peer_hf_serve_errors"] = peer["errors"] or None
+        keys["gateway_over_hf_serve"] = round(gw_tok_s / peer["tokens_per_s"], 3)
+        if gw_p50 and peer["latency_ms"].get("p50"):
+            keys["gateway_p50_over_hf_serve_p50"] = round(gw_p50 / peer["latency_ms"]["p50"], 3)
+    return keys
+
+
+def rss_keys(idle: dict[str, float], mesh: OwnMesh) -> dict[str, Any]:
+    """Gateway idle RSS (goal <= 150 MB) and inference RSS per model it has loaded."""
+    models = httpx.get(
+        f"{mesh.gateway_url}/v1/models", headers=mesh.headers(TENANT), timeout=30
+    ).json()["data"]
+    return {
+        "gateway_idle_rss_mb": idle["gateway"],
+        "inference_idle_rss_mb": idle["inference"],
+        "inference_loaded_models": len(models),
+        "inference_rss_mb_per_loaded_model": round(idle["inference"] / max(len(models), 1), 1),
+    }
+
+
+def autosave_runs(mesh: OwnMesh, archiver_metrics: int, rounds: int) -> dict[str, Any]:
+    """Chat without sessions and with them (state + snapshot per turn, archiver autosave),
+    alternately ``rounds`` times, same concurrency and count: ``autosave_overhead_pct``
+    from the summed request rates (goal <= 5)."""
+    plain: list[dict[str, Any]] = []
+    sessions: list[dict[str, Any]] = []
+    snaps: dict[str, float] = {}
+    for _ in range(rounds):
+        plain.append(scenario(mesh, "chat", "--concurrency", "8", "--requests", "96"))
+        base = snapshot_events(archiver_metrics)
+        t0 = time.perf_counter()
+        sessions.append(scenario(mesh, "sessions", "--concurrency", "8", "--requests", "96"))
+        snaps = snapshot_rate(archiver_metrics, t0, base)
+    plain_rps = sum(r["throughput_rps"] for r in plain) / rounds
+    sessions_rps = sum(r["throughput_rps"] for r in sessions) / rounds
+    return {
+        "keys": {
+            "snapshots_per_s": snaps["snapshots_per_s"],
+            "chat_rps_without_sessions": round(plain_rps, 2),
+            "chat_rps_with_autosave": round(sessions_rps, 2),
+            "autosave_overhead_pct": round((1 - sessions_rps / plain_rps) * 100, 1),
+        },
+        "plain": plain[-1],
+        "sessions": sessions[-1],
+    }
 
 
 @contextmanager
@@ -346,7 +578,11 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100, help="1-token calls per path")
     ap.add_argument("--max-tokens", type=int, default=64, help="batching comparison")
     ap.add_argument("--quick", action="store_true", help="small counts, to try the bench")
-    ap.add_argument("--only", choices=["ha"], help="only this scenario")
+    ap.add_argument(
+        "--only",
+        choices=["ha", "path"],
+        help="only this scenario (path: issue 15's keys: floor, peer, autosave, RSS)",
+    )
     args = ap.parse_args()
     if args.only == "ha":
         ha = bench_ha.run(Path(tempfile.mkdtemp(prefix="autoglm-bench-ha-")))
@@ -363,10 +599,15 @@ def main() -> None:
     say(f"work dir {workdir}")
     model = MODELS_DIR / "demo-glm"
     init_demo_models(MODELS_DIR)
+    work = Workload()
     say(f"in-process engine and HF generate ({model})")
-    local = in_process(model, args.samples, args.max_tokens)
+    local = in_process(model, args.samples, args.max_tokens, work)
+    say(f"peer: transformers serve --continuous-batching on {model}")
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    peer = hf_serve_peer(model, work, workdir / "logs")
     archiver_metrics = free_port()
     summary: dict[str, Any] = {}
+    sweep: dict[str, list[dict[str, Any]]] = {"chat": [], "chat-stream": []}
     with stack(workdir, MODELS_DIR, archiver_metrics) as mesh:
         procs = processes(mesh)
         time.sleep(3)  # let start-up settle before the idle sample
@@ -374,79 +615,97 @@ def main() -> None:
         say("stack up; 1-token latency through the sidecar and the gateway")
         sidecar = via_sidecar(mesh, args.samples)
         gateway = via_gateway(mesh, args.samples)
+        say("Dapr floor: echo app behind two daprds against a direct gRPC call")
+        floor = dapr_floor(mesh, args.samples)
+        say(f"same workload as the peer through the gateway: {work}")
+        gw_same = same_workload(mesh.gateway_url, mesh.headers(TENANT), "demo-glm", work)
         with PeakRSS(procs) as peak:
-            say("batching: 32 completions in flight through the gateway")
-            batch = batching(mesh, args.max_tokens)
-            sweep: dict[str, list[dict[str, Any]]] = {"chat": [], "chat-stream": []}
-            for c in levels:
-                for name in sweep:
-                    n = str(max(16, 3 * c))
-                    sweep[name].append(scenario(mesh, name, "--concurrency", str(c),
-                                                "--requests", n, "--max-tokens", "16"))  # fmt: skip
-            plain = scenario(mesh, "chat", "--concurrency", "8", "--requests", "96")
-            base = snapshot_events(archiver_metrics)
-            t0 = time.perf_counter()
-            sessions = scenario(mesh, "sessions", "--concurrency", "8", "--requests", "96")
-            snaps = snapshot_rate(archiver_metrics, t0, base)
-            uploads = scenario(mesh, "attachments", "--concurrency", "4", "--requests", "40")
-            say(f"{args.jobs} async jobs through pub/sub")
-            # The jobs scenario counts duplicate results in this stack's Redis.
-            os.environ["AUTOGLM_REDIS_PASSWORD"] = mesh.backing.creds.redis_password
-            jobs = scenario(
-                mesh,
-                "jobs",
-                "--concurrency",
-                "16",
-                "--requests",
-                str(args.jobs),
-                "--max-tokens",
-                "4",
-                "--duration",
-                "400",
-                "--redis-port",
-                str(mesh.backing.redis_port),
-            )
-        say("noisy neighbour: 24 long generations of one tenant, short chats of another")
-        noisy = noisy_neighbour.through_gateway(
-            mesh.gateway_url, mesh.headers, quiet_requests=10 if args.quick else 30
-        )
-        say(f"noisy neighbour: {noisy}")
-        hf_tok_s = local["hf_tok_s"]
+            say("autosave: chat without and with sessions, alternately")
+            autosave = autosave_runs(mesh, archiver_metrics, rounds=1 if args.quick else 2)
+            if args.only != "path":
+                say("batching: 32 completions in flight through the gateway")
+                batch = batching(mesh, args.max_tokens)
+                for c in levels:
+                    for name in sweep:
+                        n = str(max(16, 3 * c))
+                        argv = ("--concurrency", str(c), "--requests", n, "--max-tokens", "16")
+                        sweep[name].append(scenario(mesh, name, *argv))
+                uploads = scenario(mesh, "attachments", "--concurrency", "4", "--requests", "40")
+                say(f"{args.jobs} async jobs through pub/sub")
+                # The jobs scenario counts duplicate results in this stack's Redis.
+                os.environ["AUTOGLM_REDIS_PASSWORD"] = mesh.backing.creds.redis_password
+                jobs = scenario(
+                    mesh,
+                    "jobs",
+                    "--concurrency",
+                    "16",
+                    "--requests",
+                    str(args.jobs),
+                    "--max-tokens",
+                    "4",
+                    "--duration",
+                    "400",
+                    "--redis-port",
+                    str(mesh.backing.redis_port),
+                )
+        overhead_p50 = ms(gateway)["p50"] - ms(local["one_token"])["p50"]
+        floor_p50 = ms(floor["through_daprds"])["p50"] - ms(floor["direct"])["p50"]
+        floor_p99 = ms(floor["through_daprds"])["p99"] - ms(floor["direct"])["p99"]
+        engine_same = local["same_workload"]
         summary = {
-            **noisy,
-            "dapr_overhead_p50_ms": round(ms(gateway)["p50"] - ms(local["one_token"])["p50"], 2),
+            "dapr_overhead_p50_ms": round(overhead_p50, 2),
             "dapr_overhead_p99_ms": round(ms(gateway)["p99"] - ms(local["one_token"])["p99"], 2),
+            "dapr_floor_p50_ms": round(floor_p50, 2),
+            "dapr_floor_p99_ms": round(floor_p99, 2),
+            "overhead_over_floor_p50": round(overhead_p50 / max(floor_p50, 1e-3), 2),
             "one_token_ms": {
                 "in_process": ms(local["one_token"]),
                 "inference_sidecar": ms(sidecar),
                 "gateway_full_path": ms(gateway),
+                "echo_direct_grpc": ms(floor["direct"]),
+                "echo_through_two_daprds": ms(floor["through_daprds"]),
             },
-            "batching_speedup_at_32": round(batch["tokens_per_s"] / hf_tok_s, 2),
-            "hf_sequential_tok_s": round(hf_tok_s, 1),
-            "gateway_tok_s_at_32": batch["tokens_per_s"],
-            "async_submitted": jobs["extra"]["submitted"],
-            "async_completed": jobs["extra"]["completed"],
-            "async_failed": jobs["extra"]["failed"],
-            "async_duplicates": jobs["extra"]["duplicated"],
-            "async_jobs_per_s": jobs["extra"]["jobs_per_s"],
-            "snapshots_per_s": snaps["snapshots_per_s"],
-            "chat_rps_without_sessions": plain["throughput_rps"],
-            "chat_rps_with_autosave": sessions["throughput_rps"],
-            "autosave_overhead_pct": round(
-                (1 - sessions["throughput_rps"] / plain["throughput_rps"]) * 100, 1
-            ),
-            "attachments_per_s": uploads["throughput_rps"],
-            "attachment_p99_ms": uploads["latency_ms"].get("p99"),
+            **same_workload_keys(gw_same, engine_same, peer),
+            "hf_sequential_tok_s": round(local["hf_tok_s"], 1),
+            **autosave["keys"],
+            **rss_keys(idle, mesh),
             "rss_mb": {"idle": idle, "load": peak.peak},
             "scenarios": {
-                "batching": batch,
-                "chat_without_sessions": plain,
-                "chat_with_sessions": sessions,
-                "attachments": uploads,
-                "jobs": jobs,
+                "same_workload_gateway": gw_same,
+                "same_workload_in_process": engine_same,
+                "same_workload_hf_serve": peer,
+                "chat_without_sessions": autosave["plain"],
+                "chat_with_sessions": autosave["sessions"],
             },
             "machine": machine(),
         }
+        if args.only != "path":
+            say("noisy neighbour: 24 long generations of one tenant, short chats of another")
+            noisy = noisy_neighbour.through_gateway(
+                mesh.gateway_url, mesh.headers, quiet_requests=10 if args.quick else 30
+            )
+            say(f"noisy neighbour: {noisy}")
+            summary.update(noisy)
+            summary.update(
+                {
+                    "batching_speedup_at_32": round(batch["tokens_per_s"] / local["hf_tok_s"], 2),
+                    "gateway_tok_s_at_32": batch["tokens_per_s"],
+                    "async_submitted": jobs["extra"]["submitted"],
+                    "async_completed": jobs["extra"]["completed"],
+                    "async_failed": jobs["extra"]["failed"],
+                    "async_duplicates": jobs["extra"]["duplicated"],
+                    "async_jobs_per_s": jobs["extra"]["jobs_per_s"],
+                    "attachments_per_s": uploads["throughput_rps"],
+                    "attachment_p99_ms": uploads["latency_ms"].get("p99"),
+                }
+            )
+            summary["scenarios"].update(batching=batch, attachments=uploads, jobs=jobs)
+    if args.only == "path":
+        (RESULTS / "path.json").write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.rmtree(workdir, ignore_errors=True)
+        say(f"wrote {RESULTS}/path.json")
+        print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
+        return
     say("ha: replicas behind HAProxy, a killed inference replica, a rolling restart")
     summary.update(bench_ha.run(workdir / "ha"))
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

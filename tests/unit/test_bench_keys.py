@@ -1,0 +1,43 @@
+"""``make bench``'s issue-15 keys, computed from scenario reports (no stack)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from load import bench
+
+pytestmark = pytest.mark.unit
+
+
+def report(tok_s: float, p50: float) -> dict[str, object]:
+    return {"tokens_per_s": tok_s, "latency_ms": {"p50": p50}, "errors": {}}
+
+
+def test_same_workload_keys_with_the_peer() -> None:
+    keys = bench.same_workload_keys(
+        report(1200.0, 400.0), {"tok_s": 1500.0, "p50_s": 0.3}, report(1000.0, 500.0)
+    )
+    assert keys["gateway_tok_s_same_workload"] == 1200.0
+    assert keys["path_efficiency"] == 0.8
+    assert keys["peer_hf_serve_tok_s"] == 1000.0
+    assert keys["gateway_over_hf_serve"] == 1.2
+    assert keys["gateway_p50_over_hf_serve_p50"] == 0.8
+    assert keys["in_process_p50_ms_same_workload"] == 300.0
+
+
+def test_a_skipped_peer_leaves_its_keys_empty_not_missing() -> None:
+    keys = bench.same_workload_keys(report(1200.0, 400.0), {"tok_s": 1500.0, "p50_s": 0.3}, None)
+    assert keys["peer_hf_serve_tok_s"] is None
+    assert keys["gateway_over_hf_serve"] is None
+    assert keys["path_efficiency"] == 0.8
+
+
+def test_the_peer_is_skipped_with_a_reason_when_its_deps_are_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(bench, "PEERS", tmp_path / "peers")
+    assert bench.hf_serve_peer(tmp_path / "model", bench.Workload(), tmp_path) is None
+    out = capsys.readouterr().out
+    assert "SKIPPED peer transformers serve" in out and "make bench-peers" in out
