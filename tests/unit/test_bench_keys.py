@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from load import bench
 
 pytestmark = pytest.mark.unit
