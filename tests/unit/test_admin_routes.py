@@ -3,7 +3,6 @@ version, against a fake sidecar; and the OpenAPI document describing them."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from autoglm.core.schemas import SNAPSHOTS_TOPIC
 from tests.support.fakes import FakeSidecar
 from tests.support.tokens import bearer
 from tests.unit.gateway_fixtures import USER, FakeStream, make_client, sidecar, stream
-from tests.unit.test_archiver_sessions import build, event
+from tests.unit.test_archiver_sessions import build, event, invoke
 
 __all__ = ["sidecar", "stream"]  # fixtures used by name
 
@@ -239,10 +238,10 @@ def test_the_archiver_names_its_newest_version_when_an_older_is_chosen(tmp_path:
     _, service = build(tmp_path)
     service.on_snapshot(event(1, "a", flush=True))
     service.on_snapshot(event(2, "a", "b", flush=True))
-    older = json.loads(service.restore(b'{"tenant": "acme", "session_id": "s1", "version": 1}'))
+    older = invoke(service, "restore", b'{"tenant": "acme", "session_id": "s1", "version": 1}')
     assert older["version"] == 1 and older["latest_version"] == 2
     assert [m["content"] for m in older["messages"]] == ["a"]
-    newest = json.loads(service.restore(b'{"tenant": "acme", "session_id": "s1"}'))
+    newest = invoke(service, "restore", b'{"tenant": "acme", "session_id": "s1"}')
     assert newest["version"] == newest["latest_version"] == 2
 
 

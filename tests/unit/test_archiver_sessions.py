@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from autoglm.archiver import atomic
+from autoglm.archiver.app import endpoint
 from autoglm.archiver.attachments import AttachmentStore
 from autoglm.archiver.audit import AuditLog
 from autoglm.archiver.autosave import Autosaver, tick_seconds
@@ -67,6 +68,11 @@ def build(
         root / ".probe",
     )
     return sessions, service
+
+
+def invoke(service: ArchiverService, method: str, body: bytes | str) -> Any:
+    """Call ``method`` as daprd does: through the endpoint the contract table builds."""
+    return json.loads(endpoint(service)(method, body.encode() if isinstance(body, str) else body))
 
 
 def event(version: int, *contents: str, session: str = "s1", flush: bool = False) -> bytes:
@@ -202,11 +208,11 @@ def test_disk_full_is_retried_then_written(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(atomic, "write_fsync", full)
     assert service.on_snapshot(event(1, "a", flush=True)) is Ack.RETRY
-    assert json.loads(service.health())["ready"] is False
+    assert service.health().ready is False
     assert sessions.metrics.write_errors.labels("snapshot", "ENOSPC")._value.get() == 1
     assert versions(sessions) == []
     monkeypatch.setattr(atomic, "write_fsync", real)
-    assert json.loads(service.health())["ready"] is True  # the probe write succeeds
+    assert service.health().ready is True  # the probe write succeeds
     assert service.on_snapshot(event(1, "a", flush=True)) is Ack.SUCCESS  # redelivery
     assert versions(sessions) == [1]
 
@@ -240,14 +246,14 @@ def test_restore_prefers_memory_then_disk(tmp_path: Path) -> None:
     sessions, service = build(tmp_path)
     service.on_snapshot(event(1, "a", flush=True))
     service.on_snapshot(event(2, "a", "b"))  # dirty, not on disk yet
-    reply = json.loads(service.restore(b'{"tenant": "acme", "session_id": "s1"}'))
+    reply = invoke(service, "restore", b'{"tenant": "acme", "session_id": "s1"}')
     assert reply["version"] == 2 and [m["content"] for m in reply["messages"]] == ["a", "b"]
-    chosen = json.loads(service.restore(b'{"tenant": "acme", "session_id": "s1", "version": 1}'))
+    chosen = invoke(service, "restore", b'{"tenant": "acme", "session_id": "s1", "version": 1}')
     assert chosen["version"] == 1
     # After a restart only disk remains.
     sessions.flush_all()
     _, service2 = build(tmp_path)
-    assert json.loads(service2.restore(b'{"tenant": "acme", "session_id": "s1"}'))["version"] == 2
+    assert invoke(service2, "restore", b'{"tenant": "acme", "session_id": "s1"}')["version"] == 2
 
 
 def test_a_snapshot_record_is_kept_with_its_version_and_restored(tmp_path: Path) -> None:
@@ -259,15 +265,15 @@ def test_a_snapshot_record_is_kept_with_its_version_and_restored(tmp_path: Path)
         body["record"] = {"response": {"id": "resp_1", "status": status}}
         assert service.on_snapshot(json.dumps(body).encode()) is Ack.SUCCESS
     ask = b'{"tenant": "acme", "session_id": "resp_1"}'
-    assert json.loads(service.restore(ask))["record"]["response"]["status"] == "completed"
+    assert invoke(service, "restore", ask)["record"]["response"]["status"] == "completed"
     sessions.flush_all()
     _, restarted = build(tmp_path, encrypt=True)
-    reply = json.loads(restarted.restore(ask))
+    reply = invoke(restarted, "restore", ask)
     assert reply["version"] == 2 and reply["record"]["response"]["status"] == "completed"
-    plain = json.loads(restarted.restore(b'{"tenant": "acme", "session_id": "s1"}'))
+    plain = invoke(restarted, "restore", b'{"tenant": "acme", "session_id": "s1"}')
     assert "error" in plain  # never archived
     service.on_snapshot(event(1, "a", flush=True))
-    assert json.loads(service.restore(b'{"tenant": "acme", "session_id": "s1"}'))["record"] is None
+    assert invoke(service, "restore", b'{"tenant": "acme", "session_id": "s1"}')["record"] is None
 
 
 def test_unknown_session_is_answered_by_the_bloom_filter(
@@ -279,7 +285,7 @@ def test_unknown_session_is_answered_by_the_bloom_filter(
         raise AssertionError("disk touched")
 
     monkeypatch.setattr(sessions.store, "latest", no_disk)
-    reply = json.loads(service.restore(b'{"tenant": "acme", "session_id": "never"}'))
+    reply = invoke(service, "restore", b'{"tenant": "acme", "session_id": "never"}')
     assert reply["error"]["status"] == 404
     with pytest.raises(NotFoundError):
         sessions.restore("acme", "never")
@@ -302,7 +308,7 @@ def deletion(version: int, session: str = "s1") -> bytes:
 
 
 def restore_status(service: ArchiverService, session: str = "s1") -> int:
-    reply = json.loads(service.restore(json.dumps({"tenant": "acme", "session_id": session})))
+    reply = invoke(service, "restore", json.dumps({"tenant": "acme", "session_id": session}))
     return int(reply["error"]["status"]) if "error" in reply else 200
 
 
@@ -353,7 +359,7 @@ def test_stale_snapshot_after_deletion_does_not_resurrect(tmp_path: Path) -> Non
     assert versions(sessions2) == [] and restore_status(service2) == 404
     # A later version comes only from a live session (the id re-created): archived anew.
     assert service2.on_snapshot(event(3, "new", flush=True)) is Ack.SUCCESS
-    reply = json.loads(service2.restore(b'{"tenant": "acme", "session_id": "s1"}'))
+    reply = invoke(service2, "restore", b'{"tenant": "acme", "session_id": "s1"}')
     assert reply["version"] == 3 and [m["content"] for m in reply["messages"]] == ["new"]
 
 

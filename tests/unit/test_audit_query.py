@@ -18,7 +18,7 @@ from autoglm.archiver.retention import Retention
 from autoglm.archiver.serving import ArchiverService
 from autoglm.archiver.settings import Compression, RetentionPolicy
 from autoglm.core.schemas import AuditEvent
-from tests.unit.test_archiver_sessions import build
+from tests.unit.test_archiver_sessions import build, invoke
 
 KEY = Cipher(os.urandom(32))
 DAY = dt.date(2024, 6, 1)
@@ -56,7 +56,7 @@ def compress(root: Path, compression: Compression, encrypt: bool) -> None:
 
 
 def query(svc: ArchiverService, **body: Any) -> dict[str, Any]:
-    reply: dict[str, Any] = json.loads(svc.audit_query(json.dumps(body).encode()))
+    reply: dict[str, Any] = invoke(svc, "audit_query", json.dumps(body))
     return reply
 
 

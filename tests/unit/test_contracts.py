@@ -4,6 +4,7 @@ components and sidecar configurations follow it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -91,3 +92,65 @@ def test_undeclared_methods_cannot_be_served() -> None:
         method(app, "inference", "drop_all_tables")
     with pytest.raises(KeyError):
         subscribe(app, "gateway", "audit")
+
+
+def test_the_endpoint_parses_replies_and_maps_every_failure_to_an_error_reply() -> None:
+    """What each served method gets from the table: the declared request model in, the
+    reply or a structured error out (never a traceback), the caller's verified id where
+    the handler asks for it, and every call reported with its outcome."""
+    import json
+
+    from autoglm.core.callback_server import Endpoint
+    from autoglm.core.errors import NotFoundError, UnavailableError
+    from autoglm.core.schemas import ModelRef
+
+    seen: list[tuple[str, object, str]] = []
+
+    def load(ref: ModelRef, caller: str | None) -> dict[str, Any]:
+        if ref.model == "gone":
+            raise NotFoundError("no such model", param="model")
+        if ref.model == "disk":
+            raise OSError(28, "No space left on device")
+        if ref.model == "bug":
+            raise RuntimeError("secret internals")
+        return {"model": ref.model, "caller": caller}
+
+    def storage(method: str, exc: Exception) -> UnavailableError | None:
+        return UnavailableError(f"{method}: storage") if isinstance(exc, OSError) else None
+
+    endpoint = Endpoint(
+        "inference",
+        {"load_model": load, "models": lambda: {"data": []}},
+        failure=storage,
+        observe=lambda m, req, outcome, _s: seen.append((m, req, outcome)),
+    )
+
+    def call(model: object) -> dict[str, Any]:
+        body = json.dumps({"model": model}).encode()
+        reply = json.loads(endpoint("load_model", body, {"dapr-caller-app-id": ["gateway"]}))
+        return reply.get("error", reply)  # type: ignore[no-any-return]
+
+    assert call("m") == {"model": "m", "caller": "gateway"}
+    assert call("gone")["status"] == 404
+    assert call("disk")["status"] == 503 and call("disk")["message"] == "load_model: storage"
+    bug = call("bug")
+    assert bug["status"] == 500 and bug["message"] == "load_model failed"
+    assert "secret" not in json.dumps(bug) and "Traceback" not in json.dumps(bug)
+    assert call(5)["status"] == 400
+    outcomes = ["ok", "not_found", "unavailable", "unavailable", "internal_error"]
+    assert [o for _, _, o in seen] == [*outcomes, "invalid_request"]
+    assert seen[0][1] == ModelRef(model="m") and seen[-1][1] is None  # did not parse
+    assert json.loads(endpoint("models", b"")) == {"data": []}
+
+
+def test_the_endpoint_serves_only_declared_methods_with_declared_replies() -> None:
+    import json
+
+    import pytest
+
+    from autoglm.core.callback_server import Endpoint
+
+    endpoint = Endpoint("archiver", {"health": lambda: {"ready": True}})  # not a HealthReply
+    assert json.loads(endpoint("health", b""))["error"]["status"] == 500
+    with pytest.raises(KeyError):
+        Endpoint("archiver", {"drop_all_tables": lambda: {}})

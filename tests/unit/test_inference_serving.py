@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from autoglm.core.errors import OverloadedError, UnavailableError
 from autoglm.core.pubsub import Ack
+from autoglm.inference.app import endpoint
 from autoglm.inference.engine import AutoGLMEngine
 from autoglm.inference.serving import InferenceService
 from tests.support.fakes import FakeSidecar
@@ -15,6 +17,11 @@ from tests.support.fakes import FakeSidecar
 @pytest.fixture(scope="module")
 def engine(demo_model_dir: Path) -> AutoGLMEngine:
     return AutoGLMEngine(demo_model_dir, model_id="demo-glm")
+
+
+def invoke(service: InferenceService, method: str, body: bytes, caller: str = "gateway") -> Any:
+    """Call ``method`` as daprd does: through the endpoint the contract table builds."""
+    return json.loads(endpoint(service)(method, body, {"dapr-caller-app-id": [caller]}))
 
 
 def _event(**over: object) -> bytes:
@@ -59,7 +66,7 @@ def test_publish_failure_asks_for_redelivery(engine: AutoGLMEngine) -> None:
 
 
 def test_generate_returns_structured_error_not_traceback(engine: AutoGLMEngine) -> None:
-    reply = json.loads(InferenceService(engine, FakeSidecar()).generate(b'{"prompt": 5}'))
+    reply = invoke(InferenceService(engine, FakeSidecar()), "generate", b'{"prompt": 5}')
     assert reply["error"]["status"] == 400 and reply["error"]["param"] == "prompt"
     assert "Traceback" not in json.dumps(reply)
 
@@ -141,9 +148,9 @@ def test_record_of_an_earlier_release_still_marks_a_duplicate(engine: AutoGLMEng
 
 def test_admin_methods_only_for_allowed_callers(engine: AutoGLMEngine) -> None:
     service = InferenceService(engine, FakeSidecar(), admin_callers=("gateway",))
-    denied = json.loads(service.unload_model(b'{"model": "demo-glm"}', "archiver"))
+    denied = invoke(service, "unload_model", b'{"model": "demo-glm"}', "archiver")
     assert denied["error"]["status"] == 403 and "archiver" in denied["error"]["message"]
-    ok = json.loads(service.load_model(b'{"model": "demo-glm"}', "gateway"))
+    ok = invoke(service, "load_model", b'{"model": "demo-glm"}', "gateway")
     assert ok == {"model": "demo-glm", "state": "ready"}
 
 
@@ -163,10 +170,10 @@ def test_stream_of_bad_request_is_one_error_frame(engine: AutoGLMEngine) -> None
 
 def test_priority_model_unload_is_refused_and_health_stays_ready(engine: AutoGLMEngine) -> None:
     service = InferenceService(engine, FakeSidecar())
-    reply = json.loads(service.unload_model(b'{"model": "demo-glm"}', "gateway"))
+    reply = invoke(service, "unload_model", b'{"model": "demo-glm"}', "gateway")
     assert reply["error"]["status"] == 409 and reply["error"]["code"] == "priority_model"
     assert "priority model" in reply["error"]["message"]
-    assert json.loads(service.health(b""))["ready"] is True
+    assert service.health()["ready"] is True
 
 
 def test_embed_metrics_are_labelled_with_the_embedding_model(models_dir: Path) -> None:
@@ -181,8 +188,8 @@ def test_embed_metrics_are_labelled_with_the_embedding_model(models_dir: Path) -
     )
     try:
         service = InferenceService(eng, FakeSidecar())
-        assert "data" in json.loads(service.embed(b'{"input": ["hello"]}'))
-        json.loads(service.embed(b'{"input": ["hello"], "model": "no-such-model"}'))
+        assert "data" in invoke(service, "embed", b'{"input": ["hello"]}')
+        invoke(service, "embed", b'{"input": ["hello"], "model": "no-such-model"}')
         value = service.metrics.registry.get_sample_value
         ok = {"model": "minilm", "method": "embed", "outcome": "ok"}
         assert value("autoglm_requests_total", ok) == 1
@@ -222,7 +229,7 @@ def test_resident_memory_is_current_not_peak(monkeypatch: pytest.MonkeyPatch) ->
 def test_cancel_before_delivery_skips_the_generation(engine: AutoGLMEngine) -> None:
     sidecar = FakeSidecar()
     service = InferenceService(engine, sidecar)
-    reply = json.loads(service.cancel(b'{"request_id": "job-1"}'))
+    reply = invoke(service, "cancel", b'{"request_id": "job-1"}')
     assert reply == {"request_id": "job-1", "cancelled": True}
     assert service.on_request_event(_event()) is Ack.SUCCESS
     assert sidecar.published == []  # nothing generated, nothing published

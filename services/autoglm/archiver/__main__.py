@@ -7,7 +7,6 @@ stays staged and is reloaded on the next start.
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 
@@ -25,26 +24,16 @@ from autoglm.archiver.sessions import SessionArchive
 from autoglm.archiver.settings import ArchiverSettings
 from autoglm.archiver.snapshots import SnapshotStore
 from autoglm.archiver.staging import Staging
-from autoglm.core.callback_server import stop_gracefully
+from autoglm.core.callback_server import run_until_stopped
 from autoglm.core.errors import AutoGLMError
-from autoglm.core.lifecycle import on_shutdown
-from autoglm.core.logging import configure_logging
-from autoglm.core.settings import SettingsError, load_settings
+from autoglm.core.lifecycle import start_app
 from autoglm.core.sidecar import Sidecar
-from autoglm.core.tracing import configure_tracing
 
 log = logging.getLogger("autoglm.archiver")
 
 
 def main() -> int:
-    configure_logging("archiver")
-    try:
-        settings = load_settings(ArchiverSettings)
-    except SettingsError as exc:
-        log.error(str(exc))
-        return 2
-    configure_logging("archiver", settings.log_level)
-    configure_tracing("archiver")
+    settings = start_app("archiver", ArchiverSettings)
     settings.root.mkdir(parents=True, exist_ok=True)
     sidecar = Sidecar()
     cipher = ArchiveKeys(
@@ -109,12 +98,11 @@ def main() -> int:
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, settings.host)
     app = build_app(service, settings.callback_threads)
-    on_shutdown(functools.partial(stop_gracefully, app, settings.shutdown_grace_s))
     log.info(
         "archiver listening",
         extra={"port": settings.port, "root": str(settings.root), "recovered": recovered},
     )
-    app.run(settings.port, listen_address=settings.host)
+    run_until_stopped(app, settings.port, settings.host, settings.shutdown_grace_s)
     # The server is stopped: no new events. Write every dirty session before exiting.
     retention.stop()
     autosaver.stop()

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, get_args
 
-from pydantic import BaseModel
+from pydantic import ConfigDict
 
 from autoglm.archiver import filetypes, paths
 from autoglm.archiver.atomic import atomic_dir, write_at, write_file
@@ -56,18 +56,17 @@ _ID = re.compile(ATTACHMENT_ID)
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
-class Checkpoint(BaseModel):
+class Checkpoint(AttachmentInfo):
+    """An upload's state in the state store (and its object's ``metadata.json``)."""
+
+    # What the archiver wrote itself: fields it added later are not errors.
+    model_config = ConfigDict(extra="ignore")
+
     tenant: str
-    id: str
-    filename: str
-    mime_type: str
-    size: int
-    sha256: str
-    category: str
+    created: float
     offset: int = 0
     version: int = 1
     complete: bool = False
-    created: float
 
 
 def checkpoint_key(tenant: str, attachment_id: str) -> str:

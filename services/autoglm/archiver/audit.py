@@ -38,8 +38,8 @@ _PART = re.compile(
 _COMPRESSION = {".gz": "gzip", ".zst": "zstd", None: "none"}
 
 
-class CorruptAuditError(InternalError):
-    default_code = "corrupt_audit"
+class CorruptAuditError(InternalError, code="corrupt_audit"):
+    """An archived audit part that cannot be read back."""
 
 
 def _no_key() -> Cipher:

@@ -6,55 +6,42 @@ import errno
 import logging
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from autoglm.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
-class ArchiverMetrics:
+class ArchiverMetrics(Metrics):
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
-        self.events = Counter(
-            "autoglm_archiver_events_total",
-            "Events by topic and outcome",
-            ["topic", "outcome"],
-            registry=r,
+        super().__init__()
+        self.events = self.counter(
+            "autoglm_archiver_events_total", "Events by topic and outcome", "topic", "outcome"
         )
-        self.snapshots = Counter(
+        self.snapshots = self.counter(
             "autoglm_archiver_snapshots_written_total",
             "Snapshot versions written by trigger",
-            ["trigger"],
-            registry=r,
+            "trigger",
         )
-        self.write_errors = Counter(
+        self.write_errors = self.counter(
             "autoglm_archiver_write_errors_total",
             "Failed disk writes by operation and errno",
-            ["operation", "errno"],
-            registry=r,
+            "operation",
+            "errno",
         )
-        self.ready = Gauge("autoglm_archiver_ready", "1 when writes succeed", registry=r)
+        self.ready = self.gauge("autoglm_archiver_ready", "1 when writes succeed")
         self.ready.set(1)
-        self.dirty = Gauge(
-            "autoglm_archiver_dirty_sessions", "Sessions not yet snapshotted", registry=r
+        self.dirty = self.gauge("autoglm_archiver_dirty_sessions", "Sessions not yet snapshotted")
+        self.restores = self.counter(
+            "autoglm_archiver_restores_total", "Restores by outcome", "outcome"
         )
-        self.restores = Counter(
-            "autoglm_archiver_restores_total", "Restores by outcome", ["outcome"], registry=r
+        self.uploads = self.counter(
+            "autoglm_archiver_upload_chunks_total", "Attachment chunks by outcome", "outcome"
         )
-        self.uploads = Counter(
-            "autoglm_archiver_upload_chunks_total",
-            "Attachment chunks by outcome",
-            ["outcome"],
-            registry=r,
-        )
-        self.retention = Counter(
+        self.retention = self.counter(
             "autoglm_archiver_retention_files_total",
             "Files compressed or deleted by retention",
-            ["action"],
-            registry=r,
+            "action",
         )
-
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=host, registry=self.registry)
 
 
 class Readiness:

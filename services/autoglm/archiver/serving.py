@@ -4,13 +4,14 @@ An event is acknowledged only once its effect is durable. A write that fails for
 reason (disk full, read-only, permissions) answers RETRY so Dapr redelivers, and marks
 the archiver not ready until a write succeeds again; a malformed event, or a stale write
 that conflicts, is dropped to the dead-letter topic because no retry can fix it.
-Invocation failures are structured error payloads (``error_reply``), never tracebacks.
+Invocation failures are structured error payloads (``autoglm.core.callback_server``),
+never tracebacks; a failed disk read or write there is 503 and makes it not ready too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from autoglm.archiver.atomic import probe_write
@@ -20,44 +21,28 @@ from autoglm.archiver.metrics import ArchiverMetrics, Readiness
 from autoglm.archiver.paths import component
 from autoglm.archiver.sessions import SessionArchive
 from autoglm.core.archive_protocol import (
-    AttachmentGetRequest,
+    AttachmentPutReply,
     AttachmentPutRequest,
-    AttachmentStartRequest,
-    AuditQueryRequest,
     HealthReply,
     RestoreReply,
     RestoreRequest,
 )
-from autoglm.core.errors import (
-    AutoGLMError,
-    ConflictError,
-    InternalError,
-    InvalidRequestError,
-    UnavailableError,
-)
+from autoglm.core.errors import AutoGLMError, ConflictError, InvalidRequestError, UnavailableError
 from autoglm.core.pubsub import Ack
 from autoglm.core.schemas import AuditEvent, SnapshotEvent, parse
-from autoglm.core.sidecar import error_reply
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
 class ArchiverService:
-    def __init__(
-        self,
-        sessions: SessionArchive,
-        attachments: AttachmentStore,
-        audit: AuditLog,
-        metrics: ArchiverMetrics,
-        readiness: Readiness,
-        probe_path: Path,
-    ) -> None:
-        self.sessions = sessions
-        self.attachments = attachments
-        self.audit = audit
-        self.metrics = metrics
-        self.readiness = readiness
-        self.probe_path = probe_path
+    sessions: SessionArchive
+    attachments: AttachmentStore
+    audit: AuditLog
+    metrics: ArchiverMetrics
+    readiness: Readiness
+    #: Where a tiny write probes the disk while not ready (``_probe``).
+    probe_path: Path
 
     # -- pub/sub -----------------------------------------------------------------------
     def on_snapshot(self, body: bytes) -> Ack:
@@ -100,76 +85,45 @@ class ArchiverService:
             log.warning("%s event dropped to dead letter", topic, extra={"reason": reason})
         return ack
 
-    # -- invocation --------------------------------------------------------------------
-    def _reply(self, method: str, work: Callable[[], str]) -> str:
+    # -- invocation (``autoglm.archiver.app`` serves these through the contract table) --
+    def storage_failure(self, method: str, exc: Exception) -> AutoGLMError | None:
+        """A failed read or write of the archive (an OSError) makes the archiver not
+        ready and is answered as unavailable, so the caller retries later."""
+        if not isinstance(exc, OSError):
+            return None
+        self.readiness.failed(method, exc)
+        return UnavailableError("archive storage is unavailable; retry later")
+
+    def restore(self, req: RestoreRequest) -> RestoreReply:
+        state = self.sessions.restore(req.tenant, req.session_id, req.version)
+        latest = state if req.version is None else self.sessions.restore(req.tenant, req.session_id)
+        return RestoreReply(
+            tenant=state.tenant,
+            session_id=state.session_id,
+            version=state.version,
+            messages=list(state.messages),
+            model=state.model,
+            latest_version=latest.version,
+            record=state.record,
+        )
+
+    def attachment_put(self, req: AttachmentPutRequest) -> AttachmentPutReply:
         try:
-            return work()
+            reply = self.attachments.put(req)
         except AutoGLMError as exc:
-            return error_reply(exc)
-        except OSError as exc:
-            self.readiness.failed(method, exc)
-            return error_reply(UnavailableError("archive storage is unavailable; retry later"))
-        except Exception:
-            log.exception("%s failed", method)
-            return error_reply(InternalError(f"{method} failed"))
+            self.metrics.uploads.labels(exc.code).inc()
+            raise
+        self.metrics.uploads.labels("complete" if reply.complete else "accepted").inc()
+        self.readiness.succeeded()
+        return reply
 
-    def restore(self, body: bytes) -> str:
-        def work() -> str:
-            req = parse(RestoreRequest, body)
-            state = self.sessions.restore(req.tenant, req.session_id, req.version)
-            latest = (
-                state if req.version is None else self.sessions.restore(req.tenant, req.session_id)
-            )
-            return RestoreReply(
-                tenant=state.tenant,
-                session_id=state.session_id,
-                version=state.version,
-                messages=list(state.messages),
-                model=state.model,
-                latest_version=latest.version,
-                record=state.record,
-            ).model_dump_json()
-
-        return self._reply("restore", work)
-
-    def attachment_start(self, body: bytes) -> str:
-        return self._reply(
-            "attachment_start",
-            lambda: self.attachments.start(parse(AttachmentStartRequest, body)).model_dump_json(),
-        )
-
-    def attachment_put(self, body: bytes) -> str:
-        def work() -> str:
-            try:
-                reply = self.attachments.put(parse(AttachmentPutRequest, body))
-            except AutoGLMError as exc:
-                self.metrics.uploads.labels(exc.code).inc()
-                raise
-            self.metrics.uploads.labels("complete" if reply.complete else "accepted").inc()
-            self.readiness.succeeded()
-            return reply.model_dump_json()
-
-        return self._reply("attachment_put", work)
-
-    def attachment_get(self, body: bytes) -> str:
-        return self._reply(
-            "attachment_get",
-            lambda: self.attachments.get(parse(AttachmentGetRequest, body)).model_dump_json(),
-        )
-
-    def audit_query(self, body: bytes) -> str:
-        return self._reply(
-            "audit_query",
-            lambda: self.audit.query(parse(AuditQueryRequest, body)).model_dump_json(),
-        )
-
-    def health(self, _body: bytes = b"") -> str:
+    def health(self) -> HealthReply:
         self._probe()
         return HealthReply(
             ready=self.readiness.ready,
             reason=self.readiness.reason,
             dirty_sessions=self.sessions.dirty_count,
-        ).model_dump_json()
+        )
 
     def check_health(self) -> None:
         """Dapr app health check: raising makes daprd pause deliveries until it passes."""

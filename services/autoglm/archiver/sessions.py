@@ -23,6 +23,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 
 from autoglm.archiver.autosave import Dirty, trigger
 from autoglm.archiver.bloom import BloomFilter
@@ -39,33 +40,28 @@ log = logging.getLogger(__name__)
 _STRIPES = 64
 
 
+@dataclass(eq=False)
 class SessionArchive:
-    def __init__(
-        self,
-        store: SnapshotStore,
-        staging: Staging,
-        policy: AutosavePolicy,
-        bloom: BloomFilter,
-        metrics: ArchiverMetrics,
-        readiness: Readiness,
-        *,
-        head_cache: int = 1024,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.store = store
-        self.staging = staging
-        self.policy = policy
-        self.bloom = bloom
-        self.metrics = metrics
-        self.readiness = readiness
-        self.head_cache = head_cache
-        self.clock = clock
-        # Striped locks: one session's events, flushes and restores are serialised,
-        # different sessions proceed in parallel, and the lock table stays bounded.
-        self._locks = [threading.RLock() for _ in range(_STRIPES)]
-        self._guard = threading.Lock()  # protects the two maps below
-        self._dirty: dict[str, Dirty] = {}
-        self._heads: OrderedDict[str, tuple[SessionState, float]] = OrderedDict()
+    store: SnapshotStore
+    staging: Staging
+    policy: AutosavePolicy
+    bloom: BloomFilter
+    metrics: ArchiverMetrics
+    readiness: Readiness
+    _: KW_ONLY
+    #: Clean session heads kept in memory for conflict checks (LRU).
+    head_cache: int = 1024
+    clock: Callable[[], float] = time.monotonic
+    # Striped locks: one session's events, flushes and restores are serialised,
+    # different sessions proceed in parallel, and the lock table stays bounded.
+    _locks: list[threading.RLock] = field(
+        init=False, default_factory=lambda: [threading.RLock() for _ in range(_STRIPES)]
+    )
+    _guard: threading.Lock = field(init=False, default_factory=threading.Lock)  # the maps below
+    _dirty: dict[str, Dirty] = field(init=False, default_factory=dict)
+    _heads: OrderedDict[str, tuple[SessionState, float]] = field(
+        init=False, default_factory=OrderedDict
+    )
 
     def _lock(self, key: str) -> threading.RLock:
         return self._locks[zlib.crc32(key.encode()) % _STRIPES]

@@ -103,8 +103,8 @@ class SessionState:
         )
 
 
-class CorruptSnapshotError(InternalError):
-    default_code = "corrupt_snapshot"
+class CorruptSnapshotError(InternalError, code="corrupt_snapshot"):
+    """A snapshot file that cannot be read back."""
 
 
 class SnapshotStore:

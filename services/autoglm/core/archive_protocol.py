@@ -75,8 +75,8 @@ class AttachmentStartRequest(Payload):
         return value.lower()
 
 
-class AttachmentInfo(Payload):
-    """Reply of ``attachment_start``: the upload and where it stands."""
+class AttachmentFields(Payload):
+    """What an attachment is, as both replies about it state it."""
 
     id: str
     filename: str
@@ -84,9 +84,15 @@ class AttachmentInfo(Payload):
     size: int
     sha256: str
     category: str
-    offset: int
     version: int
     complete: bool
+
+
+class AttachmentInfo(AttachmentFields):
+    """Reply of ``attachment_start``: the upload and where it stands."""
+
+    #: The next byte expected (the size once complete).
+    offset: int
 
 
 class AttachmentPutRequest(Payload):
@@ -130,15 +136,7 @@ class AttachmentGetRequest(Payload):
     length: int = Field(default=MAX_READ_BYTES, ge=1, le=MAX_READ_BYTES)
 
 
-class AttachmentGetReply(Payload):
-    id: str
-    filename: str
-    mime_type: str
-    size: int
-    sha256: str
-    category: str
-    version: int
-    complete: bool
+class AttachmentGetReply(AttachmentFields):
     #: Where ``data`` starts in the object.
     offset: int = 0
     #: The requested range of the object, base64 (empty until the upload is complete).

@@ -19,20 +19,31 @@ the app refuses every call: it never runs open.
 
 from __future__ import annotations
 
+import functools
 import hmac
+import inspect
+import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from typing import Any
 
 import grpc
+from cloudevents.sdk.event import v1
 from dapr.conf import settings
-from dapr.ext.grpc import App
+from dapr.ext.grpc import App, InvokeMethodRequest, TopicEventResponse
+from pydantic import BaseModel
 
 from autoglm.core import contracts
-from autoglm.core.schemas import PUBSUB
+from autoglm.core.errors import AutoGLMError, InternalError
+from autoglm.core.lifecycle import on_shutdown
+from autoglm.core.pubsub import Ack, event_data, topic_response
+from autoglm.core.schemas import PUBSUB, parse
+from autoglm.core.sidecar import error_reply
+from autoglm.core.tracing import event_carrier, grpc_carrier, server_span
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +123,103 @@ def subscribe(app: App, app_id: str, topic: str) -> Callable[[Any], Any]:
     )
 
 
+#: A method's handler: called with the request model the contract table declares for it
+#: (with nothing where it declares none) and, if it has a ``caller`` parameter, the
+#: calling app's id; returns the declared reply model (or a JSON object where the table
+#: declares none).
+Handler = Callable[..., BaseModel | Mapping[str, Any]]
+#: A topic's handler: the event's data as bytes in, how to acknowledge it out.
+TopicHandler = Callable[[bytes], Ack]
+#: Maps a failure that is not an ``AutoGLMError`` to the error to answer (None: internal).
+Failure = Callable[[str, Exception], AutoGLMError | None]
+#: Told every call: method, the parsed request (None if it did not parse), the outcome
+#: (``ok`` or the error's code) and its duration in seconds.
+Observer = Callable[[str, BaseModel | None, str, float], None]
+
+
+class Endpoint:
+    """An app's service-invocation methods, served as the contract table declares them.
+
+    Each call is parsed into the declared request model, runs in a SERVER span that
+    continues the caller's trace, and is answered with the handler's reply or, when
+    anything fails, a structured error reply (``error_reply``), never a traceback. An
+    unexpected exception is logged and answered as an internal error, unless
+    ``failure`` maps it to another. ``observe`` is told each call's outcome and time.
+    Dapr-free: the unit tests call it as daprd does, with the body and metadata."""
+
+    def __init__(
+        self,
+        app_id: str,
+        handlers: Mapping[str, Handler],
+        *,
+        failure: Failure | None = None,
+        observe: Observer | None = None,
+    ) -> None:
+        self.app_id = app_id
+        # A KeyError for a method the table does not declare for this app.
+        self.rpcs = {name: contracts.rpc(app_id, name) for name in handlers}
+        self.handlers = dict(handlers)
+        self.failure = failure
+        self.observe = observe
+        self._with_caller = {
+            name for name, h in handlers.items() if "caller" in inspect.signature(h).parameters
+        }
+
+    def __call__(self, name: str, body: bytes, metadata: Mapping[str, Any] | None = None) -> str:
+        rpc = self.rpcs[name]
+        started = time.monotonic()
+        request: BaseModel | None = None
+        with server_span(name, grpc_carrier(metadata)):
+            try:
+                if rpc.request is not None:
+                    request = parse(rpc.request, body)
+                answer, outcome = self._run(rpc, request, metadata), "ok"
+            except Exception as exc:
+                error = self._error(name, exc)
+                answer, outcome = error_reply(error), error.code
+        if self.observe is not None:
+            self.observe(name, request, outcome, time.monotonic() - started)
+        return answer
+
+    def _run(
+        self, rpc: contracts.Rpc, request: BaseModel | None, metadata: Mapping[str, Any] | None
+    ) -> str:
+        args = [] if request is None else [request]
+        kwargs = {"caller": caller_app_id(metadata)} if rpc.name in self._with_caller else {}
+        reply = self.handlers[rpc.name](*args, **kwargs)
+        if rpc.reply is not None and not isinstance(reply, rpc.reply):
+            raise TypeError(f"{rpc.name} replied {type(reply).__name__}, not {rpc.reply}")
+        return reply.model_dump_json() if isinstance(reply, BaseModel) else json.dumps(reply)
+
+    def _error(self, name: str, exc: Exception) -> AutoGLMError:
+        if isinstance(exc, AutoGLMError):
+            return exc
+        mapped = self.failure(name, exc) if self.failure is not None else None
+        if mapped is not None:
+            return mapped
+        log.exception("%s failed", name)
+        return InternalError(f"{name} failed")
+
+
+def serve(app: App, endpoint: Endpoint, topics: Mapping[str, TopicHandler]) -> None:
+    """Register ``endpoint``'s methods and the handlers of ``topics`` (each in a span
+    named ``<topic> process``, answered as ``topic_response`` says) on ``app``; only
+    what the contract table declares for the endpoint's app (else a KeyError)."""
+    for name in endpoint.rpcs:
+        method(app, endpoint.app_id, name)(functools.partial(_invoke, endpoint, name))
+    for topic, handler in topics.items():
+        subscribe(app, endpoint.app_id, topic)(functools.partial(_deliver, topic, handler))
+
+
+def _invoke(endpoint: Endpoint, name: str, request: InvokeMethodRequest) -> str:
+    return endpoint(name, request.data, request.metadata)
+
+
+def _deliver(topic: str, handler: TopicHandler, event: v1.Event) -> TopicEventResponse:
+    with server_span(f"{topic} process", event_carrier(event)):
+        return topic_response(handler(event_data(event.Data())))
+
+
 def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A handler of the same shape as ``handler`` that aborts with UNAUTHENTICATED."""
 
@@ -184,6 +292,13 @@ class RefuseFirstCalls(grpc.ServerInterceptor):  # type: ignore[misc]
 
                 return grpc.unary_unary_rpc_method_handler(abort)
         return continuation(handler_call_details)
+
+
+def run_until_stopped(app: App, port: int, host: str, grace_s: float) -> None:
+    """Serve ``app`` on ``host:port`` until SIGTERM/SIGINT, then stop it gracefully:
+    calls in flight get ``grace_s`` to finish (``stop_gracefully``)."""
+    on_shutdown(functools.partial(stop_gracefully, app, grace_s))
+    app.run(port, listen_address=host)
 
 
 def stop_gracefully(app: App, grace_s: float) -> bool:

@@ -9,13 +9,37 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+#: The class an error payload of each status is rebuilt as: the first that declared it.
+_BY_STATUS: dict[int, type[AutoGLMError]] = {}
+
 
 class AutoGLMError(Exception):
-    """Base class: a failure the caller can be told about without leaking internals."""
+    """Base class: a failure the caller can be told about without leaking internals.
+
+    A subclass declares what sets it apart in its class line, e.g.
+    ``class NotFoundError(AutoGLMError, status=404, type="not_found_error", code=...)``;
+    what it leaves out it inherits."""
 
     status: ClassVar[int] = 500
     type: ClassVar[str] = "server_error"
     default_code: ClassVar[str] = "internal_error"
+
+    def __init_subclass__(
+        cls,
+        *,
+        status: int | None = None,
+        type: str | None = None,
+        code: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+            _BY_STATUS.setdefault(status, cls)
+        if type is not None:
+            cls.type = type
+        if code is not None:
+            cls.default_code = code
 
     def __init__(
         self,
@@ -60,67 +84,47 @@ class AutoGLMError(Exception):
         )
 
 
-class InvalidRequestError(AutoGLMError):
+class InvalidRequestError(
+    AutoGLMError, status=400, type="invalid_request_error", code="invalid_request"
+):
     """The request is malformed or violates a limit; ``param`` names the field."""
 
-    status = 400
-    type = "invalid_request_error"
-    default_code = "invalid_request"
+
+class AuthenticationError(
+    AutoGLMError, status=401, type="authentication_error", code="invalid_api_key"
+):
+    """No valid credentials came with the request."""
 
 
-class AuthenticationError(AutoGLMError):
-    status = 401
-    type = "authentication_error"
-    default_code = "invalid_api_key"
+class PermissionDeniedError(AutoGLMError, status=403, type="permission_error", code="forbidden"):
+    """The caller is known but may not do this."""
 
 
-class PermissionDeniedError(AutoGLMError):
-    status = 403
-    type = "permission_error"
-    default_code = "forbidden"
+class NotFoundError(AutoGLMError, status=404, type="not_found_error", code="not_found"):
+    """Nothing by that id, or nothing the caller may see."""
 
 
-class NotFoundError(AutoGLMError):
-    status = 404
-    type = "not_found_error"
-    default_code = "not_found"
-
-
-class ConflictError(AutoGLMError):
+class ConflictError(AutoGLMError, status=409, type="conflict_error", code="conflict"):
     """A concurrent writer won (ETag / version mismatch); nothing was overwritten."""
 
-    status = 409
-    type = "conflict_error"
-    default_code = "conflict"
+
+class PayloadTooLargeError(
+    AutoGLMError, status=413, type="invalid_request_error", code="payload_too_large"
+):
+    """A body, file or chunk over its limit."""
 
 
-class PayloadTooLargeError(AutoGLMError):
-    status = 413
-    type = "invalid_request_error"
-    default_code = "payload_too_large"
+class UnprocessableError(
+    AutoGLMError, status=422, type="invalid_request_error", code="unprocessable"
+):
+    """Well-formed, but its content cannot be used (a checksum or file type mismatch)."""
 
 
-class UnprocessableError(AutoGLMError):
-    status = 422
-    type = "invalid_request_error"
-    default_code = "unprocessable"
+class RateLimitError(AutoGLMError, status=429, type="rate_limit_error", code="rate_limited"):
+    """Over a limit for now; ``retry_after`` says when to try again."""
 
-
-class RateLimitError(AutoGLMError):
-    status = 429
-    type = "rate_limit_error"
-    default_code = "rate_limited"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        details: dict[str, Any] | None = None,
-        retry_after: int | None = None,
-    ):
-        super().__init__(message, code=code, param=param, details=details)
+    def __init__(self, message: str, *, retry_after: int | None = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
         if retry_after is not None:
             # Kept in ``details`` so that it survives the trip across a sidecar.
             self.details["retry_after"] = retry_after
@@ -136,34 +140,13 @@ class InternalError(AutoGLMError):
     """An unexpected failure; the message must not carry internals."""
 
 
-class UnavailableError(AutoGLMError):
+class UnavailableError(AutoGLMError, status=503, code="unavailable"):
     """A dependency (sidecar, model, queue) cannot take the request right now."""
 
-    status = 503
-    type = "server_error"
-    default_code = "unavailable"
+
+class OverloadedError(UnavailableError, code="overloaded"):
+    """The queue is full: a retry later can succeed."""
 
 
-class OverloadedError(UnavailableError):
-    default_code = "overloaded"
-
-
-class DeadlineExceededError(AutoGLMError):
-    status = 504
-    type = "server_error"
-    default_code = "timeout"
-
-
-_BY_STATUS: dict[int, type[AutoGLMError]] = {
-    400: InvalidRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    409: ConflictError,
-    413: PayloadTooLargeError,
-    422: UnprocessableError,
-    429: RateLimitError,
-    500: InternalError,
-    503: UnavailableError,
-    504: DeadlineExceededError,
-}
+class DeadlineExceededError(AutoGLMError, status=504, code="timeout"):
+    """The work did not finish in time."""

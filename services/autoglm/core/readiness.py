@@ -13,21 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from autoglm.core.schemas import (
-    AUDIT_TOPIC,
-    PUBSUB,
-    REQUESTS_TOPIC,
-    RESULTS_TOPIC,
-    SNAPSHOTS_TOPIC,
-    STATESTORE,
-)
-
-#: The topics each app subscribes to (on ``pubsub``), as its handlers declare them.
-SUBSCRIPTIONS: Mapping[str, tuple[str, ...]] = {
-    "gateway": (RESULTS_TOPIC,),
-    "inference": (REQUESTS_TOPIC,),
-    "archiver": (SNAPSHOTS_TOPIC, AUDIT_TOPIC),
-}
+from autoglm.core import contracts
+from autoglm.core.schemas import PUBSUB, STATESTORE
 
 #: Components every app's sidecar must have loaded.
 COMPONENTS: tuple[str, ...] = (STATESTORE, PUBSUB)
@@ -43,7 +30,7 @@ def sidecar_problems(
     subscribed = {
         (s.get("pubsubname"), s.get("topic")) for s in metadata.get("subscriptions") or []
     }
-    for topic in SUBSCRIPTIONS.get(app_id, ()):
+    for topic in sorted(t for app, t in contracts.subscriptions() if app == app_id):
         if (PUBSUB, topic) not in subscribed:
             problems.append(f"no subscription to {PUBSUB}/{topic}")
     loaded = {c.get("name") for c in metadata.get("components") or []}

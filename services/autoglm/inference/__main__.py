@@ -6,19 +6,15 @@ SIGTERM/SIGINT stop the gRPC server, letting generations in flight finish for up
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
 from pathlib import Path
 
-from autoglm.core.callback_server import stop_gracefully
+from autoglm.core.callback_server import run_until_stopped
 from autoglm.core.errors import AutoGLMError
-from autoglm.core.lifecycle import on_shutdown
-from autoglm.core.logging import configure_logging
-from autoglm.core.settings import SettingsError, load_settings
+from autoglm.core.lifecycle import start_app
 from autoglm.core.sidecar import Sidecar
-from autoglm.core.tracing import configure_tracing
 from autoglm.inference.app import build_app
 from autoglm.inference.engine import AutoGLMEngine
 from autoglm.inference.metrics import InferenceMetrics
@@ -32,14 +28,7 @@ log = logging.getLogger("autoglm.inference")
 
 def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local; never reach a hub
-    configure_logging("inference")
-    try:
-        settings = load_settings(InferenceSettings)
-    except SettingsError as exc:
-        log.error(str(exc))
-        return 2
-    configure_logging("inference", settings.log_level)
-    configure_tracing("inference")
+    settings = start_app("inference", InferenceSettings)
     sidecar = Sidecar()
     if settings.trust_unsigned:
         log.warning("trust_unsigned is on: model signatures are NOT checked")
@@ -112,9 +101,8 @@ def main() -> int:
         settings.max_concurrent_calls,
         settings.fault_refuse_subscription_lists if settings.faults_enabled else 0,
     )
-    on_shutdown(functools.partial(stop_gracefully, app, settings.shutdown_grace_s))
     log.info("inference listening", extra={"port": settings.port})
-    app.run(settings.port, listen_address=settings.host)
+    run_until_stopped(app, settings.port, settings.host, settings.shutdown_grace_s)
     # The server has stopped (in-flight calls finished or were cancelled). Closing the
     # engine here, not in the daemon shutdown thread, so it completes before exit.
     engine.close()

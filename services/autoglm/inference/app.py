@@ -1,4 +1,4 @@
-"""The Dapr edge of the inference app: one decorator per method and topic, nothing else.
+"""The Dapr edge of the inference app: which handler serves each method and topic.
 
 Streaming rides on Dapr's gRPC proxying: the app also serves
 ``/autoglm.inference.v1.Inference/GenerateStream`` (server streaming, JSON-line frames),
@@ -11,20 +11,17 @@ import threading
 from collections.abc import Iterator
 
 import grpc
-from cloudevents.sdk.event import v1
-from dapr.ext.grpc import App, InvokeMethodRequest, TopicEventResponse
+from dapr.ext.grpc import App
 
 from autoglm.core import contracts
 from autoglm.core.callback_server import (
     LIST_SUBSCRIPTIONS,
+    Endpoint,
     RefuseFirstCalls,
     callback_app,
-    caller_app_id,
-    method,
-    subscribe,
+    serve,
 )
 from autoglm.core.contracts import INFERENCE
-from autoglm.core.pubsub import event_data, topic_response
 from autoglm.core.schemas import REQUESTS_TOPIC
 from autoglm.core.streaming import (
     STOP_METADATA,
@@ -32,13 +29,24 @@ from autoglm.core.streaming import (
     STREAM_METHOD,
     STREAM_SERVICE,
 )
-from autoglm.core.tracing import event_carrier, grpc_carrier, server_span
+from autoglm.core.tracing import grpc_carrier, server_span
 from autoglm.inference.serving import InferenceService, StopSignal
 
 
-def _caller(request: InvokeMethodRequest) -> str | None:
-    """The calling app's id, which daprd sets from the caller's verified identity."""
-    return caller_app_id(request.metadata)
+def endpoint(service: InferenceService) -> Endpoint:
+    return Endpoint(
+        INFERENCE,
+        {
+            "generate": service.generate,
+            "cancel": service.cancel,
+            "embed": service.embed,
+            "models": service.models,
+            "health": service.health,
+            "load_model": service.load_model,
+            "unload_model": service.unload_model,
+        },
+        observe=service.observe,
+    )
 
 
 def build_app(
@@ -51,47 +59,7 @@ def build_app(
         else []
     )
     app = callback_app(max_concurrent_calls, faults)
-
-    @method(app, INFERENCE, "generate")
-    def generate(request: InvokeMethodRequest) -> str:
-        with server_span("generate", grpc_carrier(request.metadata)):
-            return service.generate(request.data)
-
-    @method(app, INFERENCE, "cancel")
-    def cancel(request: InvokeMethodRequest) -> str:
-        with server_span("cancel", grpc_carrier(request.metadata)):
-            return service.cancel(request.data)
-
-    @method(app, INFERENCE, "embed")
-    def embed(request: InvokeMethodRequest) -> str:
-        with server_span("embed", grpc_carrier(request.metadata)):
-            return service.embed(request.data)
-
-    @method(app, INFERENCE, "models")
-    def models(request: InvokeMethodRequest) -> str:
-        with server_span("models", grpc_carrier(request.metadata)):
-            return service.models(request.data)
-
-    @method(app, INFERENCE, "health")
-    def health(request: InvokeMethodRequest) -> str:
-        with server_span("health", grpc_carrier(request.metadata)):
-            return service.health(request.data)
-
-    @method(app, INFERENCE, "load_model")
-    def load_model(request: InvokeMethodRequest) -> str:
-        with server_span("load_model", grpc_carrier(request.metadata)):
-            return service.load_model(request.data, _caller(request))
-
-    @method(app, INFERENCE, "unload_model")
-    def unload_model(request: InvokeMethodRequest) -> str:
-        with server_span("unload_model", grpc_carrier(request.metadata)):
-            return service.unload_model(request.data, _caller(request))
-
-    @subscribe(app, INFERENCE, REQUESTS_TOPIC)
-    def on_request(event: v1.Event) -> TopicEventResponse:
-        with server_span(f"{REQUESTS_TOPIC} process", event_carrier(event)):
-            return topic_response(service.on_request_event(event_data(event.Data())))
-
+    serve(app, endpoint(service), {REQUESTS_TOPIC: service.on_request_event})
     contracts.rpc(INFERENCE, f"/{STREAM_SERVICE}/{STREAM_METHOD}")
     handler = stream_handler(service)
     app.add_external_service(  # type: ignore[no-untyped-call]

@@ -7,91 +7,67 @@ import resource
 import sys
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from autoglm.core.metrics import Metrics
 from autoglm.inference.scheduler import StepStats
 
-_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
-
-class InferenceMetrics:
+class InferenceMetrics(Metrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.latency = Histogram(
-            "autoglm_request_latency_seconds",
-            "Request latency",
-            ["model", "method"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        super().__init__()
+        self.latency = self.histogram(
+            "autoglm_request_latency_seconds", "Request latency", "model", "method"
         )
-        self.ttft = Histogram(
-            "autoglm_time_to_first_token_seconds",
-            "Time to first token",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.ttft = self.histogram(
+            "autoglm_time_to_first_token_seconds", "Time to first token", "model"
         )
-        self.queue_wait = Histogram(
-            "autoglm_queue_wait_seconds",
-            "Wait before admission",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.queue_wait = self.histogram(
+            "autoglm_queue_wait_seconds", "Wait before admission", "model"
         )
-        self.tokens = Counter(
-            "autoglm_generated_tokens_total", "Tokens generated", ["model"], registry=r
+        self.tokens = self.counter("autoglm_generated_tokens_total", "Tokens generated", "model")
+        self.requests = self.counter(
+            "autoglm_requests_total", "Requests by outcome", "model", "method", "outcome"
         )
-        self.requests = Counter(
-            "autoglm_requests_total",
-            "Requests by outcome",
-            ["model", "method", "outcome"],
-            registry=r,
-        )
-        self.queue_depth = Gauge("autoglm_queue_depth", "Requests waiting", ["model"], registry=r)
-        self.batch_size = Histogram(
+        self.queue_depth = self.gauge("autoglm_queue_depth", "Requests waiting", "model")
+        self.batch_size = self.histogram(
             "autoglm_batch_size",
             "Sequences per decode step",
-            ["model"],
+            "model",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-            registry=r,
         )
-        self.kv_blocks = Gauge(
+        self.kv_blocks = self.gauge(
             "autoglm_kv_blocks",
             "KV cache blocks: used by sequences, cached for prefix sharing, total",
-            ["model", "state"],
-            registry=r,
+            "model",
+            "state",
         )
-        self.preemptions = Counter(
+        self.preemptions = self.counter(
             "autoglm_preemptions_total",
             "Sequences that gave their KV blocks back to a full pool (recomputed later)",
-            ["model"],
-            registry=r,
+            "model",
         )
-        self.prefix_blocks = Counter(
+        self.prefix_blocks = self.counter(
             "autoglm_prefix_blocks_total",
             "Full prompt blocks looked up in the prefix cache, by outcome",
-            ["model", "outcome"],
-            registry=r,
+            "model",
+            "outcome",
         )
-        self.prefill_tokens = Counter(
-            "autoglm_prefill_tokens_total",
-            "Prompt (and recomputed) tokens computed",
-            ["model"],
-            registry=r,
+        self.prefill_tokens = self.counter(
+            "autoglm_prefill_tokens_total", "Prompt (and recomputed) tokens computed", "model"
         )
-        self.models_loaded = Gauge("autoglm_models_loaded", "Models loaded", registry=r)
-        self.rss = Gauge("autoglm_process_max_rss_bytes", "Peak resident set size", registry=r)
-        self.rss.set_function(max_rss_bytes)
-        self.resident = Gauge(
-            "autoglm_process_resident_memory_bytes", "Current resident set size", registry=r
+        self.models_loaded = self.gauge("autoglm_models_loaded", "Models loaded")
+        self.rss = self.gauge(
+            "autoglm_process_max_rss_bytes", "Peak resident set size", value=max_rss_bytes
         )
-        self.resident.set_function(resident_memory_bytes)
-        self.cuda_memory = Gauge(
-            "autoglm_cuda_memory_allocated_bytes", "CUDA memory in use", registry=r
+        self.resident = self.gauge(
+            "autoglm_process_resident_memory_bytes",
+            "Current resident set size",
+            value=resident_memory_bytes,
         )
-        self.cuda_memory.set_function(
-            lambda: torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+        self.cuda_memory = self.gauge(
+            "autoglm_cuda_memory_allocated_bytes",
+            "CUDA memory in use",
+            value=lambda: torch.cuda.memory_allocated() if torch.cuda.is_available() else 0,
         )
 
     def on_step(self, model: str, stats: StepStats) -> None:
@@ -116,9 +92,6 @@ class InferenceMetrics:
             self.prefix_blocks.labels(model, "miss").inc(stats.prefix_block_queries - hits)
         if stats.prefill_tokens:
             self.prefill_tokens.labels(model).inc(stats.prefill_tokens)
-
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=host, registry=self.registry)
 
 
 def max_rss_bytes() -> int:

@@ -14,9 +14,10 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import TypeVar
+from dataclasses import KW_ONLY, dataclass, field
 
 from opentelemetry import trace
+from pydantic import BaseModel
 
 from autoglm.core.errors import (
     AutoGLMError,
@@ -59,9 +60,6 @@ def _is_claim(record: object) -> bool:
     return isinstance(record, dict) and record.get("state") == "claimed"
 
 
-T = TypeVar("T")
-
-
 class StopSignal:
     """Set once, from any thread, to stop a stream; callbacks registered before or
     after run exactly once."""
@@ -92,57 +90,45 @@ class StopSignal:
         return self._set
 
 
+@dataclass(eq=False)
 class InferenceService:
-    def __init__(
-        self,
-        engine: AutoGLMEngine,
-        sidecar: SidecarAPI,
-        *,
-        metrics: InferenceMetrics | None = None,
-        admin_callers: tuple[str, ...] = ("gateway",),
-        idempotency_ttl_s: int = 86400,
-        claim_ttl_s: float = 10.0,
-        fault_delay_s: float = 0.0,
-        cancel_poll_s: float = 1.0,
-    ) -> None:
-        self.engine = engine
-        self.sidecar = sidecar
-        self.metrics = metrics or InferenceMetrics()
-        self.admin_callers = admin_callers
-        self.idempotency_ttl_s = idempotency_ttl_s
-        self.claim_ttl_s = claim_ttl_s
-        #: Injected latency before each generation (chaos tests only; 0 in any real run).
-        self.fault_delay_s = fault_delay_s
-        #: How often a pub/sub generation looks for a cancel recorded by another replica.
-        self.cancel_poll_s = cancel_poll_s
-        #: Pub/sub generations running here, by request id (``cancel`` finds them).
-        self._running: dict[str, RequestHandle] = {}
+    engine: AutoGLMEngine
+    sidecar: SidecarAPI
+    _: KW_ONLY
+    metrics: InferenceMetrics = field(default_factory=InferenceMetrics)
+    #: Dapr app ids allowed to call ``load_model`` / ``unload_model``.
+    admin_callers: tuple[str, ...] = ("gateway",)
+    idempotency_ttl_s: int = 86400
+    claim_ttl_s: float = 10.0
+    #: Injected latency before each generation (chaos tests only; 0 in any real run).
+    fault_delay_s: float = 0.0
+    #: How often a pub/sub generation looks for a cancel recorded by another replica.
+    cancel_poll_s: float = 1.0
+    #: Pub/sub generations running here, by request id (``cancel`` finds them).
+    _running: dict[str, RequestHandle] = field(default_factory=dict, init=False, repr=False)
 
-    # -- invocation ------------------------------------------------------------------
-    def _reply(
-        self,
-        method: str,
-        model: str | Callable[[], str | None] | None,
-        work: Callable[[], str],
-    ) -> str:
-        """Run ``work``, counting and timing it under ``model``: a model id, a function
-        called after ``work`` (which can name the model the request resolved to), or
-        None for the default generative model."""
-        started = time.monotonic()
-        try:
-            body = work()
-            outcome = "ok"
-        except AutoGLMError as exc:
-            body, outcome = error_reply(exc), exc.code
-        except Exception:
-            log.exception("%s failed", method)
-            body, outcome = error_reply(InternalError(f"{method} failed")), "internal_error"
-        label = (model() if callable(model) else model) or self.engine.default_model
+    # -- invocation (``autoglm.inference.app`` serves these through the contract table) --
+    def observe(self, method: str, request: BaseModel | None, outcome: str, seconds: float) -> None:
+        """Count and time a call under the model it used (``_model_label``). Listings and
+        health probes are no work of a model and are not counted."""
+        if method in ("models", "health"):
+            return
+        label = self._model_label(method, request)
         self.metrics.requests.labels(label, method, outcome).inc()
-        self.metrics.latency.labels(label, method).observe(time.monotonic() - started)
-        return body
+        self.metrics.latency.labels(label, method).observe(seconds)
 
-    def _generate(
+    def _model_label(self, method: str, request: BaseModel | None) -> str:
+        """An embedding counts under the model it resolved to; only served ids become
+        labels (arbitrary names sent by clients would grow the metrics without bound).
+        Everything else counts under the default generative model."""
+        if method == "embed":
+            named = request.model if isinstance(request, EmbedRequest) else None
+            resolved = named or self.engine.default_embedding_model
+            if resolved is not None:
+                return resolved if resolved in self.engine.registry.ids() else "unknown"
+        return self.engine.default_model
+
+    def generate(
         self,
         request: GenerateRequest,
         keep_alive: Callable[[], None] | None = None,
@@ -204,12 +190,6 @@ class InferenceService:
             if keep_alive and time.monotonic() < end:
                 keep_alive()
 
-    def generate(self, body: bytes) -> str:
-        def work() -> str:
-            return self._generate(parse(GenerateRequest, body)).model_dump_json()
-
-        return self._reply("generate", None, work)
-
     def stream(self, body: bytes, stop: StopSignal | None = None) -> Iterator[bytes]:
         """JSON lines: ``{"delta": text}`` as decoded (with ``"logprobs"`` when asked),
         ``{"tool_calls": [...]}`` deltas when the model calls tools, then
@@ -237,28 +217,22 @@ class InferenceService:
             if not handle.done:
                 handle.cancel()
 
-    def cancel(self, body: bytes) -> str:
+    def cancel(self, ref: CancelRequest) -> dict[str, object]:
         """Cancel a request sent through ``inference.requests``: recorded in the state
         store, where the replica generating it (or about to) finds it within
         ``cancel_poll_s``, and cancelled at once when it runs here."""
-
-        def work() -> str:
-            ref = parse(CancelRequest, body)
-            entry = self.sidecar.get_state(cancel_key(ref.request_id))
-            if entry is None:
-                with contextlib.suppress(ConflictError):  # recorded already
-                    self.sidecar.save_state(
-                        cancel_key(ref.request_id),
-                        {"at": time.time()},
-                        create_only=True,
-                        ttl_s=self.idempotency_ttl_s,
-                    )
-            handle = self._running.get(ref.request_id)
-            if handle is not None:
-                handle.cancel()
-            return json.dumps({"request_id": ref.request_id, "cancelled": True})
-
-        return self._reply("cancel", None, work)
+        if self.sidecar.get_state(cancel_key(ref.request_id)) is None:
+            with contextlib.suppress(ConflictError):  # recorded already
+                self.sidecar.save_state(
+                    cancel_key(ref.request_id),
+                    {"at": time.time()},
+                    create_only=True,
+                    ttl_s=self.idempotency_ttl_s,
+                )
+        handle = self._running.get(ref.request_id)
+        if handle is not None:
+            handle.cancel()
+        return {"request_id": ref.request_id, "cancelled": True}
 
     def _cancelled(self, request_id: str) -> bool:
         try:
@@ -266,53 +240,33 @@ class InferenceService:
         except AutoGLMError:
             return False  # the store is down: keep generating, look again later
 
-    def embed(self, body: bytes) -> str:
-        used: list[str] = []  # the model the request resolved to, for the metrics' label
+    def embed(self, request: EmbedRequest) -> EmbedResult:
+        vectors, tokens = self.engine.embed(request.input, request.model)
+        model = request.model or self.engine.default_embedding_model or ""
+        return EmbedResult(model=model, data=vectors, prompt_tokens=tokens)
 
-        def work() -> str:
-            request = parse(EmbedRequest, body)
-            resolved = request.model or self.engine.default_embedding_model
-            if resolved is not None:
-                # Only served ids become labels: arbitrary names sent by clients would
-                # otherwise grow the metrics without bound.
-                used.append(resolved if resolved in self.engine.registry.ids() else "unknown")
-            vectors, tokens = self.engine.embed(request.input, request.model)
-            model = request.model or self.engine.default_embedding_model or ""
-            return EmbedResult(model=model, data=vectors, prompt_tokens=tokens).model_dump_json()
+    def models(self) -> dict[str, object]:
+        return {"data": self.engine.models()}
 
-        return self._reply(
-            "embed", lambda: used[0] if used else self.engine.default_embedding_model, work
-        )
+    def health(self) -> dict[str, object]:
+        return self.engine.health()
 
-    def models(self, _body: bytes) -> str:
-        return json.dumps({"data": self.engine.models()})
+    def load_model(self, ref: ModelRef, caller: str | None) -> dict[str, str]:
+        self._admin(caller)
+        self.engine.load_model(ref.model)
+        return {"model": ref.model, "state": "ready"}
 
-    def health(self, _body: bytes) -> str:
-        return json.dumps(self.engine.health())
+    def unload_model(self, ref: ModelRef, caller: str | None) -> dict[str, str]:
+        self._admin(caller)
+        self.engine.unload_model(ref.model)
+        return {"model": ref.model, "state": "not_loaded"}
 
-    def load_model(self, body: bytes, caller: str | None) -> str:
-        def work() -> str:
-            ref = self._admin(body, caller)
-            self.engine.load_model(ref.model)
-            return json.dumps({"model": ref.model, "state": "ready"})
-
-        return self._reply("load_model", None, work)
-
-    def unload_model(self, body: bytes, caller: str | None) -> str:
-        def work() -> str:
-            ref = self._admin(body, caller)
-            self.engine.unload_model(ref.model)
-            return json.dumps({"model": ref.model, "state": "not_loaded"})
-
-        return self._reply("unload_model", None, work)
-
-    def _admin(self, body: bytes, caller: str | None) -> ModelRef:
+    def _admin(self, caller: str | None) -> None:
         if caller not in self.admin_callers:
             raise PermissionDeniedError(
                 f"app {caller or 'unknown'!r} may not manage models; allowed: "
                 f"{', '.join(self.admin_callers)}"
             )
-        return parse(ModelRef, body)
 
     # -- pub/sub ---------------------------------------------------------------------
     def on_request_event(self, body: bytes) -> Ack:
@@ -367,7 +321,7 @@ class InferenceService:
         try:
             outcome = InferenceResultEvent(
                 request_id=rid,
-                result=self._generate(
+                result=self.generate(
                     event.request, keep_alive=renew, cancelled=lambda: self._cancelled(rid)
                 ),
             )

@@ -38,12 +38,8 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1024 * 1024
 
 
-class IntegrityError(AutoGLMError):
+class IntegrityError(AutoGLMError, status=422, type="integrity_error", code="model_integrity"):
     """The model on disk is not exactly what was signed; nothing from it may be loaded."""
-
-    status = 422
-    type = "integrity_error"
-    default_code = "model_integrity"
 
 
 def canonical_bytes(manifest: dict[str, Any]) -> bytes:
