@@ -102,25 +102,25 @@ def test_the_endpoint_parses_replies_and_maps_every_failure_to_an_error_reply() 
 
     from autoglm.core.callback_server import Endpoint
     from autoglm.core.errors import NotFoundError, UnavailableError
-    from autoglm.core.schemas import ModelRef
+    from autoglm.core.schemas import ModelRef, ModelState
 
     seen: list[tuple[str, object, str]] = []
 
-    def load(ref: ModelRef, caller: str | None) -> dict[str, Any]:
+    def load(ref: ModelRef, caller: str | None) -> ModelState:
         if ref.model == "gone":
             raise NotFoundError("no such model", param="model")
         if ref.model == "disk":
             raise OSError(28, "No space left on device")
         if ref.model == "bug":
             raise RuntimeError("secret internals")
-        return {"model": ref.model, "caller": caller}
+        return ModelState(model=ref.model, state=f"loaded for {caller}")
 
     def storage(method: str, exc: Exception) -> UnavailableError | None:
         return UnavailableError(f"{method}: storage") if isinstance(exc, OSError) else None
 
     endpoint = Endpoint(
         "inference",
-        {"load_model": load, "models": lambda: {"data": []}},
+        {contracts.LOAD_MODEL: load, contracts.INFERENCE_HEALTH: lambda: {"ready": True}},
         failure=storage,
         observe=lambda m, req, outcome, _s: seen.append((m, req, outcome)),
     )
@@ -130,7 +130,7 @@ def test_the_endpoint_parses_replies_and_maps_every_failure_to_an_error_reply() 
         reply = json.loads(endpoint("load_model", body, {"dapr-caller-app-id": ["gateway"]}))
         return reply.get("error", reply)  # type: ignore[no-any-return]
 
-    assert call("m") == {"model": "m", "caller": "gateway"}
+    assert call("m") == {"model": "m", "state": "loaded for gateway"}
     assert call("gone")["status"] == 404
     assert call("disk")["status"] == 503 and call("disk")["message"] == "load_model: storage"
     bug = call("bug")
@@ -140,7 +140,7 @@ def test_the_endpoint_parses_replies_and_maps_every_failure_to_an_error_reply() 
     outcomes = ["ok", "not_found", "unavailable", "unavailable", "internal_error"]
     assert [o for _, _, o in seen] == [*outcomes, "invalid_request"]
     assert seen[0][1] == ModelRef(model="m") and seen[-1][1] is None  # did not parse
-    assert json.loads(endpoint("models", b"")) == {"data": []}
+    assert json.loads(endpoint("health", b"")) == {"ready": True}
 
 
 def test_the_endpoint_serves_only_declared_methods_with_declared_replies() -> None:
@@ -150,7 +150,8 @@ def test_the_endpoint_serves_only_declared_methods_with_declared_replies() -> No
 
     from autoglm.core.callback_server import Endpoint
 
-    endpoint = Endpoint("archiver", {"health": lambda: {"ready": True}})  # not a HealthReply
+    health = contracts.ARCHIVER_HEALTH
+    endpoint = Endpoint("archiver", {health: lambda: {"ready": True}})  # not a HealthReply
     assert json.loads(endpoint("health", b""))["error"]["status"] == 500
-    with pytest.raises(KeyError):
-        Endpoint("archiver", {"drop_all_tables": lambda: {}})
+    with pytest.raises(KeyError):  # inference's, not the archiver's
+        Endpoint("archiver", {contracts.INFERENCE_HEALTH: lambda: {}})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dapr.ext.grpc import App
 
 from autoglm.archiver.serving import ArchiverService
-from autoglm.core import archive_protocol as proto
+from autoglm.core import contracts
 from autoglm.core.callback_server import Endpoint, callback_app, serve
 from autoglm.core.contracts import ARCHIVER
 from autoglm.core.schemas import AUDIT_TOPIC, SNAPSHOTS_TOPIC
@@ -15,12 +15,12 @@ def endpoint(service: ArchiverService) -> Endpoint:
     return Endpoint(
         ARCHIVER,
         {
-            proto.RESTORE: service.restore,
-            proto.ATTACHMENT_START: service.attachments.start,
-            proto.ATTACHMENT_PUT: service.attachment_put,
-            proto.ATTACHMENT_GET: service.attachments.get,
-            proto.AUDIT_QUERY: service.audit.query,
-            proto.HEALTH: service.health,
+            contracts.RESTORE: service.restore,
+            contracts.ATTACHMENT_START: service.attachments.start,
+            contracts.ATTACHMENT_PUT: service.attachment_put,
+            contracts.ATTACHMENT_GET: service.attachments.get,
+            contracts.AUDIT_QUERY: service.audit.query,
+            contracts.ARCHIVER_HEALTH: service.health,
         },
         failure=service.storage_failure,
     )

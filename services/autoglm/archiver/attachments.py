@@ -59,7 +59,7 @@ _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 class Checkpoint(AttachmentInfo):
     """An upload's state in the state store (and its object's ``metadata.json``)."""
 
-    # What the archiver wrote itself: fields it added later are not errors.
+    # Its object's ``metadata.json`` also holds ``stored``: read past such fields.
     model_config = ConfigDict(extra="ignore")
 
     tenant: str

@@ -150,19 +150,21 @@ class Endpoint:
     def __init__(
         self,
         app_id: str,
-        handlers: Mapping[str, Handler],
+        handlers: Mapping[contracts.Rpc[Any, Any], Handler],
         *,
         failure: Failure | None = None,
         observe: Observer | None = None,
     ) -> None:
+        for rpc in handlers:  # a KeyError for a method the table does not give this app
+            if contracts.rpc(app_id, rpc.name) is not rpc:
+                raise KeyError(f"{rpc.name} is not a method of {app_id} in the contract table")
         self.app_id = app_id
-        # A KeyError for a method the table does not declare for this app.
-        self.rpcs = {name: contracts.rpc(app_id, name) for name in handlers}
-        self.handlers = dict(handlers)
+        self.rpcs = {rpc.name: rpc for rpc in handlers}
+        self.handlers = {rpc.name: handler for rpc, handler in handlers.items()}
         self.failure = failure
         self.observe = observe
         self._with_caller = {
-            name for name, h in handlers.items() if "caller" in inspect.signature(h).parameters
+            rpc.name for rpc, h in handlers.items() if "caller" in inspect.signature(h).parameters
         }
 
     def __call__(self, name: str, body: bytes, metadata: Mapping[str, Any] | None = None) -> str:
@@ -182,7 +184,10 @@ class Endpoint:
         return answer
 
     def _run(
-        self, rpc: contracts.Rpc, request: BaseModel | None, metadata: Mapping[str, Any] | None
+        self,
+        rpc: contracts.Rpc[Any, Any],
+        request: BaseModel | None,
+        metadata: Mapping[str, Any] | None,
     ) -> str:
         args = [] if request is None else [request]
         kwargs = {"caller": caller_app_id(metadata)} if rpc.name in self._with_caller else {}

@@ -37,13 +37,13 @@ def endpoint(service: InferenceService) -> Endpoint:
     return Endpoint(
         INFERENCE,
         {
-            "generate": service.generate,
-            "cancel": service.cancel,
-            "embed": service.embed,
-            "models": service.models,
-            "health": service.health,
-            "load_model": service.load_model,
-            "unload_model": service.unload_model,
+            contracts.GENERATE: service.generate,
+            contracts.CANCEL: service.cancel,
+            contracts.EMBED: service.embed,
+            contracts.MODELS: service.models,
+            contracts.INFERENCE_HEALTH: service.health,
+            contracts.LOAD_MODEL: service.load_model,
+            contracts.UNLOAD_MODEL: service.unload_model,
         },
         observe=service.observe,
     )
@@ -60,7 +60,7 @@ def build_app(
     )
     app = callback_app(max_concurrent_calls, faults)
     serve(app, endpoint(service), {REQUESTS_TOPIC: service.on_request_event})
-    contracts.rpc(INFERENCE, f"/{STREAM_SERVICE}/{STREAM_METHOD}")
+    contracts.rpc(INFERENCE, contracts.STREAM.name)
     handler = stream_handler(service)
     app.add_external_service(  # type: ignore[no-untyped-call]
         lambda h, server: server.add_generic_rpc_handlers((h,)), handler

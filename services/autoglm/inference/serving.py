@@ -29,6 +29,7 @@ from autoglm.core.errors import (
 )
 from autoglm.core.pubsub import Ack
 from autoglm.core.schemas import (
+    CancelReply,
     CancelRequest,
     EmbedRequest,
     EmbedResult,
@@ -37,6 +38,8 @@ from autoglm.core.schemas import (
     InferenceRequestEvent,
     InferenceResultEvent,
     ModelRef,
+    ModelsReply,
+    ModelState,
     parse,
 )
 from autoglm.core.sidecar import SidecarAPI, error_reply
@@ -217,7 +220,7 @@ class InferenceService:
             if not handle.done:
                 handle.cancel()
 
-    def cancel(self, ref: CancelRequest) -> dict[str, object]:
+    def cancel(self, ref: CancelRequest) -> CancelReply:
         """Cancel a request sent through ``inference.requests``: recorded in the state
         store, where the replica generating it (or about to) finds it within
         ``cancel_poll_s``, and cancelled at once when it runs here."""
@@ -232,7 +235,7 @@ class InferenceService:
         handle = self._running.get(ref.request_id)
         if handle is not None:
             handle.cancel()
-        return {"request_id": ref.request_id, "cancelled": True}
+        return CancelReply(request_id=ref.request_id, cancelled=True)
 
     def _cancelled(self, request_id: str) -> bool:
         try:
@@ -245,21 +248,21 @@ class InferenceService:
         model = request.model or self.engine.default_embedding_model or ""
         return EmbedResult(model=model, data=vectors, prompt_tokens=tokens)
 
-    def models(self) -> dict[str, object]:
-        return {"data": self.engine.models()}
+    def models(self) -> ModelsReply:
+        return ModelsReply(data=self.engine.models())
 
     def health(self) -> dict[str, object]:
         return self.engine.health()
 
-    def load_model(self, ref: ModelRef, caller: str | None) -> dict[str, str]:
+    def load_model(self, ref: ModelRef, caller: str | None) -> ModelState:
         self._admin(caller)
         self.engine.load_model(ref.model)
-        return {"model": ref.model, "state": "ready"}
+        return ModelState(model=ref.model, state="ready")
 
-    def unload_model(self, ref: ModelRef, caller: str | None) -> dict[str, str]:
+    def unload_model(self, ref: ModelRef, caller: str | None) -> ModelState:
         self._admin(caller)
         self.engine.unload_model(ref.model)
-        return {"model": ref.model, "state": "not_loaded"}
+        return ModelState(model=ref.model, state="not_loaded")
 
     def _admin(self, caller: str | None) -> None:
         if caller not in self.admin_callers:
