@@ -4,10 +4,10 @@ runs flush cycles."""
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from autoglm.archiver.periodic import Periodic
 from autoglm.archiver.settings import AutosavePolicy
 from autoglm.archiver.snapshots import SessionState
 
@@ -49,30 +49,19 @@ def tick_seconds(policy: AutosavePolicy) -> float:
     return min(1.0, max(0.05, finest / 4))
 
 
-class Autosaver:
+class Autosaver(Periodic):
     """Calls ``cycle`` every tick; a full batch means more are due, so it goes again at
-    once. ``stop`` ends the thread; the caller then drains what is still dirty."""
+    once. ``stop`` ends the thread; the caller then drains what is still dirty. One bad
+    cycle does not stop every later snapshot."""
+
+    what = "autosave cycle"
+    join_s = 30.0
 
     def __init__(self, cycle: Callable[[], int], batch_size: int, tick: float) -> None:
+        super().__init__(tick)
         self._cycle = cycle
         self._batch_size = batch_size
-        self._tick = tick
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="autosave", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._tick):
-            try:
-                while self._cycle() >= self._batch_size and not self._stop.is_set():
-                    pass
-            except Exception:
-                # Keep autosaving: one bad cycle must not stop every later snapshot.
-                log.exception("autosave cycle failed")
+    def work(self) -> None:
+        while self._cycle() >= self._batch_size and not self.stopping:
+            pass

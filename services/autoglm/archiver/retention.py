@@ -21,12 +21,12 @@ import datetime as dt
 import itertools
 import logging
 import re
-import threading
 from pathlib import Path
 
 from autoglm.archiver.atomic import atomic_write, fsync_dir
 from autoglm.archiver.codec import Codec, associated_data
 from autoglm.archiver.metrics import ArchiverMetrics
+from autoglm.archiver.periodic import Periodic
 from autoglm.archiver.settings import RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -97,27 +97,16 @@ def _free_stem(path: Path) -> str:
     raise AssertionError("unreachable")
 
 
-class RetentionScheduler:
+class RetentionScheduler(Periodic):
+    """A retention pass at start and every ``interval_s``. Any failure (disk, codec, key
+    fetch) is logged and the pass retried on schedule."""
+
+    what = "retention pass"
+    at_start = True
+
     def __init__(self, retention: Retention, interval_s: float) -> None:
+        super().__init__(interval_s)
         self.retention = retention
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                done = self.retention.run()
-                log.info("retention pass", extra=done)
-            except Exception as exc:
-                # Any failure (disk, codec, key fetch) is logged and retried on schedule: an
-                # exception escaping here would end the thread and retention with it, silently.
-                log.exception("retention pass failed", extra={"reason": str(exc)})
-            if self._stop.wait(self.interval_s):
-                return
+    def work(self) -> None:
+        log.info("retention pass", extra=self.retention.run())

@@ -107,6 +107,8 @@ class ToolFormat:
         r'\s*<tool_call>\s*\{"name":\s*"(?P<name>[A-Za-z0-9_.-]+)",\s*"arguments":\s*(?=\{)'
     )
     trailer: ClassVar[re.Pattern[str]] = re.compile(r"\s*\}\s*</tool_call>\s*")
+    #: Stands for a call's arguments in the format shown to the model (``describe``).
+    arguments_placeholder: ClassVar[str] = "{<arguments>}"
 
     # -- prompt ----------------------------------------------------------------------
     def describe(self, tools: list[ToolDef]) -> str:
@@ -115,11 +117,9 @@ class ToolFormat:
         return (
             "You can call these functions:\n"
             f"{specs}\n"
-            f"To call one, answer only with the call, in this format:\n{self.example()}"
+            "To call one, answer only with the call, in this format:\n"
+            + self.render_call("<function name>", self.arguments_placeholder)
         )
-
-    def example(self) -> str:
-        return '<tool_call>\n{"name": "<function name>", "arguments": {<arguments>}}\n</tool_call>'
 
     def render_call(self, name: str, arguments: str) -> str:
         """A past call as the model writes it (for templates without tool support)."""
@@ -207,19 +207,24 @@ class ToolFormat:
 
     def parse_free(self, text: str) -> list[ToolCall]:
         """Calls written less canonically (other key order, arguments as a string...)."""
-        calls = []
-        for block in re.findall(r"<tool_call>(.*?)</tool_call>", text, re.S):
-            data = json.loads(block)
-            calls.append(_call(data["name"], data.get("arguments", {})))
-        if re.sub(r"<tool_call>.*?</tool_call>", "", text, flags=re.S).strip():
-            raise ValueError("text outside the calls")
-        return calls
+        return [
+            _call(data["name"], data.get("arguments", {}))
+            for data in map(json.loads, _tool_call_blocks(text))
+        ]
 
     def maybe_call(self, text: str, request: GenerateRequest) -> bool:
         """Whether streamed text so far may still turn out to be a tool call (so it is
         held back rather than sent as content)."""
         stripped = text.lstrip()
         return "<tool_call>".startswith(stripped[:11]) or stripped.startswith("<tool_call>")
+
+
+def _tool_call_blocks(text: str) -> list[str]:
+    """What each ``<tool_call>...</tool_call>`` of ``text`` holds; a ValueError when
+    anything stands outside them."""
+    if re.sub(r"<tool_call>.*?</tool_call>", "", text, flags=re.S).strip():
+        raise ValueError("text outside the calls")
+    return re.findall(r"<tool_call>(.*?)</tool_call>", text, re.S)
 
 
 def _skip(text: str, pos: int, literal: str) -> int:
@@ -248,9 +253,7 @@ class GLM4Format(ToolFormat):
     name = "glm4"
     header = re.compile(r"\s*(?P<name>[A-Za-z0-9_.-]+)\n\s*(?=\{)")
     trailer = re.compile(r"\s*")
-
-    def example(self) -> str:
-        return "<function name>\n{<arguments as a JSON object>}"
+    arguments_placeholder = "{<arguments as a JSON object>}"
 
     def render_call(self, name: str, arguments: str) -> str:
         return f"{name}\n{arguments}"
@@ -275,7 +278,7 @@ class GLM4Format(ToolFormat):
     @staticmethod
     def _parse_glm45(text: str) -> list[ToolCall]:
         calls = []
-        for block in re.findall(r"<tool_call>(.*?)</tool_call>", text, re.S):
+        for block in _tool_call_blocks(text):
             name, _, body = block.strip().partition("<arg_key>")
             args: dict[str, Any] = {}
             for key, value in re.findall(
@@ -286,8 +289,6 @@ class GLM4Format(ToolFormat):
                 except ValueError:
                     args[key.strip()] = value
             calls.append(_call(name.strip(), args))
-        if re.sub(r"<tool_call>.*?</tool_call>", "", text, flags=re.S).strip():
-            raise ValueError("text outside the calls")
         return calls
 
     def maybe_call(self, text: str, request: GenerateRequest) -> bool:
@@ -309,9 +310,6 @@ class LlamaJsonFormat(ToolFormat):
         r'"(?:parameters|arguments)":\s*(?=\{)'
     )
     trailer = re.compile(r"\s*\}\s*")
-
-    def example(self) -> str:
-        return '{"name": "<function name>", "parameters": {<arguments>}}'
 
     def render_call(self, name: str, arguments: str) -> str:
         return f'{{"name": {json.dumps(name)}, "parameters": {arguments}}}'
