@@ -9,7 +9,7 @@ or anyone's chat. Each connection is bounded as well:
 * the request line and headers must arrive within ``header_timeout_s`` (gunicorn's
   keep-alive timeout, which the gevent worker applies to reading each request head,
   the first one included): a connection that does not finish its head is closed;
-* a body is read only after authentication (``guards`` run before any handler or
+* a body is read only after authentication (the request pipeline authenticates before
   the body-limit check reads it), and must arrive within ``body_timeout_s``
   (``body_deadline``), else 408 and the connection is closed;
 * at most ``worker_connections`` connections per worker are served at once; more

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 from flask import Flask
 
 from autoglm.core.contracts import ARCHIVER, INFERENCE, MeshClient
 from autoglm.core.sidecar import SidecarAPI
 from autoglm.gateway.attachments.api_router import attachments_blueprint
 from autoglm.gateway.attachments.serving import AttachmentService
-from autoglm.gateway.audit import install_audit
 from autoglm.gateway.audit_log.api_router import audit_log_blueprint
 from autoglm.gateway.audit_log.serving import AuditLogService
-from autoglm.gateway.body_limit import body_deadline, install_body_limit
+from autoglm.gateway.body_limit import body_deadline
 from autoglm.gateway.errors import register_error_handlers
-from autoglm.gateway.guards import install_guards
 from autoglm.gateway.health import health_blueprint
 from autoglm.gateway.inference_client import InferenceClient, StreamFn
 from autoglm.gateway.jobs.api_router import jobs_blueprint
@@ -30,7 +30,7 @@ from autoglm.gateway.openai.responses.api_router import responses_blueprint
 from autoglm.gateway.openai.responses.serving import ResponseService
 from autoglm.gateway.openai.responses.store import ResponseStore
 from autoglm.gateway.openapi import openapi_blueprint
-from autoglm.gateway.request_tracing import install_tracing
+from autoglm.gateway.pipeline import RequestPipeline
 from autoglm.gateway.response_cache import ResponseCache
 from autoglm.gateway.security.auth import Authenticator
 from autoglm.gateway.security.content_filter import ContentFilter
@@ -46,9 +46,7 @@ def create_app(
     app = Flask("autoglm.gateway")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.wsgi_app = body_deadline(app.wsgi_app, settings.body_timeout_s)  # type: ignore[method-assign,assignment]
-    install_tracing(app)
     register_error_handlers(app)
-    install_audit(app, sidecar, trust_forwarded=settings.trust_forwarded_for)
     limiter = RateLimiter(
         sidecar,
         requests_per_min=settings.rate_limit_requests_per_min,
@@ -57,8 +55,7 @@ def create_app(
     )
     # One accounting for JSON replies, streams and job results alike.
     tokens = TokenAccounting(limiter)
-    install_guards(
-        app,
+    RequestPipeline(
         Authenticator(
             sidecar,
             store=settings.secret_store,
@@ -68,10 +65,10 @@ def create_app(
         ),
         limiter,
         tokens,
+        sidecar,
+        app_token=os.environ.get("APP_API_TOKEN"),
         trust_forwarded=settings.trust_forwarded_for,
-    )
-    # After authentication: no body is read for a caller without a valid token.
-    install_body_limit(app)
+    ).install(app)
 
     mesh = MeshClient(
         sidecar, {INFERENCE: settings.inference_app_id, ARCHIVER: settings.archiver_app_id}
@@ -89,7 +86,7 @@ def create_app(
         if settings.response_cache_enabled
         else None
     )
-    chat = ChatCompletionService(inference, sessions, content_filter, cache, settings)
+    chat = ChatCompletionService(inference, content_filter, settings, sessions, cache)
 
     app.register_blueprint(health_blueprint(sidecar, inference))
     app.register_blueprint(openapi_blueprint())

@@ -13,64 +13,45 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Flask, Response, g, request
+from flask import request
 from opentelemetry import trace
 
 from autoglm.core.errors import AutoGLMError
 from autoglm.core.schemas import AUDIT_TOPIC, AuditEvent
 from autoglm.core.sidecar import SidecarAPI
+from autoglm.gateway.context import RequestContext
 from autoglm.gateway.security.masking import mask_pii
 
 log = logging.getLogger(__name__)
 
-#: ``g`` flag of a request that is not audited one by one: an address that spent its
-#: budget of unauthenticated requests (its first refusal per replica and minute is).
-SKIP_AUDIT = "skip_audit"
-#: Probes and Dapr callbacks are not API requests.
-_SKIP_PREFIXES = ("/healthz", "/readyz", "/dapr/")
+
+def audit_event(ctx: RequestContext, action: str, path: str, status: int) -> AuditEvent:
+    """The audit event of a request that ended with ``status`` (latency filled in when
+    it is published)."""
+    principal = ctx.principal
+    return AuditEvent(
+        tenant=principal.tenant if principal else "_anonymous",
+        user=_masked(principal.subject if principal else None),
+        role=principal.role if principal else None,
+        action=action,
+        resource=mask_pii(path),
+        model=_masked(ctx.model),
+        client_ip=ctx.client_ip,
+        status=status,
+        latency_ms=0.0,
+        trace_id=_trace_id(),
+        request_id=_masked(ctx.request_id),
+    )
 
 
-def install_audit(app: Flask, sidecar: SidecarAPI, *, trust_forwarded: bool) -> None:
-    @app.before_request
-    def _start() -> None:
-        g.started = time.monotonic()
-
-    @app.after_request
-    def _publish(resp: Response) -> Response:
-        if request.path.startswith(_SKIP_PREFIXES) or g.get(SKIP_AUDIT):
-            return resp
-        principal = g.get("principal")
-        event = AuditEvent(
-            tenant=principal.tenant if principal else "_anonymous",
-            user=_masked(principal.subject if principal else None),
-            role=principal.role if principal else None,
-            action=f"{request.method} {request.url_rule.rule if request.url_rule else '-'}",
-            resource=mask_pii(request.path),
-            model=_masked(g.get("model")),
-            client_ip=client_ip(trust_forwarded),
-            status=resp.status_code,
-            latency_ms=0.0,
-            trace_id=_trace_id(),
-            request_id=_masked(g.get("request_id")),
-        )
-        started = g.get("started", time.monotonic())
-
-        def publish() -> None:
-            done = event.model_copy(
-                update={"latency_ms": round((time.monotonic() - started) * 1000, 2)}
-            )
-            try:
-                sidecar.publish(AUDIT_TOPIC, done.model_dump(mode="json"))
-            except AutoGLMError as exc:
-                log.error("audit event not published", extra={"reason": exc.message})
-
-        if resp.is_streamed:
-            # A stream (SSE) is still being served: its event goes out when it has ended,
-            # so the latency covers the whole stream, not just its first bytes.
-            resp.call_on_close(publish)
-        else:
-            publish()
-        return resp
+def publish_audit(sidecar: SidecarAPI, event: AuditEvent, started: float) -> None:
+    """Publish ``event`` with the latency since ``started`` (monotonic); a failure is
+    logged, never the request's."""
+    done = event.model_copy(update={"latency_ms": round((time.monotonic() - started) * 1000, 2)})
+    try:
+        sidecar.publish(AUDIT_TOPIC, done.model_dump(mode="json"))
+    except AutoGLMError as exc:
+        log.error("audit event not published", extra={"reason": exc.message})
 
 
 def _masked(value: str | None) -> str | None:

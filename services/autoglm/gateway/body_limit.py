@@ -4,8 +4,8 @@ Werkzeug refuses a declared ``Content-Length`` over ``MAX_CONTENT_LENGTH`` at on
 a chunked body is only cut at the limit: the handler would then see a truncated body
 and report it as invalid JSON. Read such a body up front and, when it filled the limit,
 look one byte past it in the server's stream: anything there means it was too large.
-This runs after authentication (``install_guards`` is registered first), so nobody
-without a valid token makes the gateway read a byte of body.
+The request pipeline runs this after authentication, so nobody without a valid token
+makes the gateway read a byte of body.
 
 ``body_deadline`` bounds the time a body may take: every read of ``wsgi.input`` must
 finish by the request's deadline, else 408 (``BodyTimeout``). A client sending one
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
-from flask import Flask, request
+from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -28,17 +28,16 @@ class BodyTimeout(RequestTimeout):
     description = "the request body did not arrive in time"
 
 
-def install_body_limit(app: Flask) -> None:
-    @app.before_request
-    def _undeclared_body_within_limit() -> None:
-        limit = request.max_content_length
-        if limit is None or request.content_length is not None:
-            return
-        if "wsgi.input_terminated" not in request.environ:
-            return  # the server does not end the stream: werkzeug reads no body at all
-        body = request.get_data(cache=True)
-        if len(body) >= limit and request.environ["wsgi.input"].read(1):
-            raise RequestEntityTooLarge(f"request body is larger than {limit} bytes")
+def check_undeclared_body() -> None:
+    """A body without ``Content-Length`` is read now, and refused (413) over the limit."""
+    limit = request.max_content_length
+    if limit is None or request.content_length is not None:
+        return
+    if "wsgi.input_terminated" not in request.environ:
+        return  # the server does not end the stream: werkzeug reads no body at all
+    body = request.get_data(cache=True)
+    if len(body) >= limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge(f"request body is larger than {limit} bytes")
 
 
 class _DeadlineInput:

@@ -8,17 +8,14 @@ answered with a generic 500 that reveals nothing internal.
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from autoglm.core.errors import AutoGLMError, InternalError, RateLimitError
+from autoglm.gateway.pipeline import current_context
 
 log = logging.getLogger(__name__)
-
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _HTTP_TYPES = {
     404: ("not_found_error", "not_found"),
@@ -40,18 +37,6 @@ def error_response(exc: AutoGLMError) -> Response:
 
 
 def register_error_handlers(app: Flask) -> None:
-    @app.before_request
-    def _request_id() -> None:
-        # A client's id is kept only when it is short and plain: it is echoed in a
-        # header and written to logs.
-        sent = request.headers.get("x-request-id", "")
-        g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
-
-    @app.after_request
-    def _echo_request_id(resp: Response) -> Response:
-        resp.headers["x-request-id"] = g.get("request_id", "")
-        return resp
-
     @app.errorhandler(AutoGLMError)
     def _known(exc: AutoGLMError) -> Response:
         return error_response(exc)
@@ -75,7 +60,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error", extra={"request_id": g.get("request_id")})
+        ctx = current_context()
+        request_id = ctx.request_id if ctx is not None else None
+        log.exception("unhandled error", extra={"request_id": request_id})
         return error_response(
-            InternalError(f"internal error (request id {g.get('request_id', 'unknown')})")
+            InternalError(f"internal error (request id {request_id or 'unknown'})")
         )

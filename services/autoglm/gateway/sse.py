@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
-
-from flask import Response, stream_with_context
 
 from autoglm.core.errors import AutoGLMError
 
@@ -27,11 +24,3 @@ def error_event(exc: AutoGLMError) -> bytes:
     payload = exc.to_payload()
     payload.pop("status")
     return event({"error": payload})
-
-
-def sse_response(body: Iterator[bytes]) -> Response:
-    resp = Response(stream_with_context(body), mimetype="text/event-stream")
-    # Proxies (Istio/Envoy, nginx) must pass each event through at once.
-    resp.headers["Cache-Control"] = "no-cache"
-    resp.headers["X-Accel-Buffering"] = "no"
-    return resp

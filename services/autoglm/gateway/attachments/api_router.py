@@ -12,7 +12,7 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 from autoglm.core.errors import ConflictError
 from autoglm.gateway.attachments.serving import AttachmentService
 from autoglm.gateway.errors import error_response
-from autoglm.gateway.guards import require
+from autoglm.gateway.pipeline import require
 from autoglm.gateway.security.rbac import Action
 
 
@@ -21,16 +21,16 @@ def attachments_blueprint(service: AttachmentService) -> Blueprint:
 
     @bp.post("/v1/attachments")
     def start_upload() -> tuple[Response, int]:
-        principal = require(Action.ATTACHMENTS)
-        info = service.start(principal.tenant, request.get_data())
+        ctx = require(Action.ATTACHMENTS)
+        info = service.start(ctx.tenant, request.get_data())
         return jsonify(info.model_dump(mode="json")), 201
 
     @bp.put("/v1/attachments/<attachment_id>")
     def put_chunk(attachment_id: str) -> Response:
-        principal = require(Action.ATTACHMENTS)
+        ctx = require(Action.ATTACHMENTS)
         offset = request.args.get("offset", type=int)
         try:
-            reply = service.put(principal.tenant, attachment_id, offset, request.get_data())
+            reply = service.put(ctx.tenant, attachment_id, offset, request.get_data())
         except ConflictError as exc:
             resp = error_response(exc)
             expected = exc.details.get("expected_offset")
@@ -43,8 +43,8 @@ def attachments_blueprint(service: AttachmentService) -> Blueprint:
 
     @bp.get("/v1/attachments/<attachment_id>")
     def get_attachment(attachment_id: str) -> Response:
-        principal = require(Action.ATTACHMENTS)
-        download = service.download(principal.tenant, attachment_id)
+        ctx = require(Action.ATTACHMENTS)
+        download = service.download(ctx.tenant, attachment_id)
         resp = Response(stream_with_context(download.chunks), mimetype=download.info.mime_type)
         resp.headers["Content-Length"] = str(download.info.size)
         resp.headers["x-autoglm-sha256"] = download.info.sha256

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify, request
 from autoglm.core.schemas import parse
 from autoglm.gateway.audit_log.protocol import AuditQuery
 from autoglm.gateway.audit_log.serving import AuditLogService
-from autoglm.gateway.guards import require
+from autoglm.gateway.pipeline import require
 from autoglm.gateway.security.rbac import Action
 
 
@@ -20,8 +20,8 @@ def audit_log_blueprint(service: AuditLogService) -> Blueprint:
 
     @bp.get("/v1/audit")
     def read_audit() -> Response:
-        principal = require(Action.AUDIT_READ)
+        ctx = require(Action.AUDIT_READ)
         query = parse(AuditQuery, request.args.to_dict())
-        return jsonify(service.read(principal, query).model_dump(mode="json"))
+        return jsonify(service.read(ctx.caller, query).model_dump(mode="json"))
 
     return bp

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 
 from autoglm.core.errors import AutoGLMError, NotFoundError
 from autoglm.core.pubsub import Ack
@@ -48,22 +49,16 @@ def job_key(tenant: str, job_id: str) -> str:
     return f"job:{tenant}:{job_id}"
 
 
+@dataclass
 class JobStore:
-    def __init__(
-        self,
-        sidecar: SidecarAPI,
-        *,
-        ttl_s: int,
-        content_filter: ContentFilter | None = None,
-        charge: ChargeTokens | None = None,
-    ) -> None:
-        self.sidecar = sidecar
-        self.ttl_s = ttl_s
-        #: The output filter applies to job results as to synchronous replies.
-        self.filter = content_filter or ContentFilter()
-        #: Charges a completed job's tokens to its tenant's budget (``TokenAccounting``).
-        self.charge = charge
-        self._routes: dict[str, ResultHandler] = {}
+    sidecar: SidecarAPI
+    _: KW_ONLY
+    ttl_s: int
+    #: The output filter applies to job results as to synchronous replies.
+    content_filter: ContentFilter = field(default_factory=ContentFilter)
+    #: Charges a completed job's tokens to its tenant's budget (``TokenAccounting``).
+    charge: ChargeTokens | None = None
+    _routes: dict[str, ResultHandler] = field(default_factory=dict, init=False)
 
     def submit(self, tenant: str, request: GenerateRequest) -> JobRecord:
         request = request.model_copy(update={"tenant": tenant})  # scheduled as its tenant
@@ -122,7 +117,7 @@ class JobStore:
             job.completed = int(time.time())
             tokens = 0
             if event.result is not None:
-                r = self.filter.filter_result(event.result)
+                r = self.content_filter.filter_result(event.result)
                 job.status, job.model = "completed", r.model
                 job.result = ChatCompletionResponse(
                     id=f"chatcmpl-{job_id}",

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Literal, Protocol
 
 import jwt
@@ -61,28 +61,19 @@ class _Keys:
     loaded_at: float
 
 
+@dataclass
 class Authenticator:
-    def __init__(
-        self,
-        secrets: SecretSource,
-        *,
-        store: str = "vault",
-        secret_name: str = "jwt",
-        api_keys_secret: str = "api-keys",
-        ttl_s: float = 60.0,
-        leeway_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.secrets = secrets
-        self.store = store
-        self.secret_name = secret_name
-        self.api_keys_secret = api_keys_secret
-        self.ttl_s = ttl_s
-        self.leeway_s = leeway_s
-        self._clock = clock
-        self._keys: _Keys | None = None
-        self._next_load = 0.0
-        self._lock = threading.Lock()
+    secrets: SecretSource
+    _: KW_ONLY
+    store: str = "vault"
+    secret_name: str = "jwt"
+    api_keys_secret: str = "api-keys"
+    ttl_s: float = 60.0
+    leeway_s: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    _keys: _Keys | None = field(default=None, init=False)
+    _next_load: float = field(default=0.0, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The caller behind an ``Authorization`` header value, or AuthenticationError."""
@@ -106,7 +97,7 @@ class Authenticator:
                     self._store(self._load())
                 assert self._keys is not None
                 return self._keys
-        if self._clock() >= self._next_load and self._lock.acquire(blocking=False):
+        if self.clock() >= self._next_load and self._lock.acquire(blocking=False):
             # One thread re-reads; the others go on with the cached keys meanwhile.
             try:
                 if self._keys is keys:
@@ -121,7 +112,7 @@ class Authenticator:
             current = self._keys or seen
             if current is not seen:  # another request already re-read them
                 return current
-            if self._clock() - seen.loaded_at < MIN_REFRESH_INTERVAL_S:
+            if self.clock() - seen.loaded_at < MIN_REFRESH_INTERVAL_S:
                 return seen
             return self._reload_or_keep()
 
@@ -134,7 +125,7 @@ class Authenticator:
             log.warning(
                 "cannot re-read auth keys; using the cached ones", extra={"reason": exc.message}
             )
-            self._next_load = self._clock() + min(RETRY_AFTER_FAILED_LOAD_S, self.ttl_s)
+            self._next_load = self.clock() + min(RETRY_AFTER_FAILED_LOAD_S, self.ttl_s)
         return self._keys or cached
 
     def _store(self, keys: _Keys) -> None:
@@ -165,7 +156,7 @@ class Authenticator:
             audience=secret.get("audience", ""),
             verifiers=verifiers,
             api_keys=api_keys,
-            loaded_at=self._clock(),
+            loaded_at=self.clock(),
         )
 
     # -- verification -------------------------------------------------------------------

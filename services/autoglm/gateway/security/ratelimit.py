@@ -38,6 +38,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 
 from autoglm.core.errors import AutoGLMError, ConflictError, RateLimitError
 from autoglm.core.schemas import STATESTORE
@@ -63,27 +64,21 @@ _UNSAFE_ADDRESS = re.compile(r"[^0-9A-Za-z.:_-]")
 _STRIPES = 64
 
 
+@dataclass
 class RateLimiter:
-    def __init__(
-        self,
-        state: StateAPI,
-        *,
-        requests_per_min: int,
-        tokens_per_min: int,
-        anonymous_requests_per_min: int = 0,
-        clock: Callable[[], float] = time.time,
-        store: str = STATESTORE,
-    ) -> None:
-        self.state = state
-        self.requests_per_min = requests_per_min
-        self.tokens_per_min = tokens_per_min
-        self.anonymous_requests_per_min = anonymous_requests_per_min
-        self.store = store
-        self._clock = clock
-        #: scope -> the window it has spent; a spent window stays spent.
-        self._spent: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+    state: StateAPI
+    _: KW_ONLY
+    requests_per_min: int
+    tokens_per_min: int
+    anonymous_requests_per_min: int = 0
+    clock: Callable[[], float] = time.time
+    store: str = STATESTORE
+    #: scope -> the window it has spent; a spent window stays spent.
+    _spent: dict[str, int] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _stripes: list[threading.Lock] = field(
+        default_factory=lambda: [threading.Lock() for _ in range(_STRIPES)], init=False
+    )
 
     def _serialized(self, scope: str) -> threading.Lock:
         return self._stripes[hash(scope) % _STRIPES]
@@ -119,7 +114,7 @@ class RateLimiter:
 
     # -- internals -----------------------------------------------------------------------
     def _window(self) -> int:
-        return int(self._clock() // WINDOW_S)
+        return int(self.clock() // WINDOW_S)
 
     def _key(self, tenant: str, kind: str) -> str:
         return f"ratelimit:{tenant}:{kind}:{self._window()}"
@@ -211,7 +206,7 @@ class RateLimiter:
         log.warning("token charge of %s dropped: counter %s too contended", amount, key)
 
     def _limited(self, kind: str, limit: int) -> RateLimitError:
-        retry_after = max(1, WINDOW_S - int(self._clock() % WINDOW_S))
+        retry_after = max(1, WINDOW_S - int(self.clock() % WINDOW_S))
         return RateLimitError(
             f"rate limit of {limit} {kind} per minute exceeded; retry in {retry_after}s",
             details={"limit": "tokens" if kind == "tokens" else "requests"},
@@ -219,13 +214,14 @@ class RateLimiter:
         )
 
 
+@dataclass
 class TokenAccounting:
-    """The one way served tokens reach a tenant's budget: JSON replies (guards), streams
-    when they end and job results when stored. Accounting never fails the work it
-    counts, so errors are logged by the limiter and swallowed here."""
+    """The one way served tokens reach a tenant's budget: replies (from the usage the
+    serving layer computed), streams when they end and job results when stored.
+    Accounting never fails the work it counts, so errors are logged by the limiter and
+    swallowed here."""
 
-    def __init__(self, limiter: RateLimiter) -> None:
-        self.limiter = limiter
+    limiter: RateLimiter
 
     def __call__(self, tenant: str, tokens: int) -> None:
         with contextlib.suppress(AutoGLMError):

@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from autoglm.core.errors import AutoGLMError, InvalidRequestError
 from autoglm.core.schemas import (
@@ -24,8 +25,7 @@ from autoglm.core.schemas import (
     parse,
 )
 from autoglm.gateway import sse
-from autoglm.gateway.guards import token_meter
-from autoglm.gateway.inference_client import InferenceClient
+from autoglm.gateway.context import RequestContext
 from autoglm.gateway.openai.chat.protocol import (
     ChatCompletionChoice,
     ChatCompletionChunk,
@@ -38,52 +38,29 @@ from autoglm.gateway.openai.chat.protocol import (
     completion_id,
 )
 from autoglm.gateway.openai.protocol import Usage
+from autoglm.gateway.openai.serving import GenerationServing, Served
 from autoglm.gateway.openai.streaming import TokenStream
 from autoglm.gateway.response_cache import ResponseCache
-from autoglm.gateway.security.content_filter import ContentFilter
 from autoglm.gateway.sessions.protocol import SessionRecord
 from autoglm.gateway.sessions.store import SessionStore
-from autoglm.gateway.settings import GatewaySettings
 
 CACHE_HEADER = "x-autoglm-cache"
 
 
 @dataclass
-class ChatOutcome:
-    body: dict[str, object]
-    cached: bool
-
-
-class ChatCompletionService:
-    def __init__(
-        self,
-        inference: InferenceClient,
-        sessions: SessionStore,
-        content_filter: ContentFilter,
-        cache: ResponseCache | None,
-        settings: GatewaySettings,
-    ) -> None:
-        self.inference = inference
-        self.sessions = sessions
-        self.filter = content_filter
-        self.cache = cache
-        self.settings = settings
+class ChatCompletionService(GenerationServing):
+    sessions: SessionStore
+    cache: ResponseCache | None = None
 
     def parse(self, body: bytes) -> ChatCompletionRequest:
         return self.validate(parse(ChatCompletionRequest, body))
 
     def validate(self, request: ChatCompletionRequest) -> ChatCompletionRequest:
         """The limits and the input content filter (every chat-shaped endpoint's)."""
-        if request.n > self.settings.max_n:
-            raise InvalidRequestError(f"n must be at most {self.settings.max_n}", param="n")
+        self.check_limits(request.n, self._max_tokens(request))
         if request.n > 1 and (request.stream or request.session_id):
             raise InvalidRequestError(
                 "n > 1 cannot be combined with stream or session_id", param="n"
-            )
-        max_tokens = self._max_tokens(request)
-        if max_tokens > self.settings.max_tokens_limit:
-            raise InvalidRequestError(
-                f"max_tokens must be at most {self.settings.max_tokens_limit}", param="max_tokens"
             )
         for message in request.messages:
             self.filter.check_input(message.content)
@@ -91,29 +68,29 @@ class ChatCompletionService:
 
     # -- the serving core: shared by chat and the Responses API -------------------------
     def complete(
-        self, tenant: str, request: ChatCompletionRequest, prompt: list[ChatMessage]
+        self, ctx: RequestContext, request: ChatCompletionRequest, prompt: list[ChatMessage]
     ) -> tuple[GenerateResult, list[GenerateChoice]]:
-        """Generate for ``prompt``; the choices cut by the output content filter."""
-        result = self.inference.generate(self.generate_request(request, prompt, tenant))
-        return result, [self._filtered(c) for c in result.all_choices()]
+        """Generate for ``prompt``; the choices cut by the output content filter. The
+        caller charges the result's tokens once its reply is certain."""
+        result = self.inference.generate(self.generate_request(request, prompt, ctx.tenant))
+        return result, [self.cut(c) for c in result.all_choices()]
 
-    def open_tokens(
-        self, tenant: str, request: ChatCompletionRequest, prompt: list[ChatMessage]
+    def open_chat_tokens(
+        self, ctx: RequestContext, request: ChatCompletionRequest, prompt: list[ChatMessage]
     ) -> TokenStream:
         """Start a streamed generation for ``prompt``; its tokens are charged to the
         caller when it is closed."""
-        generate = self.generate_request(request, prompt, tenant)
-        return TokenStream.open(self.inference, generate, self.filter, token_meter())
+        return self.open_tokens(ctx, self.generate_request(request, prompt, ctx.tenant))
 
     # -- non-streaming -----------------------------------------------------------------
-    def create(self, tenant: str, request: ChatCompletionRequest) -> ChatOutcome:
-        session, etag = self._session(tenant, request)
-        cache_key = self._cache_key(tenant, request) if session is None else None
+    def create(self, ctx: RequestContext, request: ChatCompletionRequest) -> Served:
+        session, etag = self._session(ctx.tenant, request)
+        cache_key = self._cache_key(ctx.tenant, request) if session is None else None
         if cache_key and self.cache is not None:
             hit = self.cache.get(cache_key)
             if hit is not None:
-                return ChatOutcome(hit, cached=True)
-        result, choices = self.complete(tenant, request, self._prompt(session, request))
+                return self._served(ctx, hit, cached=True)
+        result, choices = self.complete(ctx, request, self._prompt(session, request))
         if session is not None:
             first = choices[0]
             reply = ChatMessage(role="assistant", content=first.text, tool_calls=first.tool_calls)
@@ -136,15 +113,22 @@ class ChatCompletionService:
         ).to_json()
         if cache_key and self.cache is not None:
             self.cache.put(cache_key, response)
-        return ChatOutcome(response, cached=False)
+        return self._served(ctx, response, cached=False)
+
+    def _served(self, ctx: RequestContext, body: dict[str, Any], *, cached: bool) -> Served:
+        """The reply, its tokens charged (a cached reply's too: the client got them)."""
+        usage = body.get("usage") or {}
+        ctx.charge(int(usage.get("total_tokens") or 0))
+        headers = {CACHE_HEADER: "hit" if cached else "miss"} if self.cache is not None else {}
+        return Served(body, headers)
 
     # -- streaming ---------------------------------------------------------------------
-    def open_stream(self, tenant: str, request: ChatCompletionRequest) -> Iterator[bytes]:
+    def open_stream(self, ctx: RequestContext, request: ChatCompletionRequest) -> Iterator[bytes]:
         """Read the session and start the generation (either may fail with a proper HTTP
         status), then return the SSE body."""
-        session, etag = self._session(tenant, request)
+        session, etag = self._session(ctx.tenant, request)
         # Charged when the SSE body closes the stream (``_sse``'s finally).
-        stream = self.open_tokens(tenant, request, self._prompt(session, request))
+        stream = self.open_chat_tokens(ctx, request, self._prompt(session, request))
         return self._sse(request, session, etag, stream)
 
     def _sse(
@@ -229,40 +213,24 @@ class ChatCompletionService:
             request.max_completion_tokens or request.max_tokens or self.settings.default_max_tokens
         )
 
-    def _filtered(self, choice: GenerateChoice) -> GenerateChoice:
-        """A choice cut at the content filter's first blocked term."""
-        cut = self.filter.first_violation(choice.text)
-        if cut is None:
-            return choice
-        return choice.model_copy(
-            update={"text": choice.text[:cut], "finish_reason": "content_filter"}
-        )
-
     def generate_request(
         self, request: ChatCompletionRequest, prompt: list[ChatMessage], tenant: str
     ) -> GenerateRequest:
         """The engine request for a chat request: one generation group of ``n`` choices
         (the prompt is prefilled once), with its constraints, tools and log-probabilities.
         Reusable by other chat-shaped endpoints."""
-        sampling = request.sampling(
+        return self.engine_request(
+            tenant,
+            request,
             self._max_tokens(request),
             logprobs=request.logprobs,
             top_logprobs=request.top_logprobs or 0,
-        )
-        return GenerateRequest(
-            model=request.model,
             messages=prompt,
-            sampling=sampling,
-            timeout_s=self.settings.request_timeout_s,
-            n=request.n,
-            response_format=request.response_format,
-            structured_outputs=request.structured_outputs,
             tools=request.tools,
             tool_choice=request.tool_choice,
             parallel_tool_calls=(
                 True if request.parallel_tool_calls is None else request.parallel_tool_calls
             ),
-            tenant=tenant,  # the engine schedules tenants fairly
         )
 
     def _cache_key(self, tenant: str, request: ChatCompletionRequest) -> str | None:

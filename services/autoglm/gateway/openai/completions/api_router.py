@@ -1,25 +1,14 @@
-"""HTTP route for ``POST /v1/completions``."""
+"""HTTP route for ``POST /v1/completions``; parsing and work live in ``serving``."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint
 
-from autoglm.gateway.guards import require
 from autoglm.gateway.openai.completions.serving import CompletionService
-from autoglm.gateway.security.rbac import Action
-from autoglm.gateway.sse import sse_response
+from autoglm.gateway.routing import openai_route
 
 
 def completions_blueprint(service: CompletionService) -> Blueprint:
     bp = Blueprint("completions", __name__)
-
-    @bp.post("/v1/completions")
-    def create_completion() -> Response:
-        principal = require(Action.INFERENCE)
-        completion_request = service.parse(request.get_data())
-        g.model = completion_request.model  # for the audit event
-        if completion_request.stream:
-            return sse_response(service.open_stream(principal.tenant, completion_request))
-        return jsonify(service.create(principal.tenant, completion_request).to_json())
-
+    openai_route(bp, "/v1/completions", service.parse, service.create, service.open_stream)
     return bp

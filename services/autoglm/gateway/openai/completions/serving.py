@@ -7,8 +7,7 @@ from collections.abc import Iterator
 from autoglm.core.errors import AutoGLMError, InvalidRequestError
 from autoglm.core.schemas import GenerateRequest, TokenLogprob, parse
 from autoglm.gateway import sse
-from autoglm.gateway.guards import token_meter
-from autoglm.gateway.inference_client import InferenceClient
+from autoglm.gateway.context import RequestContext
 from autoglm.gateway.openai.completions.protocol import (
     CompletionChoice,
     CompletionLogprobs,
@@ -16,29 +15,14 @@ from autoglm.gateway.openai.completions.protocol import (
     CompletionResponse,
 )
 from autoglm.gateway.openai.protocol import Usage
+from autoglm.gateway.openai.serving import GenerationServing, Served
 from autoglm.gateway.openai.streaming import TokenStream
-from autoglm.gateway.security.content_filter import ContentFilter
-from autoglm.gateway.settings import GatewaySettings
 
 
-class CompletionService:
-    def __init__(
-        self, inference: InferenceClient, content_filter: ContentFilter, settings: GatewaySettings
-    ) -> None:
-        self.inference = inference
-        self.filter = content_filter
-        self.settings = settings
-
+class CompletionService(GenerationServing):
     def parse(self, body: bytes) -> CompletionRequest:
         request = parse(CompletionRequest, body)
-        if len(request.prompts) * request.n > self.settings.max_n:
-            raise InvalidRequestError(
-                f"prompts times n must be at most {self.settings.max_n}", param="n"
-            )
-        if request.max_tokens > self.settings.max_tokens_limit:
-            raise InvalidRequestError(
-                f"max_tokens must be at most {self.settings.max_tokens_limit}", param="max_tokens"
-            )
+        self.check_limits(len(request.prompts) * request.n, request.max_tokens, "prompts times n")
         if request.stream and len(request.prompts) * request.n > 1:
             raise InvalidRequestError("stream supports one prompt with n=1", param="stream")
         if request.echo and request.logprobs is not None:
@@ -50,44 +34,35 @@ class CompletionService:
         return request
 
     def _generate(self, tenant: str, request: CompletionRequest, prompt: str) -> GenerateRequest:
-        logprobs = request.logprobs is not None
-        return GenerateRequest(
-            model=request.model,
+        return self.engine_request(
+            tenant,
+            request,
+            request.max_tokens,
+            logprobs=request.logprobs is not None,
+            top_logprobs=request.logprobs or 0,
             prompt=prompt,
-            sampling=request.sampling(
-                request.max_tokens, logprobs=logprobs, top_logprobs=request.logprobs or 0
-            ),
-            timeout_s=self.settings.request_timeout_s,
-            n=request.n,
-            response_format=request.response_format,
-            structured_outputs=request.structured_outputs,
-            tenant=tenant,  # the engine schedules tenants fairly
         )
 
-    def create(self, tenant: str, request: CompletionRequest) -> CompletionResponse:
+    def create(self, ctx: RequestContext, request: CompletionRequest) -> Served:
         choices: list[CompletionChoice] = []
         prompt_tokens, completion_tokens, model = 0, 0, request.model
         for prompt in request.prompts:
-            result = self.inference.generate(self._generate(tenant, request, prompt))
-            for choice in result.all_choices():
-                text, finish = choice.text, choice.finish_reason
-                cut = self.filter.first_violation(text)
-                if cut is not None:
-                    text, finish = text[:cut], "content_filter"
+            result = self.inference.generate(self._generate(ctx.tenant, request, prompt))
+            for choice in map(self.cut, result.all_choices()):
                 choices.append(
                     CompletionChoice(
                         index=len(choices),
-                        text=(prompt + text) if request.echo else text,
-                        finish_reason=finish,
+                        text=(prompt + choice.text) if request.echo else choice.text,
+                        finish_reason=choice.finish_reason,
                         logprobs=self._logprobs(request, choice.logprobs),
                     )
                 )
             prompt_tokens += result.prompt_tokens
             completion_tokens += result.completion_tokens
             model = result.model
-        return CompletionResponse(
-            model=model, choices=choices, usage=Usage.of(prompt_tokens, completion_tokens)
-        )
+        usage = Usage.of(prompt_tokens, completion_tokens)
+        ctx.charge(usage.total_tokens)
+        return Served(CompletionResponse(model=model, choices=choices, usage=usage).to_json())
 
     @staticmethod
     def _logprobs(
@@ -97,14 +72,9 @@ class CompletionService:
             return None
         return CompletionLogprobs.of(entries or [], offset)
 
-    def open_stream(self, tenant: str, request: CompletionRequest) -> Iterator[bytes]:
+    def open_stream(self, ctx: RequestContext, request: CompletionRequest) -> Iterator[bytes]:
         # Charged when the SSE body closes the stream (``_sse``'s finally).
-        stream = TokenStream.open(
-            self.inference,
-            self._generate(tenant, request, request.prompts[0]),
-            self.filter,
-            token_meter(),
-        )
+        stream = self.open_tokens(ctx, self._generate(ctx.tenant, request, request.prompts[0]))
         return self._sse(request, stream)
 
     def _sse(self, request: CompletionRequest, stream: TokenStream) -> Iterator[bytes]:

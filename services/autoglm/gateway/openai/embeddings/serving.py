@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import struct
+from dataclasses import dataclass, field
 
 from autoglm.core.errors import InvalidRequestError
 from autoglm.core.schemas import EmbedRequest, parse
+from autoglm.gateway.context import RequestContext
 from autoglm.gateway.inference_client import InferenceClient
 from autoglm.gateway.openai.embeddings.protocol import (
     EmbeddingData,
@@ -14,17 +16,16 @@ from autoglm.gateway.openai.embeddings.protocol import (
     EmbeddingResponse,
     EmbeddingUsage,
 )
+from autoglm.gateway.openai.serving import Served
 from autoglm.gateway.security.content_filter import ContentFilter
 
 MAX_INPUTS = 2048
 
 
+@dataclass
 class EmbeddingService:
-    def __init__(
-        self, inference: InferenceClient, content_filter: ContentFilter | None = None
-    ) -> None:
-        self.inference = inference
-        self.filter = content_filter or ContentFilter()
+    inference: InferenceClient
+    filter: ContentFilter = field(default_factory=ContentFilter)
 
     def parse(self, body: bytes) -> EmbeddingRequest:
         request = parse(EmbeddingRequest, body)
@@ -33,9 +34,10 @@ class EmbeddingService:
         self.filter.check_texts(request.texts, "input")
         return request
 
-    def create(self, request: EmbeddingRequest) -> EmbeddingResponse:
+    def create(self, ctx: RequestContext, request: EmbeddingRequest) -> Served:
         result = self.inference.embed(EmbedRequest(model=request.model, input=request.texts))
-        return EmbeddingResponse(
+        ctx.charge(result.prompt_tokens)
+        response = EmbeddingResponse(
             model=result.model,
             data=[
                 EmbeddingData(index=i, embedding=_encode(v, request.encoding_format))
@@ -45,6 +47,7 @@ class EmbeddingService:
                 prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens
             ),
         )
+        return Served(response.to_json())
 
 
 def _encode(vector: list[float], encoding_format: str) -> list[float] | str:

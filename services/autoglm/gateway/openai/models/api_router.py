@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from autoglm.gateway.guards import require
 from autoglm.gateway.openai.models.serving import ModelService
+from autoglm.gateway.pipeline import require
 from autoglm.gateway.security.rbac import Action
 
 

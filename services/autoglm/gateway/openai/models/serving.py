@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from autoglm.core.errors import NotFoundError
@@ -10,16 +11,16 @@ from autoglm.gateway.inference_client import InferenceClient
 from autoglm.gateway.openai.models.protocol import ModelCard, ModelList
 
 
+@dataclass
 class ModelService:
-    def __init__(self, inference: InferenceClient) -> None:
-        self.inference = inference
-        # Models configured but never loaded have no load time; report process start.
-        self._started = int(time.time())
+    inference: InferenceClient
+    #: Models configured but never loaded have no load time; report process start.
+    started: int = field(default_factory=lambda: int(time.time()))
 
     def _card(self, entry: dict[str, Any]) -> ModelCard:
         return ModelCard(
             id=str(entry["id"]),
-            created=int(entry.get("created", self._started)),
+            created=int(entry.get("created", self.started)),
             kind=entry.get("kind"),
             state=entry.get("state"),
         )

@@ -21,13 +21,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, TypeVar
 
 from autoglm.core.errors import AutoGLMError, ConflictError, InvalidRequestError, NotFoundError
 from autoglm.core.pubsub import Ack
 from autoglm.core.schemas import ChatMessage, InferenceResultEvent, parse
 from autoglm.gateway import sse
+from autoglm.gateway.context import RequestContext
 from autoglm.gateway.jobs.store import JobStore
 from autoglm.gateway.openai.chat.protocol import ChatCompletionRequest
 from autoglm.gateway.openai.chat.serving import ChatCompletionService
@@ -49,6 +50,7 @@ from autoglm.gateway.openai.responses.protocol import (
     to_messages,
 )
 from autoglm.gateway.openai.responses.store import ResponseStore
+from autoglm.gateway.openai.serving import Served
 from autoglm.gateway.openai.streaming import TokenStream
 from autoglm.gateway.security.ratelimit import ChargeTokens
 
@@ -73,22 +75,18 @@ class Turn:
     input_items: list[dict[str, Any]]
 
 
+@dataclass
 class ResponseService:
-    def __init__(
-        self,
-        chat: ChatCompletionService,
-        store: ResponseStore,
-        jobs: JobStore,
-        *,
-        charge: ChargeTokens | None = None,
-        poll_s: float = 0.5,
-    ) -> None:
-        self.chat = chat
-        self.store = store
-        self.jobs = jobs
-        self.charge = charge
-        self.poll_s = poll_s
-        jobs.route(ID_PREFIX, self.on_result)
+    chat: ChatCompletionService
+    store: ResponseStore
+    jobs: JobStore
+    _: KW_ONLY
+    #: Charges a background response's tokens when its result is stored.
+    charge: ChargeTokens | None = None
+    poll_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.jobs.route(ID_PREFIX, self.on_result)
 
     # -- requests ----------------------------------------------------------------------
     def parse(self, body: bytes) -> ResponsesRequest:
@@ -147,18 +145,21 @@ class ResponseService:
             conversation = _without_orphans(turn.conversation[dropped:])
 
     # -- create ------------------------------------------------------------------------
-    def create(self, tenant: str, request: ResponsesRequest) -> ResponseObject:
+    def create(self, ctx: RequestContext, request: ResponsesRequest) -> Served:
+        tenant = ctx.tenant
         turn = self._turn(tenant, request)
         if request.background:
-            return self._submit(tenant, turn)
+            # Its tokens are charged when its result is stored (``on_result``).
+            return Served(self._submit(tenant, turn).to_json())
         start = ResponseObject.start(turn.rid, request, "in_progress")
         (result, choices), conversation = self._fit(
-            turn, lambda prompt: self.chat.complete(tenant, turn.chat, prompt)
+            turn, lambda prompt: self.chat.complete(ctx, turn.chat, prompt)
         )
         choice = choices[0]
         response = start.finish(result, text=choice.text, finish=choice.finish_reason)
         self._store_new(tenant, turn, response, [*conversation, context_turn(response.output)])
-        return response
+        ctx.charge(result.prompt_tokens + result.completion_tokens)
+        return Served(response.to_json())
 
     def _store_new(
         self,
@@ -232,15 +233,16 @@ class ResponseService:
         return Ack.SUCCESS
 
     # -- streaming ---------------------------------------------------------------------
-    def open_stream(self, tenant: str, request: ResponsesRequest) -> Iterator[bytes]:
+    def open_stream(self, ctx: RequestContext, request: ResponsesRequest) -> Iterator[bytes]:
         """Resolve the chain and start the generation (either may fail with a proper
         HTTP status), then return the SSE body."""
+        tenant = ctx.tenant
         turn = self._turn(tenant, request)
         if request.background:
             response = self._submit(tenant, turn)
             return self._replay(tenant, response.id, -1, response)
         stream, conversation = self._fit(
-            turn, lambda prompt: self.chat.open_tokens(tenant, turn.chat, prompt)
+            turn, lambda prompt: self.chat.open_chat_tokens(ctx, turn.chat, prompt)
         )
         return self._live(tenant, turn, stream, conversation)
 
