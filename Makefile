@@ -16,7 +16,7 @@ help:
 	@echo "make run    install, build tools, start Redis + Vault + the three apps (foreground)"
 	@echo "            REPLICAS=2: two gateways and two inference replicas behind HAProxy"
 	@echo "make test   install, build tools, lint, typecheck, then every test level (unit, integration, e2e, chaos, k8s)"
-	@echo "make tools  build daprd, vault, kustomize, etcd, kube-apiserver, kubectl into .tools/bin (no-op when current)"
+	@echo "make tools  build daprd, sentry, placement, vault, kustomize, etcd, kube-apiserver, kubectl into .tools/bin (no-op when current)"
 	@echo "make k8s    check k8s/ offline and against a real kube-apiserver (tests/k8s)"
 	@echo "make bench  fresh local stack + benchmarks -> load/results/ (several minutes)"
 	@echo "make audit  pip-audit of requirements.lock against PyPI's advisories (network)"

@@ -6,11 +6,11 @@ steady load of chats, streams and async jobs.
    request fails any more (``reroute_s``, goal <= 5 s), jobs lost / duplicated (0 / 0).
 2. Rolling restart of every replica, one at a time (graceful drain): requests failed
    (goal 0), jobs lost / duplicated.
-3. Prefix cache of multi-turn chats: the share of prompt blocks found in the engine's
-   prefix cache (``autoglm_prefix_blocks_total``, summed over the replicas) when a
-   session's turns are spread over two inference replicas at random (what Dapr's
-   service invocation does), against all of them reaching the replica that holds the
-   session's prefix (one replica serving; what session affinity would give).
+3. Prefix cache of multi-turn chats, same stack, both replicas up: the share of prompt
+   blocks found in the engine's prefix cache (``autoglm_prefix_blocks_total``, summed
+   over the replicas) when the turns are spread over the replicas at random (history
+   sent by the client, plain service invocation), against session turns (the same
+   prompts) sent to the session's actor, which Dapr's placement keeps on one replica.
 """
 
 from __future__ import annotations
@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.support.ha import HAMesh, Load, ok, settle_jobs, start_ha_mesh
+from tests.support.ha import (
+    HAMesh,
+    Load,
+    MultiTurnChat,
+    PrefixCount,
+    ok,
+    settle_jobs,
+    start_ha_mesh,
+)
 from tests.support.otlp import OTLPReceiver
 from tests.support.stack import start_backing
 
@@ -75,68 +83,36 @@ def rolling_restart(mesh: HAMesh) -> dict[str, Any]:
     return result
 
 
-#: A system prompt long enough that every turn's prompt spans several KV blocks.
-SYSTEM = " ".join(
-    f"Rule {i}: answer briefly and stay on the topic of the question." for i in range(12)
-)
-
-
-def prefix_blocks(mesh: HAMesh) -> tuple[float, float]:
-    """(hits, misses) of the prefix cache, summed over the running inference replicas."""
-    hits = misses = 0.0
-    for replica in mesh.replicas["inference"]:
-        if not replica.alive():
-            continue
-        port = replica.entry.env["AUTOGLM_INFERENCE_METRICS_PORT"]
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        for line in text.splitlines():
-            if line.startswith("autoglm_prefix_blocks_total{"):
-                value = float(line.rsplit(" ", 1)[1])
-                if 'outcome="hit"' in line:
-                    hits += value
-                elif 'outcome="miss"' in line:
-                    misses += value
-    return hits, misses
-
-
-def prefix_hit_rate(mesh: HAMesh, sessions: int = 6, turns: int = 5) -> dict[str, Any]:
-    """Multi-turn chats (sessions, each turn's prompt = the history so far), then the
-    prefix cache's hit rate over the blocks they looked up."""
-    hits0, misses0 = prefix_blocks(mesh)
-    headers = mesh.headers(TENANT)
-    with httpx.Client(base_url=mesh.url, headers=headers, timeout=120) as c:
-        for s in range(sessions):
-            sid = c.post(
-                "/v1/sessions",
-                json={"messages": [{"role": "system", "content": f"Chat {s}. {SYSTEM}"}]},
-            ).json()["id"]
-            for t in range(turns):
-                body = {
-                    "model": "demo-glm",
-                    "messages": [{"role": "user", "content": f"Question {t} of chat {s}?"}],
-                    "max_tokens": 8,
-                    "temperature": 0,
-                    "session_id": sid,
-                }
-                resp = c.post("/v1/chat/completions", json=body)
-                resp.raise_for_status()
-    hits1, misses1 = prefix_blocks(mesh)
-    hits, misses = hits1 - hits0, misses1 - misses0
-    looked_up = hits + misses
+def prefix_hit_rate(
+    mesh: HAMesh, *, session: bool, chats: int = 6, turns: int = 5
+) -> dict[str, Any]:
+    """``chats`` multi-turn chats, one after another, then the prefix cache's hit rate
+    over the blocks they looked up (both replicas summed)."""
+    failed = 0
+    with (
+        httpx.Client(base_url=mesh.url, headers=mesh.headers(TENANT), timeout=120) as c,
+        PrefixCount(mesh) as count,
+    ):
+        for n in range(chats):
+            chat = MultiTurnChat(c, f"{'s' if session else 'r'}{n}", session=session)
+            failed += sum(chat.turn().status_code != 200 for _ in range(turns))
+    looked_up = count.looked_up()
     return {
-        "blocks_looked_up": looked_up,
-        "hit_rate": round(hits / looked_up, 3) if looked_up else None,
+        "blocks_looked_up": sum(looked_up),
+        "blocks_looked_up_per_replica": looked_up,
+        "failed": failed,
+        "hit_rate": count.hit_rate(),
     }
 
 
 def prefix_affinity(mesh: HAMesh) -> dict[str, Any]:
-    """Hit rate with turns spread over both replicas, then with one replica holding every
-    session (the other stopped gracefully, then started again)."""
-    spread = prefix_hit_rate(mesh)
-    mesh.replicas["inference"][1].stop()
-    pinned = prefix_hit_rate(mesh)
-    mesh.restart("inference", 1)
-    return {"two_replicas_random": spread, "one_replica_holds_every_session": pinned}
+    """The same multi-turn chats over two replicas: the history sent by the client
+    (plain service invocation, turns at random), then kept in gateway sessions (each
+    turn to the session's actor: the replica that holds its prefix)."""
+    return {
+        "random": prefix_hit_rate(mesh, session=False),
+        "affinity": prefix_hit_rate(mesh, session=True),
+    }
 
 
 def run(workdir: Path, models: Path = MODELS_DIR) -> dict[str, Any]:
@@ -163,8 +139,8 @@ def run(workdir: Path, models: Path = MODELS_DIR) -> dict[str, Any]:
         killed = kill_inference(mesh)
         rolling = rolling_restart(mesh)
     return {
-        "ha_prefix_hit_rate_random": prefix["two_replicas_random"]["hit_rate"],
-        "ha_prefix_hit_rate_affine": prefix["one_replica_holds_every_session"]["hit_rate"],
+        "ha_prefix_hit_rate_random": prefix["random"]["hit_rate"],
+        "ha_prefix_hit_rate_affinity": prefix["affinity"]["hit_rate"],
         "ha_rolling_restart_failed": rolling["failed"],
         "ha_reroute_s": killed["reroute_s"],
         "ha_kill_failed": killed["failed"],

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build the project's Go-based tools from source into $REPO/.tools/bin/.
 #
-#   tools/build.sh [daprd|sentry|vault|kustomize|crds|kube|kube-apiserver|etcd|kubectl|dapr|all]...
-#                  (default: all = daprd sentry vault kustomize crds kube)
+#   tools/build.sh [daprd|sentry|placement|vault|kustomize|crds|kube|kube-apiserver|etcd|kubectl|dapr|all]...
+#                  (default: all = daprd sentry placement vault kustomize crds kube)
 #
 #   daprd      slim Dapr sidecar runtime (tools/daprd, github.com/dapr/dapr)
 #   sentry     Dapr's CA (github.com/dapr/dapr/cmd/sentry): mTLS between local sidecars
+#   placement  Dapr's actor placement service (github.com/dapr/dapr/cmd/placement)
 #   vault      HashiCorp Vault server    (tools/vault, github.com/hashicorp/vault)
 #   kustomize  renders k8s/ for the k8s tests (tools/kustomize, sigs.k8s.io/kustomize/kustomize/v5)
 #   crds       CRD schemas of Dapr, Istio, KEDA, prometheus-operator into .tools/crds/
@@ -140,6 +141,15 @@ build_sentry() {
 	local dir="$TOOLS_DIR/daprd"
 	check_pin "$dir" github.com/dapr/dapr "$DAPR_VERSION"
 	build sentry "$DAPR_VERSION" "$dir" github.com/dapr/dapr/cmd/sentry \
+		"-X github.com/dapr/dapr/pkg/buildinfo.version=$DAPR_VERSION -X github.com/dapr/dapr/pkg/buildinfo.gitversion=v$DAPR_VERSION -X github.com/dapr/dapr/pkg/buildinfo.gitcommit=$DAPR_GIT_COMMIT"
+}
+
+# Dapr's actor placement service, same module graph: it spreads the actors of the
+# inference replicas (sessions pinned to a replica, see inference/actor_host.py).
+build_placement() {
+	local dir="$TOOLS_DIR/daprd"
+	check_pin "$dir" github.com/dapr/dapr "$DAPR_VERSION"
+	build placement "$DAPR_VERSION" "$dir" github.com/dapr/dapr/cmd/placement \
 		"-X github.com/dapr/dapr/pkg/buildinfo.version=$DAPR_VERSION -X github.com/dapr/dapr/pkg/buildinfo.gitversion=v$DAPR_VERSION -X github.com/dapr/dapr/pkg/buildinfo.gitcommit=$DAPR_GIT_COMMIT"
 }
 
@@ -308,6 +318,7 @@ for t in "${targets[@]}"; do
 	case $t in
 	daprd) build_daprd ;;
 	sentry) build_sentry ;;
+	placement) build_placement ;;
 	vault) build_vault ;;
 	kustomize) build_kustomize ;;
 	crds) fetch_crds ;;
@@ -319,6 +330,7 @@ for t in "${targets[@]}"; do
 	all)
 		build_daprd
 		build_sentry
+		build_placement
 		build_vault
 		build_kustomize
 		fetch_crds

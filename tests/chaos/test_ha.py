@@ -20,7 +20,15 @@ import httpx
 import pytest
 
 from tests.chaos.conftest import NO_LIMITS, chat_body
-from tests.support.ha import HAMesh, Load, ok, settle_jobs, start_ha_mesh
+from tests.support.ha import (
+    HAMesh,
+    Load,
+    MultiTurnChat,
+    PrefixCount,
+    ok,
+    settle_jobs,
+    start_ha_mesh,
+)
 from tests.support.otlp import OTLPReceiver
 from tests.support.polling import wait_for
 from tests.support.stack import start_backing
@@ -94,6 +102,49 @@ def test_two_clients_alternate_turns_of_one_session_through_different_gateways(
     assert sorted(users) == sorted(text for text, _ in landed), (users, landed)
     assert len(record["messages"]) == 2 * len(landed)
     assert {i for _, i in landed} == {0, 1}, "both gateways should have landed turns"
+
+
+def test_session_turns_stay_on_the_replica_holding_the_session(ha: HAMesh) -> None:
+    """Session affinity: each session's turns reach one inference replica (its actor's,
+    placed by Dapr's placement service), so every turn after the first finds the
+    session's earlier prompt in that replica's prefix cache."""
+    with httpx.Client(base_url=ha.url, headers=ha.headers(TENANT), timeout=60) as c:
+        for n in range(3):
+            with PrefixCount(ha) as count:
+                chat = MultiTurnChat(c, f"affinity {n}", session=True)
+                assert [chat.turn().status_code for _ in range(4)] == [200] * 4
+            looked_up = count.looked_up()
+            print(f"\nha: session {n}: blocks looked up per replica {looked_up}")
+            assert sorted(looked_up)[0] == 0 and sorted(looked_up)[1] > 0, looked_up
+            assert (count.hit_rate() or 0) >= 0.6, count.delta
+
+
+def test_session_moves_to_the_survivor_when_its_replica_dies(ha: HAMesh) -> None:
+    """SIGKILL the replica holding a session: its next turns succeed (the gateway falls
+    back to plain invocation while placement moves the actor), and once moved they
+    stay on the survivor, finding their prefix there again."""
+    with httpx.Client(base_url=ha.url, headers=ha.headers(TENANT), timeout=60) as c:
+        chat = MultiTurnChat(c, "moving", session=True)
+        with PrefixCount(ha) as count:
+            assert [chat.turn().status_code for _ in range(2)] == [200] * 2
+        holder = max(range(2), key=lambda i: count.looked_up()[i])
+        ha.replicas["inference"][holder].kill()
+        killed_at = time.monotonic()
+        turns = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            resp = chat.turn()
+            turns.append((resp.status_code, round(time.monotonic() - t0, 2)))
+        print(f"\nha: turns after killing inference-{holder}: {turns}")
+        assert all(status == 200 for status, _ in turns), turns
+        assert all(took < 20 for _, took in turns), turns
+        # Placement has dropped the dead replica by now (keepalive 1 s, timeout 2 s).
+        time.sleep(max(0.0, killed_at + 5 - time.monotonic()))
+        with PrefixCount(ha) as count:
+            assert [chat.turn().status_code for _ in range(3)] == [200] * 3
+        print(f"ha: on the survivor: {count.delta}")
+        assert (count.hit_rate() or 0) >= 0.8, count.delta
+    ha.restart("inference", holder)
 
 
 def test_killed_inference_replica_is_routed_around(ha: HAMesh) -> None:

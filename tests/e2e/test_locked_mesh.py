@@ -13,6 +13,7 @@ import httpx
 import pytest
 from dapr.clients.grpc.interceptors import DaprClientInterceptor
 
+from autoglm.core.affinity import ACTOR_TYPE
 from tests.e2e.conftest import Mesh
 
 #: daprd API routes that hand out or change data (method, path, JSON body).
@@ -23,6 +24,7 @@ DAPRD_ROUTES = [
     ("POST", "/v1.0/publish/pubsub/audit", {"tenant": "acme"}),
     ("POST", "/v1.0/invoke/archiver/method/audit_query", {"tenant": "acme"}),
     ("GET", "/v1.0/metadata", None),
+    ("POST", f"/v1.0/actors/{ACTOR_TYPE}/a1/method/generate", {"prompt": "Hi"}),
 ]
 
 
@@ -52,6 +54,22 @@ def test_every_daprd_grpc_api_needs_the_dapr_api_token(mesh: Mesh, app: str) -> 
         token = DaprClientInterceptor(list(daprd.dapr_headers.items()))
         authorized = grpc.intercept_channel(channel, token)
         assert authorized.unary_unary("/dapr.proto.runtime.v1.Dapr/GetMetadata")(b"", timeout=10)
+
+
+def test_only_the_gateway_reaches_the_session_actors(mesh: Mesh) -> None:
+    """Dapr's access lists do not cover actor calls: only the apps the contract table
+    names as actor hosts or callers get an actor runtime, so the archiver's daprd
+    (even with its token) cannot generate through inference's session actors."""
+    path = f"/v1.0/actors/{ACTOR_TYPE}/a1/method/generate"
+    body = {"prompt": "Hi", "sampling": {"max_tokens": 2}, "tenant": "acme"}
+    refused = httpx.post(
+        f"{mesh.archiver.dapr_url}{path}", json=body, headers=mesh.archiver.dapr_headers, timeout=30
+    )
+    assert refused.status_code == 400 and "ERR_ACTOR_NO_PLACEMENT" in refused.text, refused.text
+    served = httpx.post(
+        f"{mesh.gateway.dapr_url}{path}", json=body, headers=mesh.gateway.dapr_headers, timeout=60
+    )
+    assert served.status_code == 200 and served.json()["model"] == "demo-glm", served.text
 
 
 def test_a_forged_job_result_is_refused_by_the_gateway(mesh: Mesh) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from autoglm.core import schemas
+from autoglm.core import contracts, schemas
+from autoglm.core.affinity import ACTORSTORE
 from tests.k8s.manifests import REPO, Doc, Rendered, containers, env_of
 
 DAPR_APPS = {a["appID"]: a for a in yaml.safe_load((REPO / "dapr.yaml").read_text())["apps"]}
@@ -21,7 +22,7 @@ LOCAL = {
 #: Component settings that describe behaviour, not a connection: equal everywhere.
 BEHAVIOUR_METADATA = {"processingTimeout", "redeliverInterval", "concurrency", "enginePath",
                       "vaultKVPrefix", "allowedTopics", "publishingScopes",
-                      "subscriptionScopes"}  # fmt: skip
+                      "subscriptionScopes", "actorStateStore"}  # fmt: skip
 
 
 def _base_app(deployment: Doc) -> str:
@@ -112,17 +113,33 @@ def test_dapr_annotations_agree_with_dapr_yaml(rendered: Rendered) -> None:
 def test_components_match_local_ones(rendered: Rendered) -> None:
     cluster = {c["metadata"]["name"]: c for c in rendered.of_kind("Component")}
     local = {n: d for n, d in LOCAL.items() if d["kind"] == "Component"}
-    assert set(cluster) == set(local) == {schemas.STATESTORE, schemas.PUBSUB, schemas.SECRETSTORE}
+    assert (
+        set(cluster)
+        == set(local)
+        == {
+            schemas.STATESTORE,
+            ACTORSTORE,
+            schemas.PUBSUB,
+            schemas.SECRETSTORE,
+        }
+    )
     for name, comp in cluster.items():
         assert comp["spec"]["type"] == local[name]["spec"]["type"], name
         meta = {m["name"]: m for m in comp["spec"]["metadata"]}
         local_meta = {m["name"]: m for m in local[name]["spec"]["metadata"]}
-        for key in BEHAVIOUR_METADATA & set(local_meta):
+        for key in BEHAVIOUR_METADATA & (set(local_meta) | set(meta)):
             assert meta[key]["value"] == local_meta[key]["value"], f"{name}.{key}"
-        # DESIGN.md: all three apps use all three building blocks; nobody else does.
-        assert set(DAPR_APPS) <= set(comp["scopes"]), name
-        assert set(comp["scopes"]) <= set(DAPR_APPS) | {"inference-canary"}, name
-        if name in (schemas.STATESTORE, schemas.PUBSUB):
+        if name == ACTORSTORE:
+            # The actor state store: only the apps hosting actors load it (not the
+            # canary: session actors stay with the stable inference).
+            hosts = {a.app for a in contracts.ACTORS}
+            assert set(comp["scopes"]) == set(local[name]["scopes"]) == hosts, name
+            assert meta["actorStateStore"]["value"] == "true"
+        else:
+            # DESIGN.md: all three apps use all three building blocks; nobody else does.
+            assert set(DAPR_APPS) <= set(comp["scopes"]), name
+            assert set(comp["scopes"]) <= set(DAPR_APPS) | {"inference-canary"}, name
+        if name in (schemas.STATESTORE, ACTORSTORE, schemas.PUBSUB):
             assert meta["enableTLS"]["value"] == "true"
             assert meta["redisPassword"]["secretKeyRef"]["name"], "password from a secret"
     # The canary must not join inference.requests' consumers (second consumer group).

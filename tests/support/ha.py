@@ -182,6 +182,96 @@ def settle_jobs(mesh: HAMesh, tenant: str, jobs: list[str], timeout: float = 90)
     }
 
 
+def prefix_blocks(replica: Replica) -> tuple[float, float]:
+    """(hits, misses) of one inference replica's prefix cache so far
+    (``autoglm_prefix_blocks_total``); (0, 0) for a replica that is not running."""
+    hits = misses = 0.0
+    if not replica.alive():
+        return hits, misses
+    port = replica.entry.env["AUTOGLM_INFERENCE_METRICS_PORT"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("autoglm_prefix_blocks_total{"):
+            value = float(line.rsplit(" ", 1)[1])
+            if 'outcome="hit"' in line:
+                hits += value
+            elif 'outcome="miss"' in line:
+                misses += value
+    return hits, misses
+
+
+@dataclass
+class PrefixCount:
+    """Prefix-cache lookups of each inference replica between ``start`` and ``stop``."""
+
+    mesh: HAMesh
+    before: list[tuple[float, float]] = field(default_factory=list)
+    delta: list[tuple[float, float]] = field(default_factory=list)
+
+    def __enter__(self) -> PrefixCount:
+        self.before = [prefix_blocks(r) for r in self.mesh.replicas["inference"]]
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        after = [prefix_blocks(r) for r in self.mesh.replicas["inference"]]
+        # A replica restarted meanwhile counts from zero again (one that is down at the
+        # end counts nothing: what it did before it died is not known).
+        self.delta = [
+            (h1 - h0, m1 - m0) if h1 >= h0 and m1 >= m0 else (h1, m1)
+            for (h0, m0), (h1, m1) in zip(self.before, after, strict=True)
+        ]
+
+    def looked_up(self) -> list[float]:
+        """Blocks looked up on each replica (hits + misses)."""
+        return [h + m for h, m in self.delta]
+
+    def hit_rate(self) -> float | None:
+        hits = sum(h for h, _ in self.delta)
+        total = sum(self.looked_up())
+        return round(hits / total, 3) if total else None
+
+
+#: A system prompt long enough that every turn's prompt spans several KV blocks.
+SYSTEM = " ".join(
+    f"Rule {i}: answer briefly and stay on the topic of the question." for i in range(12)
+)
+
+
+class MultiTurnChat:
+    """A chat whose every turn's prompt is the history so far. ``session``: the history
+    is a gateway session (``session_id``: the turns go to the session's actor, so to
+    one inference replica); else the client sends the history itself (the same
+    prompts through plain service invocation: each turn to a replica at random)."""
+
+    def __init__(self, client: httpx.Client, name: str, *, session: bool) -> None:
+        self.client, self.name = client, name
+        system = {"role": "system", "content": f"Chat {name}. {SYSTEM}"}
+        self.history: list[dict[str, object]] = [system]
+        self.session_id = (
+            client.post("/v1/sessions", json={"messages": [system]}).json()["id"]
+            if session
+            else None
+        )
+        self.turns = 0
+
+    def turn(self) -> httpx.Response:
+        user = {"role": "user", "content": f"Question {self.turns} of chat {self.name}?"}
+        self.turns += 1
+        body: dict[str, object] = {
+            "model": "demo-glm",
+            "messages": [user] if self.session_id else [*self.history, user],
+            "max_tokens": 8,
+            "temperature": 0,
+        }
+        if self.session_id:
+            body["session_id"] = self.session_id
+        resp = self.client.post("/v1/chat/completions", json=body)
+        if resp.status_code == 200:
+            text = resp.json()["choices"][0]["message"]["content"]
+            self.history += [user, {"role": "assistant", "content": text}]
+        return resp
+
+
 def _chat_body(content: str, max_tokens: int = 4) -> dict[str, object]:
     return {
         "model": "demo-glm",

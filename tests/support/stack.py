@@ -19,6 +19,7 @@ from autoglm.core.sidecar import Sidecar
 from autoglm.devstack.backing import seed_vault, start_redis, start_vault
 from autoglm.devstack.mtls import Sentry, start_sentry
 from autoglm.devstack.multiapp import AppEntry, launch
+from autoglm.devstack.placement import start_placement
 from autoglm.devstack.processes import ManagedProcess, free_port
 from autoglm.devstack.secrets import StackSecrets
 from autoglm.devstack.sidecars import SidecarPorts, render_components, start_daprd
@@ -105,6 +106,8 @@ def start_backing(
     stack.callback(vault.stop)
     sentry_proc, sentry = start_sentry(workdir, logs / "sentry.log")
     stack.callback(sentry_proc.stop)
+    placement_proc, sentry = start_placement(sentry, workdir, logs / "placement.log")
+    stack.callback(placement_proc.stop)
     vault_addr = f"http://127.0.0.1:{vault_port}"
     secrets = seed_vault(vault_addr, signing_public_key, creds.vault_token)
     resources, config = render_components(

@@ -47,7 +47,7 @@ def test_render_components_overrides_only_addresses(tmp_path: Path) -> None:
         vault_addr="http://127.0.0.1:2222",
     )
     docs = {p.stem: yaml.safe_load(p.read_text()) for p in resources.glob("*.yaml")}
-    assert set(docs) == {"statestore", "pubsub", "vault", "resiliency"}
+    assert set(docs) == {"statestore", "actorstore", "pubsub", "vault", "resiliency"}
     # Only the addresses change: the resiliency policy is copied as checked in.
     assert docs["resiliency"] == yaml.safe_load((COMPONENTS_DIR / "resiliency.yaml").read_text())
     meta = {m["name"]: m.get("value") for m in docs["pubsub"]["spec"]["metadata"]}
@@ -78,6 +78,7 @@ def test_no_credential_is_committed_in_components() -> None:
                     refs[(path.stem, item["name"])] = item["envRef"]
     assert refs == {
         ("statestore", "redisPassword"): REDIS_PASSWORD_ENV,
+        ("actorstore", "redisPassword"): REDIS_PASSWORD_ENV,
         ("pubsub", "redisPassword"): REDIS_PASSWORD_ENV,
         ("vault", "vaultToken"): VAULT_TOKEN_ENV,
     }

@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from autoglm.core import affinity
 from autoglm.core import archive_protocol as archive
 from autoglm.core.errors import InternalError
 from autoglm.core.schemas import (
@@ -187,6 +188,29 @@ SECRETS: Mapping[str, tuple[str, ...]] = {
     INFERENCE: ("model-signing",),
     ARCHIVER: ("archive",),
 }
+
+
+@dataclass(frozen=True)
+class ActorType:
+    """A Dapr actor type ``app`` hosts; ``methods`` have the request and reply models of
+    ``app``'s service-invocation methods of the same names."""
+
+    name: str
+    app: str
+    methods: tuple[str, ...]
+    callers: frozenset[str]
+
+
+#: Dapr's ``accessControl`` does not apply to actor calls (only to service invocation),
+#: so only the apps named here get an actor runtime (the placement service) at all.
+ACTORS: tuple[ActorType, ...] = (
+    ActorType(affinity.ACTOR_TYPE, INFERENCE, affinity.ACTOR_METHODS, frozenset({GATEWAY})),
+)
+
+
+def actor_apps() -> set[str]:
+    """Apps whose daprd needs the actor runtime: hosts and callers of an actor type."""
+    return {a.app for a in ACTORS} | {c for a in ACTORS for c in a.callers}
 
 
 def rpc(app: str, name: str) -> Rpc[Any, Any]:

@@ -37,4 +37,12 @@ def sidecar_problems(
     for name in components:
         if name not in loaded:
             problems.append(f"component {name!r} not loaded")
+    # With an actor runtime (a placement service), the app's actor types must be
+    # registered (inference's actor stream, autoglm.inference.actor_host).
+    actors = metadata.get("actorRuntime") or {}
+    if actors.get("runtimeStatus") == "RUNNING":
+        hosted = {a.get("type") for a in actors.get("activeActors") or []}
+        for actor in contracts.ACTORS:
+            if actor.app == app_id and actor.name not in hosted:
+                problems.append(f"actor type {actor.name} not registered")
     return problems

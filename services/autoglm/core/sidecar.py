@@ -14,7 +14,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 from opentelemetry import propagate
@@ -97,6 +97,20 @@ class SidecarAPI(StateAPI, Protocol):
     def get_secret(self, store: str, name: str) -> dict[str, str]: ...
 
 
+@runtime_checkable
+class ActorAPI(Protocol):
+    """Dapr actor invocation (``Sidecar`` has it; test fakes need not)."""
+
+    def invoke_actor(
+        self,
+        actor_type: str,
+        actor_id: str,
+        method: str,
+        payload: dict[str, Any],
+        timeout: float = ...,
+    ) -> dict[str, Any]: ...
+
+
 class Sidecar:
     """Client for the local daprd HTTP API (``DAPR_HTTP_PORT``, default 3500)."""
 
@@ -172,18 +186,56 @@ class Sidecar:
             f"/v1.0/invoke/{path_segment(app_id, 'app id')}/method/{path_segment(method, 'method')}"
         )
         resp = self._request("POST", path, json_body=payload, timeout=timeout)
+        return self._reply(resp, f"invoke {app_id}/{method}")
+
+    def invoke_actor(
+        self,
+        actor_type: str,
+        actor_id: str,
+        method: str,
+        payload: dict[str, Any],
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
+        """Call ``method`` of the actor ``actor_type/actor_id`` (on whichever replica
+        Dapr's placement gives it); a structured ``error`` reply is raised as itself,
+        anything Dapr itself refused or could not deliver as ``UnavailableError`` with
+        code ``actor_unavailable``."""
+        path = (
+            f"/v1.0/actors/{path_segment(actor_type, 'actor type')}/"
+            f"{path_segment(actor_id, 'actor id')}/method/{path_segment(method, 'method')}"
+        )
+        resp = self._request("POST", path, json_body=payload, timeout=timeout)
+        body, error = self._body(resp)
+        if error is not None:
+            raise error
+        if resp.status_code >= 400 or not isinstance(body, dict):
+            # Placement has no host for the type (yet), the replica holding the actor
+            # went away (before or during the call), or daprd refused the call.
+            detail = self._dapr_error(resp, f"actor {actor_type}/{method}").message
+            raise UnavailableError(detail, code="actor_unavailable")
+        return body
+
+    @staticmethod
+    def _body(resp: httpx.Response) -> tuple[Any, AutoGLMError | None]:
+        """The reply's JSON, and the structured error an app answered with, if any."""
         try:
             body = resp.json()
         except ValueError:
-            body = None
+            return None, None
         if (
             isinstance(body, dict)
             and isinstance(body.get("error"), dict)
             and "status" in body["error"]
         ):
-            raise AutoGLMError.from_payload(body["error"])
+            return body, AutoGLMError.from_payload(body["error"])
+        return body, None
+
+    def _reply(self, resp: httpx.Response, what: str) -> dict[str, Any]:
+        body, error = self._body(resp)
+        if error is not None:
+            raise error
         if resp.status_code >= 400 or not isinstance(body, dict):
-            raise self._dapr_error(resp, f"invoke {app_id}/{method}")
+            raise self._dapr_error(resp, what)
         return body
 
     @staticmethod

@@ -53,6 +53,7 @@ CHECKS = [
     ),
     Check("daprd", _binary("daprd", "--version"), "make tools"),
     Check("sentry", _binary("sentry", "--help"), "make tools"),
+    Check("placement", _binary("placement", "--help"), "make tools"),
     Check("vault", _binary("vault", "version"), "make tools"),
     Check(
         "redis-server",

@@ -38,9 +38,19 @@ class Sentry:
 
     address: str
     trust_anchors: str
+    #: The stack's placement service (``autoglm.devstack.placement``), once started:
+    #: every daprd then runs the actor runtime (inference hosts session actors, the
+    #: gateway calls them).
+    placement: str | None = None
 
-    def daprd_args(self) -> list[str]:
-        return ["--enable-mtls", "--sentry-address", self.address]
+    def daprd_args(self, app_id: str) -> list[str]:
+        """daprd's flags; the placement service only for the apps that host or call
+        actors (``contracts.actor_apps``): Dapr's access lists do not cover actor
+        calls, so the other sidecars get no actor runtime at all."""
+        args = ["--enable-mtls", "--sentry-address", self.address]
+        if self.placement and app_id in contracts.actor_apps():
+            args += ["--placement-host-address", self.placement]
+        return args
 
     def daprd_env(self) -> dict[str, str]:
         return {"DAPR_TRUST_ANCHORS": self.trust_anchors, "NAMESPACE": contracts.NAMESPACE}
@@ -52,6 +62,26 @@ def sentry_available() -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def control_plane_listeners(port: int, healthz: int, metrics: int) -> list[str]:
+    """Flags of a Dapr control-plane service (Sentry, placement): its API, health and
+    metrics ports, each on loopback only."""
+    return [
+        "--port",
+        str(port),
+        "--listen-address",
+        "127.0.0.1",
+        "--healthz-port",
+        str(healthz),
+        "--healthz-listen-address",
+        "127.0.0.1",
+        "--metrics-port",
+        str(metrics),
+        "--metrics-listen-address",
+        "127.0.0.1",
+        "--log-as-json",
+    ]
 
 
 def start_sentry(workdir: Path, log_path: Path) -> tuple[ManagedProcess, Sentry]:
@@ -70,19 +100,7 @@ def start_sentry(workdir: Path, log_path: Path) -> tuple[ManagedProcess, Sentry]
             str(creds),
             "--config",
             str(config),
-            "--port",
-            str(port),
-            "--listen-address",
-            "127.0.0.1",
-            "--healthz-port",
-            str(healthz),
-            "--healthz-listen-address",
-            "127.0.0.1",
-            "--metrics-port",
-            str(metrics),
-            "--metrics-listen-address",
-            "127.0.0.1",
-            "--log-as-json",
+            *control_plane_listeners(port, healthz, metrics),
         ],
         log_path,
     ).start()

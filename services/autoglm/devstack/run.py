@@ -27,6 +27,7 @@ from autoglm.devstack.frontdoor import GATEWAY_ENV, Backend, FrontDoor
 from autoglm.devstack.layout import DATA_DIR, MODELS_DIR, REPO_ROOT
 from autoglm.devstack.mtls import sentry_available, start_sentry
 from autoglm.devstack.multiapp import read_run_file
+from autoglm.devstack.placement import placement_available, start_placement
 from autoglm.devstack.processes import (
     ManagedProcess,
     StartupError,
@@ -232,6 +233,11 @@ def run_dev_stack(replicas_spec: str | None = None) -> int:
         _say("starting Dapr Sentry (mTLS between the sidecars, access lists by app id)")
         sentry_proc, sentry = start_sentry(DATA_DIR / "dapr", logs / "sentry.log")
         backing.append(sentry_proc)
+        if not placement_available():
+            raise StartupError("placement not found in .tools/bin: run 'make tools'")
+        _say("starting Dapr placement (session actors: a chat stays on one inference replica)")
+        placement_proc, sentry = start_placement(sentry, DATA_DIR / "dapr", logs / "placement.log")
+        backing.append(placement_proc)
         for reps in replicas.values():
             for r in reps:
                 r.secrets, r.sentry = secrets, sentry

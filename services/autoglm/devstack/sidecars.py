@@ -158,7 +158,7 @@ def start_daprd(
     if drain is not None:
         argv += ["--dapr-graceful-shutdown-seconds", str(int(drain.grace_s))]
     if sentry is not None:
-        argv += sentry.daprd_args()
+        argv += sentry.daprd_args(app_id)
     # cwd = repo root, so relative paths in components/ resolve as in `make run`.
     (DATA_DIR / "dapr").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **secrets.daprd_env(app_id), **(sentry.daprd_env() if sentry else {})}

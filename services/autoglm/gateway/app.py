@@ -7,7 +7,7 @@ import os
 from flask import Flask
 
 from autoglm.core.contracts import ARCHIVER, INFERENCE, MeshClient
-from autoglm.core.sidecar import SidecarAPI
+from autoglm.core.sidecar import ActorAPI, SidecarAPI
 from autoglm.gateway.attachments.api_router import attachments_blueprint
 from autoglm.gateway.attachments.serving import AttachmentService
 from autoglm.gateway.audit_log.api_router import audit_log_blueprint
@@ -74,7 +74,15 @@ def create_app(
         sidecar, {INFERENCE: settings.inference_app_id, ARCHIVER: settings.archiver_app_id}
     )
     client_options = {"stream_fn": stream_fn} if stream_fn else {}
-    inference = InferenceClient(mesh, timeout_s=settings.request_timeout_s, **client_options)
+    # Session actors are hosted by the app id ``inference`` only: a gateway sent to
+    # another one (a canary's) keeps plain invocation.
+    affinity = settings.session_affinity and settings.inference_app_id == INFERENCE
+    inference = InferenceClient(
+        mesh,
+        timeout_s=settings.request_timeout_s,
+        actors=sidecar if affinity and isinstance(sidecar, ActorAPI) else None,
+        **client_options,
+    )
     content_filter = ContentFilter(settings.blocked_terms, settings.blocked_patterns)
     sessions = SessionStore(sidecar, archiver_app_id=settings.archiver_app_id)
     cache = (

@@ -1,13 +1,16 @@
 """The gateway's one way to reach ``inference``: typed calls through the contract table
-(``autoglm.core.contracts``) and the gRPC stream proxied by daprd. Routes never build
+(``autoglm.core.contracts``), the gRPC stream proxied by daprd, and a session's actor
+(session affinity: ``generate`` of a turn that names a session). Routes never build
 invocation payloads themselves."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from autoglm.core.affinity import ACTOR_TYPE, session_actor_id
 from autoglm.core.contracts import (
     CANCEL,
     EMBED,
@@ -18,6 +21,7 @@ from autoglm.core.contracts import (
     UNLOAD_MODEL,
     MeshClient,
 )
+from autoglm.core.errors import UnavailableError
 from autoglm.core.schemas import (
     CancelRequest,
     EmbedRequest,
@@ -26,8 +30,12 @@ from autoglm.core.schemas import (
     GenerateResult,
     ModelRef,
     ModelState,
+    parse,
 )
+from autoglm.core.sidecar import ActorAPI
 from autoglm.core.streaming import stream_generate
+
+log = logging.getLogger(__name__)
 
 #: ``(payload, app_id, timeout)`` → frames; the default goes through the local daprd.
 StreamFn = Callable[[dict[str, Any], str, float], Iterator[dict[str, Any]]]
@@ -47,12 +55,35 @@ class InferenceClient:
     mesh: MeshClient
     timeout_s: float
     stream_fn: StreamFn = _sidecar_stream
+    #: Where session actors are invoked (``None``: no affinity, plain invocation).
+    actors: ActorAPI | None = None
 
     @property
     def app_id(self) -> str:
         return self.mesh.app_ids.get(INFERENCE, INFERENCE)
 
-    def generate(self, request: GenerateRequest) -> GenerateResult:
+    def generate(self, request: GenerateRequest, session: str | None = None) -> GenerateResult:
+        """One generation. With ``session`` it runs on the replica that holds the
+        session's actor (whose prefix cache has its earlier turns); when the actor
+        cannot be reached it falls back to plain service invocation (any replica)."""
+        if session and self.actors is not None:
+            actor_id = session_actor_id(request.tenant, session)
+            try:
+                reply = self.actors.invoke_actor(
+                    ACTOR_TYPE,
+                    actor_id,
+                    GENERATE.name,
+                    request.model_dump(mode="json"),
+                    timeout=self.timeout_s,
+                )
+                return parse(GenerateResult, reply)
+            except UnavailableError as exc:
+                if exc.code != "actor_unavailable":
+                    raise
+                log.warning(
+                    "session actor unavailable; any replica serves this turn",
+                    extra={"actor_id": actor_id, "reason": exc.message},
+                )
         return self.mesh.call(GENERATE, request, timeout=self.timeout_s)
 
     def stream(self, request: GenerateRequest) -> Iterator[dict[str, Any]]:

@@ -32,6 +32,9 @@ class GatewaySettings(AppSettings):
     inference_app_id: str = "inference"
     archiver_app_id: str = "archiver"
     request_timeout_s: float = Field(default=120.0, gt=0)
+    #: Send a session's non-streamed turns to its ``InferenceSession`` actor, so they
+    #: reach the inference replica holding the session's prefix (README: affinity).
+    session_affinity: bool = True
 
     # -- limits
     max_body_bytes: int = Field(default=1_048_576, ge=1024)

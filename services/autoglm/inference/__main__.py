@@ -6,16 +6,19 @@ SIGTERM/SIGINT stop the gRPC server, letting generations in flight finish for up
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 from pathlib import Path
 
+from autoglm.core.affinity import ACTOR_METHODS
 from autoglm.core.callback_server import run_until_stopped
 from autoglm.core.errors import AutoGLMError
 from autoglm.core.lifecycle import start_app
 from autoglm.core.sidecar import Sidecar
-from autoglm.inference.app import build_app
+from autoglm.inference.actor_host import ActorHost
+from autoglm.inference.app import build_app, endpoint
 from autoglm.inference.engine import AutoGLMEngine
 from autoglm.inference.metrics import InferenceMetrics
 from autoglm.inference.registry import ModelSpec
@@ -101,10 +104,23 @@ def main() -> int:
         settings.max_concurrent_calls,
         settings.fault_refuse_subscription_lists if settings.faults_enabled else 0,
     )
+    methods = endpoint(service)
+    actors = (
+        ActorHost(
+            {name: functools.partial(methods, name) for name in ACTOR_METHODS},
+            dapr_grpc_address=f"127.0.0.1:{os.environ.get('DAPR_GRPC_PORT', '50001')}",
+            api_token=os.environ.get("DAPR_API_TOKEN"),
+            max_workers=settings.max_concurrent_calls,
+        ).start()
+        if settings.session_actors
+        else None
+    )
     log.info("inference listening", extra={"port": settings.port})
     run_until_stopped(app, settings.port, settings.host, settings.shutdown_grace_s)
     # The server has stopped (in-flight calls finished or were cancelled). Closing the
     # engine here, not in the daemon shutdown thread, so it completes before exit.
+    if actors is not None:
+        actors.stop(settings.shutdown_grace_s)
     engine.close()
     log.info("inference stopped")
     return 0

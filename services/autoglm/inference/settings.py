@@ -93,6 +93,10 @@ class InferenceSettings(AppSettings):
     #: retrying the delivery, not after it gave up (then Redis redelivers only after
     #: the component's processingTimeout).
     claim_ttl_s: int = Field(default=10, ge=3)
+    #: Host the ``InferenceSession`` actor type (session affinity; needs a daprd with a
+    #: placement service and an actor state store). Without placement the stream stays
+    #: unregistered and callers use plain service invocation.
+    session_actors: bool = True
     #: Fault injection for the chaos tests (tests/chaos/): off unless ``faults_enabled``.
     #: A two-step switch, so a stray delay in a deployed config alone does nothing.
     faults_enabled: bool = False

@@ -71,8 +71,10 @@ class ChatCompletionService(GenerationServing):
         self, ctx: RequestContext, request: ChatCompletionRequest, prompt: list[ChatMessage]
     ) -> tuple[GenerateResult, list[GenerateChoice]]:
         """Generate for ``prompt``; the choices cut by the output content filter. The
-        caller charges the result's tokens once its reply is certain."""
-        result = self.inference.generate(self.generate_request(request, prompt, ctx.tenant))
+        caller charges the result's tokens once its reply is certain. A session's turn
+        goes to the inference replica holding the session (session affinity)."""
+        generate = self.generate_request(request, prompt, ctx.tenant)
+        result = self.inference.generate(generate, session=request.session_id)
         return result, [self.cut(c) for c in result.all_choices()]
 
     def open_chat_tokens(
