@@ -452,29 +452,35 @@ def rss_keys(idle: dict[str, float], mesh: OwnMesh) -> dict[str, Any]:
 
 
 def autosave_runs(mesh: OwnMesh, archiver_metrics: int, rounds: int) -> dict[str, Any]:
-    """Chat without sessions and with them (state + snapshot per turn, archiver autosave),
-    alternately ``rounds`` times, same concurrency and count: ``autosave_overhead_pct``
-    from the summed request rates (goal <= 5)."""
-    plain: list[dict[str, Any]] = []
-    sessions: list[dict[str, Any]] = []
+    """Chat with sessions (state read and write, snapshot per turn, archiver autosave)
+    against the same conversations without sessions (``chat-history``: the client sends
+    the history) and against one-message chats, alternately ``rounds`` times, same
+    concurrency and count. ``autosave_overhead_pct`` compares the first two (the same
+    prompts reach the engine: what is measured is keeping the session), from the mean
+    request rates (goal <= 5)."""
+    runs: dict[str, list[dict[str, Any]]] = {"chat": [], "chat-history": [], "sessions": []}
     snaps: dict[str, float] = {}
     for _ in range(rounds):
-        plain.append(scenario(mesh, "chat", "--concurrency", "8", "--requests", "96"))
-        base = snapshot_events(archiver_metrics)
-        t0 = time.perf_counter()
-        sessions.append(scenario(mesh, "sessions", "--concurrency", "8", "--requests", "96"))
-        snaps = snapshot_rate(archiver_metrics, t0, base)
-    plain_rps = sum(r["throughput_rps"] for r in plain) / rounds
-    sessions_rps = sum(r["throughput_rps"] for r in sessions) / rounds
+        for name in ("chat", "chat-history", "sessions"):
+            base = snapshot_events(archiver_metrics)
+            t0 = time.perf_counter()
+            runs[name].append(scenario(mesh, name, "--concurrency", "8", "--requests", "96"))
+            if name == "sessions":
+                snaps = snapshot_rate(archiver_metrics, t0, base)
+    rps = {name: sum(r["throughput_rps"] for r in rs) / rounds for name, rs in runs.items()}
     return {
         "keys": {
             "snapshots_per_s": snaps["snapshots_per_s"],
-            "chat_rps_without_sessions": round(plain_rps, 2),
-            "chat_rps_with_autosave": round(sessions_rps, 2),
-            "autosave_overhead_pct": round((1 - sessions_rps / plain_rps) * 100, 1),
+            "chat_rps_without_sessions": round(rps["chat-history"], 2),
+            "chat_rps_with_autosave": round(rps["sessions"], 2),
+            "autosave_overhead_pct": round((1 - rps["sessions"] / rps["chat-history"]) * 100, 1),
+            "chat_rps_short_messages": round(rps["chat"], 2),
+            "autosave_overhead_vs_short_chat_pct": round(
+                (1 - rps["sessions"] / rps["chat"]) * 100, 1
+            ),
         },
-        "plain": plain[-1],
-        "sessions": sessions[-1],
+        "plain": runs["chat-history"][-1],
+        "sessions": runs["sessions"][-1],
     }
 
 

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-SCENARIOS = ("chat", "chat-stream", "sessions", "attachments", "jobs")
+SCENARIOS = ("chat", "chat-stream", "sessions", "chat-history", "attachments", "jobs")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 TOPICS = ["sockets", "threads", "queues", "logging", "paths", "json", "tests", "e-mail"]
 
@@ -199,6 +199,34 @@ def session_worker(max_tokens: int, turns_per_session: int) -> Worker:
     return one
 
 
+def history_worker(max_tokens: int, turns_per_session: int) -> Worker:
+    """``sessions`` without sessions: each worker keeps its conversation itself and sends
+    it whole every turn (a new one every few turns), so the engine sees the same prompts
+    as in ``sessions`` and the difference between the two is what keeping the session in
+    the mesh costs (state read and write, snapshot, archiver), not prompt length."""
+    current: dict[int, tuple[list[dict[str, Any]], int]] = {}
+
+    async def one(client: httpx.AsyncClient, i: int) -> Sample:
+        worker = id(asyncio.current_task())
+        t0 = time.perf_counter()
+        history, turns = current.get(worker, ([], turns_per_session))
+        if turns >= turns_per_session:
+            history, turns = [], 0
+        body = chat_body(i, max_tokens)
+        body["messages"] = [*history, *body["messages"]]
+        resp = await client.post("/v1/chat/completions", json=body)
+        latency = time.perf_counter() - t0
+        if resp.status_code != 200:
+            return Sample(resp.status_code, latency)
+        reply = resp.json()
+        content = reply["choices"][0]["message"]["content"] or ""
+        history = [*body["messages"], {"role": "assistant", "content": content}]
+        current[worker] = (history, turns + 1)
+        return Sample(200, latency, tokens=reply["usage"]["completion_tokens"])
+
+    return one
+
+
 def attachment_worker(size: int, chunk: int) -> Worker:
     async def one(client: httpx.AsyncClient, i: int) -> Sample:
         data = (f"attachment {i}\n".encode() * (size // 12 + 1))[:size]
@@ -342,6 +370,7 @@ async def run(args: argparse.Namespace) -> Report:
             "chat": lambda: chat_worker(args.max_tokens),
             "chat-stream": lambda: stream_worker(args.max_tokens),
             "sessions": lambda: session_worker(args.max_tokens, args.turns),
+            "chat-history": lambda: history_worker(args.max_tokens, args.turns),
             "attachments": lambda: attachment_worker(args.attachment_bytes, args.chunk_bytes),
         }[args.scenario]()
         samples, seconds = await closed_loop(

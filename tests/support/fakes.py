@@ -7,6 +7,7 @@ It models what daprd's state.redis does where our code depends on it: ETags
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from autoglm.core import contracts
@@ -45,6 +46,12 @@ class FakeSidecar:
         if self.fail_publish:
             raise self.fail_publish
         self.published.append((topic, payload))
+
+    def publish_soon(self, topic: str, payload: dict[str, Any], pubsub: str = "pubsub") -> None:
+        """At once (tests read ``published`` right after a request); failures are
+        swallowed as ``Sidecar.publish_soon``'s worker logs them."""
+        with contextlib.suppress(AutoGLMError):
+            self.publish(topic, payload, pubsub)
 
     def advance(self, seconds: float) -> None:
         """Move the fake clock: keys whose TTL has run out are gone, as in Redis."""

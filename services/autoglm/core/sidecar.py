@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -19,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 from opentelemetry import propagate
 
+from autoglm.core.deferred import DeferredPublisher
 from autoglm.core.errors import (
     AutoGLMError,
     ConflictError,
@@ -92,6 +94,12 @@ class SidecarAPI(StateAPI, Protocol):
 
     def publish(self, topic: str, payload: dict[str, Any], pubsub: str = ...) -> None: ...
 
+    def publish_soon(self, topic: str, payload: dict[str, Any], pubsub: str = ...) -> None:
+        """Publish once the caller has moved on (``autoglm.core.deferred``), for events
+        whose effect is durable elsewhere or that only record a request; errors are
+        logged, never raised."""
+        ...
+
     def delete_state(self, key: str, etag: str | None = ..., store: str = ...) -> None: ...
 
     def get_secret(self, store: str, name: str) -> dict[str, str]: ...
@@ -126,8 +134,12 @@ class Sidecar:
         headers = {"dapr-api-token": token} if token else {}
         self.base_url = f"http://{host}:{port}"
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        self._deferred: DeferredPublisher | None = None
+        self._deferred_lock = threading.Lock()
 
     def close(self) -> None:
+        if self._deferred is not None:
+            self._deferred.flush()
         self._http.close()
 
     # -- transport -------------------------------------------------------------------
@@ -246,10 +258,23 @@ class Sidecar:
     # -- pub/sub ---------------------------------------------------------------------
     def publish(self, topic: str, payload: dict[str, Any], pubsub: str = PUBSUB) -> None:
         """Publish as a CloudEvent; returns only once the broker accepted it."""
+        self._publish_with(topic, payload, pubsub, {})
+
+    def _publish_with(
+        self, topic: str, payload: dict[str, Any], pubsub: str, headers: dict[str, str]
+    ) -> None:
+        """``publish`` with a trace context captured earlier (``headers``), if any."""
         path = f"/v1.0/publish/{path_segment(pubsub, 'pubsub')}/{path_segment(topic, 'topic')}"
-        resp = self._request("POST", path, json_body=payload)
+        resp = self._request("POST", path, json_body=payload, headers=headers or None)
         if resp.status_code >= 300:
             raise self._dapr_error(resp, f"publish {topic}")
+
+    def publish_soon(self, topic: str, payload: dict[str, Any], pubsub: str = PUBSUB) -> None:
+        if self._deferred is None:
+            with self._deferred_lock:
+                if self._deferred is None:
+                    self._deferred = DeferredPublisher(self._publish_with)
+        self._deferred.submit(topic, payload, pubsub)
 
     # -- state -----------------------------------------------------------------------
     def get_state(self, key: str, store: str = STATESTORE) -> StateEntry | None:

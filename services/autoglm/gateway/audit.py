@@ -16,7 +16,6 @@ import time
 from flask import request
 from opentelemetry import trace
 
-from autoglm.core.errors import AutoGLMError
 from autoglm.core.schemas import AUDIT_TOPIC, AuditEvent
 from autoglm.core.sidecar import SidecarAPI
 from autoglm.gateway.context import RequestContext
@@ -45,13 +44,11 @@ def audit_event(ctx: RequestContext, action: str, path: str, status: int) -> Aud
 
 
 def publish_audit(sidecar: SidecarAPI, event: AuditEvent, started: float) -> None:
-    """Publish ``event`` with the latency since ``started`` (monotonic); a failure is
-    logged, never the request's."""
+    """Publish ``event`` with the latency since ``started`` (monotonic), just after the
+    reply, in the request's trace (``publish_soon``, issue 15); a failure is logged,
+    never the request's."""
     done = event.model_copy(update={"latency_ms": round((time.monotonic() - started) * 1000, 2)})
-    try:
-        sidecar.publish(AUDIT_TOPIC, done.model_dump(mode="json"))
-    except AutoGLMError as exc:
-        log.error("audit event not published", extra={"reason": exc.message})
+    sidecar.publish_soon(AUDIT_TOPIC, done.model_dump(mode="json"))
 
 
 def _masked(value: str | None) -> str | None:

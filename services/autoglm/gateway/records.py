@@ -115,6 +115,12 @@ class ArchivedRecords:
         self.save(tenant, rid, TOMBSTONE, etag, what)
 
     def publish_snapshot(self, event: SnapshotEvent) -> None:
+        if not event.flush:
+            # After the reply (issue 15): the record is already durable in the state
+            # store, and a snapshot that never arrives is covered by the next change,
+            # which carries the record whole.
+            self.sidecar.publish_soon(SNAPSHOTS_TOPIC, event.model_dump(mode="json"))
+            return
         try:
             self.sidecar.publish(SNAPSHOTS_TOPIC, event.model_dump(mode="json"))
         except AutoGLMError as exc:

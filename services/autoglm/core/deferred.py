@@ -1,0 +1,102 @@
+"""Events published after the request that caused them has been answered.
+
+Some events do not need to be on a request's critical path: the effect they report is
+already durable elsewhere (a session or stored response is in the state store before its
+snapshot event is published; the archive catches up from the next change otherwise), or
+they are records about the request (audit events). Publishing them in the request costs
+a round trip to daprd (and its broker write) on every reply; here a worker publishes
+them just after, in the order they were queued, each with the trace context of the
+request that queued it (so the trace still runs from the client to the archiver).
+
+Not batched into Dapr's bulk publish: one bulk request carries one trace context, and
+each event belongs to its own request's trace.
+
+What does not change: failures are logged, never raised (callers already treated these
+publishes as best-effort: a request never failed for them); ``flush`` (on close, and at
+interpreter exit, so a graceful stop drains the queue) waits until every queued event
+was handed to daprd; a full queue makes the caller publish itself (back-pressure, never
+a drop). What does: an event queued by a request answered in the last milliseconds
+before the process is killed (SIGKILL, OOM) is lost with the process, where before the
+request would have been cut instead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import propagate
+
+from autoglm.core.errors import AutoGLMError
+
+log = logging.getLogger(__name__)
+
+#: ``(topic, payload, pubsub, headers)``: headers carry the trace context.
+PublishFn = Callable[[str, dict[str, Any], str, dict[str, str]], None]
+
+_Item = tuple[str, dict[str, Any], str, dict[str, str]]
+
+
+class DeferredPublisher:
+    """One worker publishing queued events in order."""
+
+    def __init__(self, publish: PublishFn, *, max_queued: int = 10_000) -> None:
+        self._publish = publish
+        self._queue: queue.Queue[_Item] = queue.Queue(max_queued)
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        atexit.register(self.flush)
+
+    def submit(self, topic: str, payload: dict[str, Any], pubsub: str) -> None:
+        """Queue ``payload`` for ``topic`` with the caller's trace context; publishes it
+        here if the queue is full."""
+        headers: dict[str, str] = {}
+        propagate.inject(headers)
+        item = (topic, payload, pubsub, headers)
+        self._ensure_worker()
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self._send(item)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued event was published (or failed and was logged)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() >= deadline:
+                log.error("deferred events not published", extra={"left": self._queue.qsize()})
+                return False
+            time.sleep(0.005)
+        return True
+
+    def _ensure_worker(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="deferred-publisher", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                self._send(item)
+            except Exception:  # never let the worker die with events still queued
+                log.exception("deferred publish failed")
+            finally:
+                self._queue.task_done()
+
+    def _send(self, item: _Item) -> None:
+        topic, payload, pubsub, headers = item
+        try:
+            self._publish(topic, payload, pubsub, headers)
+        except AutoGLMError as exc:
+            log.error("event not published", extra={"topic": topic, "reason": exc.message})
