@@ -47,6 +47,7 @@ SERVING_MODULES = [
     "autoglm.gateway.openai.responses.serving",
     "autoglm.gateway.sessions.store",
     "autoglm.gateway.jobs.store",
+    "autoglm.gateway.jobs.serving",
     "autoglm.gateway.attachments.serving",
     "autoglm.gateway.audit_log.serving",
 ]

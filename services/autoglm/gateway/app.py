@@ -17,6 +17,7 @@ from autoglm.gateway.errors import register_error_handlers
 from autoglm.gateway.health import health_blueprint
 from autoglm.gateway.inference_client import InferenceClient, StreamFn
 from autoglm.gateway.jobs.api_router import jobs_blueprint
+from autoglm.gateway.jobs.serving import JobService
 from autoglm.gateway.jobs.store import JobStore
 from autoglm.gateway.openai.chat.api_router import chat_blueprint
 from autoglm.gateway.openai.chat.serving import ChatCompletionService
@@ -106,7 +107,7 @@ def create_app(
     app.register_blueprint(models_blueprint(ModelService(inference)))
     app.register_blueprint(sessions_blueprint(sessions, content_filter))
     jobs = JobStore(sidecar, ttl_s=settings.job_ttl_s, content_filter=content_filter, charge=tokens)
-    app.register_blueprint(jobs_blueprint(jobs, chat))
+    app.register_blueprint(jobs_blueprint(JobService(jobs, chat)))
     responses = ResponseStore(sidecar, archiver_app_id=settings.archiver_app_id)
     app.register_blueprint(
         responses_blueprint(ResponseService(chat, responses, jobs, charge=tokens))

@@ -1,4 +1,5 @@
-"""HTTP routes for ``/v1/jobs`` and the Dapr subscription that completes them."""
+"""HTTP routes for ``/v1/jobs`` and the Dapr subscription that completes them (the topic
+and its dead letter as the contract table declares them for the gateway)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import json
 
 from flask import Blueprint, Response, jsonify, request
 
-from autoglm.core.errors import InvalidRequestError
+from autoglm.core import contracts
 from autoglm.core.pubsub import Ack
 from autoglm.core.schemas import PUBSUB, RESULTS_TOPIC
-from autoglm.gateway.jobs.store import JobStore
-from autoglm.gateway.openai.chat.serving import ChatCompletionService
+from autoglm.gateway.jobs.serving import JobService
 from autoglm.gateway.pipeline import require
 from autoglm.gateway.security.rbac import Action
 
@@ -18,25 +18,20 @@ RESULTS_ROUTE = "/dapr/events/inference-results"
 _DAPR_STATUS = {Ack.SUCCESS: "SUCCESS", Ack.RETRY: "RETRY", Ack.DROP: "DROP"}
 
 
-def jobs_blueprint(store: JobStore, chat: ChatCompletionService) -> Blueprint:
+def jobs_blueprint(service: JobService) -> Blueprint:
     bp = Blueprint("jobs", __name__)
+    results = contracts.topic(RESULTS_TOPIC)
+    if contracts.GATEWAY not in results.subscribers:
+        raise KeyError(f"the gateway does not subscribe to {RESULTS_TOPIC!r} in the table")
 
     @bp.post("/v1/jobs")
     def submit_job() -> tuple[Response, int]:
-        ctx = require(Action.JOBS)
-        body = chat.parse(request.get_data())
-        ctx.model = body.model  # for the audit event
-        if body.stream or body.n > 1 or body.session_id:
-            raise InvalidRequestError(
-                "a job takes one choice (n=1), without stream or session_id", param="n"
-            )
-        job = store.submit(ctx.tenant, chat.generate_request(body, body.messages, ctx.tenant))
+        job = service.submit(require(Action.JOBS), request.get_data())
         return jsonify(job.to_json()), 202
 
     @bp.get("/v1/jobs/<job_id>")
     def get_job(job_id: str) -> Response:
-        ctx = require(Action.JOBS)
-        return jsonify(store.get(ctx.tenant, job_id).to_json())
+        return jsonify(service.get(require(Action.JOBS), job_id).to_json())
 
     @bp.get("/dapr/subscribe")
     def subscriptions() -> Response:
@@ -44,9 +39,9 @@ def jobs_blueprint(store: JobStore, chat: ChatCompletionService) -> Blueprint:
             [
                 {
                     "pubsubname": PUBSUB,
-                    "topic": RESULTS_TOPIC,
+                    "topic": results.name,
                     "route": RESULTS_ROUTE,
-                    "deadLetterTopic": f"{RESULTS_TOPIC}.deadletter",
+                    "deadLetterTopic": results.dead_letter,
                 }
             ]
         )
@@ -55,7 +50,7 @@ def jobs_blueprint(store: JobStore, chat: ChatCompletionService) -> Blueprint:
     def on_result() -> Response:
         envelope = request.get_json(silent=True) or {}
         data = envelope.get("data", envelope)
-        ack = store.on_result(json.dumps(data).encode())
+        ack = service.on_result(json.dumps(data).encode())
         return jsonify({"status": _DAPR_STATUS[ack]})
 
     return bp
