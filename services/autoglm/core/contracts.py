@@ -45,6 +45,7 @@ from autoglm.core.streaming import STREAM_METHOD, STREAM_SERVICE
 
 Req = TypeVar("Req", bound=BaseModel)
 Rep = TypeVar("Rep", bound=BaseModel)
+Ev = TypeVar("Ev", bound=BaseModel)
 
 GATEWAY, INFERENCE, ARCHIVER = "gateway", "inference", "archiver"
 APPS = (GATEWAY, INFERENCE, ARCHIVER)
@@ -73,9 +74,9 @@ class Rpc(Generic[Req, Rep]):
 
 
 @dataclass(frozen=True)
-class Topic:
+class Topic(Generic[Ev]):
     name: str
-    event: type[BaseModel] | None
+    event: type[Ev]
     publishers: frozenset[str]
     subscribers: frozenset[str]
 
@@ -95,7 +96,7 @@ def _rpc(
     return Rpc(name, app, request, reply, frozenset(callers))
 
 
-def _topic(name: str, event: type[BaseModel], publishers: Iterable[str], *subs: str) -> Topic:
+def _topic(name: str, event: type[Ev], publishers: Iterable[str], *subs: str) -> Topic[Ev]:
     return Topic(name, event, frozenset(publishers), frozenset(subs))
 
 
@@ -175,11 +176,15 @@ RPCS: tuple[Rpc[Any, Any], ...] = (
     ARCHIVER_HEALTH,
 )
 
-TOPICS: tuple[Topic, ...] = (
-    _topic(REQUESTS_TOPIC, InferenceRequestEvent, [GATEWAY], INFERENCE),
-    _topic(RESULTS_TOPIC, InferenceResultEvent, [INFERENCE], GATEWAY),
-    _topic(SNAPSHOTS_TOPIC, SnapshotEvent, [GATEWAY], ARCHIVER),
-    _topic(AUDIT_TOPIC, AuditEvent, [GATEWAY], ARCHIVER),
+INFERENCE_REQUESTS = _topic(REQUESTS_TOPIC, InferenceRequestEvent, [GATEWAY], INFERENCE)
+INFERENCE_RESULTS = _topic(RESULTS_TOPIC, InferenceResultEvent, [INFERENCE], GATEWAY)
+SESSION_SNAPSHOTS = _topic(SNAPSHOTS_TOPIC, SnapshotEvent, [GATEWAY], ARCHIVER)
+AUDIT_EVENTS = _topic(AUDIT_TOPIC, AuditEvent, [GATEWAY], ARCHIVER)
+TOPICS: tuple[Topic[Any], ...] = (
+    INFERENCE_REQUESTS,
+    INFERENCE_RESULTS,
+    SESSION_SNAPSHOTS,
+    AUDIT_EVENTS,
 )
 
 #: Which secrets (in the ``vault`` store) each app reads; the defaults of its settings.
@@ -221,7 +226,7 @@ def rpc(app: str, name: str) -> Rpc[Any, Any]:
     raise KeyError(f"{app} declares no method {name!r}")
 
 
-def topic(name: str) -> Topic:
+def topic(name: str) -> Topic[Any]:
     for t in TOPICS:
         if t.name == name:
             return t
@@ -257,6 +262,15 @@ class MeshClient:
             raise InternalError(
                 f"malformed reply from {method.app}.{method.name}: {exc.error_count()} errors"
             ) from None
+
+    def publish(self, topic: Topic[Ev], event: Ev, *, soon: bool = False) -> None:
+        """Publish ``event``, the model the table declares for ``topic``: now (returns
+        once the broker accepted it), or with ``soon`` just after the caller has moved on
+        (``SidecarAPI.publish_soon``: errors logged, never raised)."""
+        if not isinstance(event, topic.event):
+            raise TypeError(f"{topic.name} carries {topic.event!r}, not {type(event)!r}")
+        publish = self.sidecar.publish_soon if soon else self.sidecar.publish
+        publish(topic.name, event.model_dump(mode="json"))
 
 
 # -- derived sets ----------------------------------------------------------------------

@@ -47,6 +47,9 @@ def create_app(
     app = Flask("autoglm.gateway")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.wsgi_app = body_deadline(app.wsgi_app, settings.body_timeout_s)  # type: ignore[method-assign,assignment]
+    mesh = MeshClient(
+        sidecar, {INFERENCE: settings.inference_app_id, ARCHIVER: settings.archiver_app_id}
+    )
     register_error_handlers(app)
     limiter = RateLimiter(
         sidecar,
@@ -66,14 +69,11 @@ def create_app(
         ),
         limiter,
         tokens,
-        sidecar,
+        mesh,
         app_token=os.environ.get("APP_API_TOKEN"),
         trust_forwarded=settings.trust_forwarded_for,
     ).install(app)
 
-    mesh = MeshClient(
-        sidecar, {INFERENCE: settings.inference_app_id, ARCHIVER: settings.archiver_app_id}
-    )
     client_options = {"stream_fn": stream_fn} if stream_fn else {}
     # Session actors are hosted by the app id ``inference`` only: a gateway sent to
     # another one (a canary's) keeps plain invocation.

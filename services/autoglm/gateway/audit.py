@@ -16,8 +16,8 @@ import time
 from flask import request
 from opentelemetry import trace
 
-from autoglm.core.schemas import AUDIT_TOPIC, AuditEvent
-from autoglm.core.sidecar import SidecarAPI
+from autoglm.core.contracts import AUDIT_EVENTS, MeshClient
+from autoglm.core.schemas import AuditEvent
 from autoglm.gateway.context import RequestContext
 from autoglm.gateway.security.masking import mask_pii
 
@@ -43,12 +43,12 @@ def audit_event(ctx: RequestContext, action: str, path: str, status: int) -> Aud
     )
 
 
-def publish_audit(sidecar: SidecarAPI, event: AuditEvent, started: float) -> None:
+def publish_audit(mesh: MeshClient, event: AuditEvent, started: float) -> None:
     """Publish ``event`` with the latency since ``started`` (monotonic), just after the
     reply, in the request's trace (``publish_soon``, issue 15); a failure is logged,
     never the request's."""
     done = event.model_copy(update={"latency_ms": round((time.monotonic() - started) * 1000, 2)})
-    sidecar.publish_soon(AUDIT_TOPIC, done.model_dump(mode="json"))
+    mesh.publish(AUDIT_EVENTS, done, soon=True)
 
 
 def _masked(value: str | None) -> str | None:

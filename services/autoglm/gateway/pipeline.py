@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from flask import Flask, Response, g, request
 from opentelemetry.trace import Span
 
+from autoglm.core.contracts import MeshClient
 from autoglm.core.errors import AuthenticationError
-from autoglm.core.sidecar import SidecarAPI
 from autoglm.core.tracing import end_server_span, start_server_span
 from autoglm.gateway.audit import audit_event, client_ip, publish_audit
 from autoglm.gateway.body_limit import check_undeclared_body
@@ -60,7 +60,7 @@ class RequestPipeline:
     authenticator: Authenticator
     limiter: RateLimiter
     charge_tokens: ChargeTokens
-    sidecar: SidecarAPI
+    mesh: MeshClient
     #: daprd's token for calls into the app (``APP_API_TOKEN``); None refuses them all.
     app_token: str | None
     trust_forwarded: bool = False
@@ -125,9 +125,9 @@ class RequestPipeline:
             if resp.is_streamed:
                 # A stream (SSE) is still being served: its event goes out when it has
                 # ended, so the latency covers the whole stream, not just its first bytes.
-                resp.call_on_close(lambda: publish_audit(self.sidecar, event, ctx.started))
+                resp.call_on_close(lambda: publish_audit(self.mesh, event, ctx.started))
             else:
-                publish_audit(self.sidecar, event, ctx.started)
+                publish_audit(self.mesh, event, ctx.started)
         return resp
 
     def end(self, _exc: BaseException | None) -> None:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from autoglm.core.archive_protocol import RestoreReply, RestoreRequest
-from autoglm.core.contracts import ARCHIVER, RESTORE, MeshClient
+from autoglm.core.contracts import ARCHIVER, RESTORE, SESSION_SNAPSHOTS, MeshClient
 from autoglm.core.errors import AutoGLMError, ConflictError, NotFoundError
-from autoglm.core.schemas import SNAPSHOTS_TOPIC, SnapshotEvent, is_safe_id
+from autoglm.core.schemas import SnapshotEvent, is_safe_id
 from autoglm.core.sidecar import SidecarAPI, StateEntry
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class ArchivedRecords:
         event = SnapshotEvent(
             tenant=tenant, session_id=rid, version=version, messages=[], deleted=True
         )
-        self.sidecar.publish(SNAPSHOTS_TOPIC, event.model_dump(mode="json"))
+        self.mesh.publish(SESSION_SNAPSHOTS, event)
         self.save(tenant, rid, TOMBSTONE, etag, what)
 
     def publish_snapshot(self, event: SnapshotEvent) -> None:
@@ -119,10 +119,10 @@ class ArchivedRecords:
             # After the reply (issue 15): the record is already durable in the state
             # store, and a snapshot that never arrives is covered by the next change,
             # which carries the record whole.
-            self.sidecar.publish_soon(SNAPSHOTS_TOPIC, event.model_dump(mode="json"))
+            self.mesh.publish(SESSION_SNAPSHOTS, event, soon=True)
             return
         try:
-            self.sidecar.publish(SNAPSHOTS_TOPIC, event.model_dump(mode="json"))
+            self.mesh.publish(SESSION_SNAPSHOTS, event)
         except AutoGLMError as exc:
             # The record itself is durable in the state store; the next change carries
             # it whole to the archive again.

@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 
+from autoglm.core.contracts import INFERENCE_REQUESTS, MeshClient
 from autoglm.core.errors import AutoGLMError, NotFoundError
 from autoglm.core.pubsub import Ack
 from autoglm.core.schemas import (
-    REQUESTS_TOPIC,
     RESULTS_TOPIC,
     GenerateRequest,
     InferenceRequestEvent,
@@ -59,6 +59,10 @@ class JobStore:
     #: Charges a completed job's tokens to its tenant's budget (``TokenAccounting``).
     charge: ChargeTokens | None = None
     _routes: dict[str, ResultHandler] = field(default_factory=dict, init=False)
+    mesh: MeshClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mesh = MeshClient(self.sidecar)
 
     def submit(self, tenant: str, request: GenerateRequest) -> JobRecord:
         request = request.model_copy(update={"tenant": tenant})  # scheduled as its tenant
@@ -80,7 +84,7 @@ class JobStore:
         event = InferenceRequestEvent(
             request_id=f"{tenant}:{local_id}", reply_topic=RESULTS_TOPIC, request=request
         )
-        self.sidecar.publish(REQUESTS_TOPIC, event.model_dump(mode="json"))
+        self.mesh.publish(INFERENCE_REQUESTS, event)
 
     def route(self, prefix: str, handler: ResultHandler) -> None:
         """Results for ids ``{tenant}:{prefix}...`` go to ``handler(tenant, id, event)``
