@@ -1,16 +1,23 @@
-"""Inference's pub/sub handler publishes through real daprd into the real Redis stream."""
+"""Pub/sub through real daprd and Redis: inference's handler publishes its result; how
+daprd treats a subscriber's RETRY."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
+import yaml
+
 from autoglm.core.pubsub import Ack
+from autoglm.core.schemas import AUDIT_TOPIC
 from autoglm.core.sidecar import Sidecar
 from autoglm.inference.engine import AutoGLMEngine
 from autoglm.inference.serving import InferenceService
-from tests.support.stack import Backing
+from tests.support.polling import wait_for
+from tests.support.stack import Backing, start_app
 
 
 def test_result_lands_on_reply_topic_stream(
@@ -36,3 +43,64 @@ def test_result_lands_on_reply_topic_stream(
     cloud_event = json.loads(entries[0][1][b"data"])
     assert cloud_event["data"]["request_id"] == request_id
     assert cloud_event["data"]["result"]["completion_tokens"] >= 1
+
+
+def test_daprd_retries_a_retry_status_and_a_failed_call_alike_then_dead_letters_them(
+    sidecar: Sidecar, backing: Backing, tmp_path: Path
+) -> None:
+    """Pins what the apps' RETRY rests on (``callback_server.topic_response``): under a
+    resiliency retry policy like the apps' (here 2 quick retries), daprd 1.18 delivers
+    an event answered RETRY again, exactly like one whose call failed, and once the
+    retries are spent moves both to the subscription's dead-letter topic; nothing is
+    acknowledged as handled and nothing is lost."""
+    resources = tmp_path / "resources"
+    shutil.copytree(backing.resources, resources)
+    (resources / "resiliency.yaml").write_text(yaml.safe_dump(_QUICK_RETRIES))
+    log = tmp_path / "deliveries"
+    log.touch()
+    probes = {"retry": f"probe-{uuid.uuid4().hex}", "fail": f"probe-{uuid.uuid4().hex}"}
+    with ExitStack() as stack:
+        start_app(
+            backing,
+            stack,
+            "itest-probe",
+            "tests.support.pubsub_probe",
+            env={"AUTOGLM_PROBE_LOG": str(log)},
+            resources=resources,
+        )
+        client = backing.redis_client()
+        stack.callback(client.close)
+        for answer, probe in probes.items():
+            sidecar.publish(AUDIT_TOPIC, {"probe": probe, "answer": answer})
+
+        def dead_lettered() -> set[str]:
+            entries = client.xrange(f"{AUDIT_TOPIC}.deadletter")
+            return {p for p in probes.values() for _, f in entries if p.encode() in f[b"data"]}
+
+        wait_for("both probes dead-lettered", lambda: dead_lettered() == set(probes.values()), 30)
+        assert client.xpending(AUDIT_TOPIC, "itest-probe")["pending"] == 0
+    # The first delivery and the policy's 2 retries, each.
+    assert [_count(log, probes["retry"]), _count(log, probes["fail"])] == [3, 3]
+
+
+#: The probe's resiliency: the apps' inbound delivery policy, with 2 quick retries.
+_QUICK_RETRIES = {
+    "apiVersion": "dapr.io/v1alpha1",
+    "kind": "Resiliency",
+    "metadata": {"name": "probe"},
+    "scopes": ["itest-probe"],
+    "spec": {
+        "policies": {
+            "retries": {"delivery": {"policy": "constant", "duration": "200ms", "maxRetries": 2}}
+        },
+        "targets": {"components": {"pubsub": {"inbound": {"retry": "delivery"}}}},
+    },
+}
+
+
+def _count(log: Path, probe: str) -> int:
+    return log.read_text().split().count(probe)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -79,6 +79,8 @@ class FakeSidecar:
         create_only: bool = False,
         ttl_s: int | None = None,
     ) -> None:
+        if self.fail_state:
+            raise self.fail_state
         current = self.state.get(key)
         if (create_only and current) or (
             etag is not None and (not current or str(current[1]) != etag)

@@ -23,7 +23,7 @@ from autoglm.devstack.processes import free_port
 from autoglm.devstack.replicas import Replica, build_replicas, rolling_restart
 from autoglm.devstack.sidecars import DrainTimings, SidecarPorts
 from tests.support.mesh import inference_env
-from tests.support.polling import wait_settled
+from tests.support.polling import wait_for, wait_settled
 from tests.support.stack import Backing, wait_http_ok
 from tests.support.tokens import bearer
 
@@ -148,16 +148,18 @@ def settle_jobs(mesh: HAMesh, tenant: str, jobs: list[str], timeout: float = 90)
     from load.loadgen import published_results
 
     status: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
     with httpx.Client(base_url=mesh.url, headers=mesh.headers(tenant), timeout=30) as c:
-        while time.monotonic() < deadline:
+
+        def all_finished() -> bool:
             for job in jobs:
                 if status.get(job, "queued") in ("queued", "running"):
                     with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                         status[job] = c.get(f"/v1/jobs/{job}").json()["status"]
-            if all(status.get(j) not in (None, "queued", "running") for j in jobs):
-                break
-            time.sleep(1)
+            return all(status.get(j) not in (None, "queued", "running") for j in jobs)
+
+        # Bounded: what has not finished by then is counted as lost below.
+        with contextlib.suppress(AssertionError):
+            wait_for("every job finished", all_finished, timeout, every=1)
         done = {j: c.get(f"/v1/jobs/{j}").json() for j in jobs if status.get(j) == "completed"}
         # No redelivery still to come: both topics delivered and acknowledged. Only then
         # is a job that has not finished lost, and a finished one safe from rewrites.

@@ -9,19 +9,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import httpx
 import redis
 
+T = TypeVar("T")
 
-def wait_for(what: str, check: Callable[[], object], timeout: float, every: float = 0.2) -> None:
-    """Poll ``check`` until it is truthy; a transient HTTP error counts as "not yet"."""
+
+def wait_for(
+    what: str,
+    check: Callable[[], T],
+    timeout: float,
+    every: float = 0.2,
+    transient: tuple[type[Exception], ...] = (httpx.HTTPError,),
+) -> T:
+    """Poll ``check`` until it returns something truthy, and return that; an exception
+    of a ``transient`` type (by default an HTTP error) counts as "not yet"."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if check():
-                return
-        except httpx.HTTPError:
+            if result := check():
+                return result
+        except transient:
             pass
         if time.monotonic() >= deadline:
             raise AssertionError(f"not within {timeout:.0f}s: {what}")

@@ -130,8 +130,10 @@ def start_app(
     *,
     protocol: str = "grpc",
     env: dict[str, str] | None = None,
+    resources: Path | None = None,
 ) -> AppUnderTest:
-    """Start ``python -m module`` (if given) and its daprd; wait until both are ready."""
+    """Start ``python -m module`` (if given) and its daprd; wait until both are ready.
+    ``resources``: the daprd's resources folder instead of the stack's."""
     logs = backing.workdir / "logs"
     ports = SidecarPorts.allocate()
     if module is None:
@@ -164,7 +166,7 @@ def start_app(
     try:
         sidecar, app_proc = launch(
             entry,
-            backing.resources,
+            resources or backing.resources,
             backing.config,
             logs,
             Path.cwd(),

@@ -28,6 +28,7 @@ from autoglm.archiver.staging import Staging
 from autoglm.core.errors import AutoGLMError, NotFoundError
 from autoglm.core.pubsub import Ack
 from tests.support.fakes import FakeSidecar
+from tests.support.polling import wait_for
 
 KEY = Cipher(os.urandom(32))
 
@@ -171,13 +172,9 @@ def test_autosaver_thread_runs_cycles(tmp_path: Path) -> None:
     saver = Autosaver(sessions.flush_due, 32, 0.01)
     saver.start()
     try:
-        for _ in range(200):
-            if versions(sessions) == [1]:
-                break
-            time.sleep(0.01)
+        wait_for("an autosaved version", lambda: versions(sessions) == [1], 2, every=0.01)
     finally:
         saver.stop()
-    assert versions(sessions) == [1]
     assert tick_seconds(AutosavePolicy(idle_ms=100, interval_seconds=30)) == 0.05
 
 

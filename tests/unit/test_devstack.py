@@ -17,6 +17,7 @@ from autoglm.devstack.secrets import (
     StackSecrets,
 )
 from autoglm.devstack.sidecars import COMPONENTS_DIR, render_components
+from tests.support.polling import wait_for
 
 
 def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
@@ -24,10 +25,7 @@ def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
     proc = ManagedProcess(
         "sh", ["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"], tmp_path / "log"
     ).start()
-    deadline = time.monotonic() + 10
-    while not pidfile.exists() or not pidfile.read_text().strip():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for("the child's pid", lambda: pidfile.exists() and pidfile.read_text().strip(), 10)
     child = int(pidfile.read_text())
     proc.stop(timeout=5)
     assert not proc.alive()

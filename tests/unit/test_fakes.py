@@ -47,3 +47,17 @@ def test_first_write_key_refuses_un_etagged_writes() -> None:
     fake.save_state("k", 1, create_only=True)
     with pytest.raises(UnavailableError):
         fake.save_state("k", 2)
+
+
+def test_a_store_outage_fails_reads_writes_and_deletes() -> None:
+    fake = FakeSidecar()
+    fake.save_state("k", 1)
+    fake.fail_state = UnavailableError("Dapr sidecar is not reachable")
+    for call in (lambda: fake.get_state("k"), lambda: fake.save_state("k", 2)):
+        with pytest.raises(UnavailableError):
+            call()
+    with pytest.raises(UnavailableError):
+        fake.delete_state("k")
+    fake.fail_state = None
+    entry = fake.get_state("k")
+    assert entry is not None and entry.value == 1

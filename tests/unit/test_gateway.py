@@ -29,6 +29,7 @@ from autoglm.core.errors import (
 from autoglm.gateway.app import create_app
 from autoglm.gateway.settings import GatewaySettings
 from tests.support.fakes import FakeSidecar
+from tests.support.polling import wait_for
 from tests.support.tokens import bearer
 from tests.unit.gateway_fixtures import (
     CHAT,
@@ -562,15 +563,13 @@ def test_sigint_drains_like_sigterm() -> None:
     # Own process group, signalled as a whole: what Ctrl-C does (master and workers).
     proc = subprocess.Popen([sys.executable, "-c", _GATEWAY, str(port)], start_new_session=True)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                conn = socket.create_connection(("127.0.0.1", port), 1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "gateway did not start"
-                time.sleep(0.05)
-        with conn:
+
+        def connect() -> socket.socket:
+            return socket.create_connection(("127.0.0.1", port), 1)
+
+        with wait_for(
+            "the gateway listening", connect, 20, every=0.05, transient=(OSError,)
+        ) as conn:
             conn.settimeout(10)
             request = b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n"
             conn.sendall(request)

@@ -26,6 +26,7 @@ from autoglm.inference.adapters import (
 from autoglm.inference.engine import AutoGLMEngine
 from autoglm.inference.registry import ModelRegistry, ModelSpec
 from autoglm.models.signing import IntegrityError, verify_model
+from tests.support.polling import wait_for
 
 MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
 
@@ -249,10 +250,8 @@ def test_unload_during_loading_sticks() -> None:
     assert [getattr(e, "code", None) for e in waiter_error] == ["model_unloaded"]
     assert reg.committed_bytes() == 0  # its reservation is released at once
     gate.set()
-    deadline = time.monotonic() + 5
-    while not (made and made[0].closed) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert made and made[0].closed  # the finished load was discarded, not made ready
+    # The finished load is discarded, not made ready.
+    wait_for("the late load closed", lambda: made and made[0].closed, 5, every=0.01)
     assert _states(reg) == {"m": "not_loaded"} and reg.loaded_bytes() == 0
 
 

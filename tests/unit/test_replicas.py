@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from autoglm.devstack.processes import ancestors, describe_pid, port_holders
 from autoglm.devstack.replicas import parse_replicas, replica_entries
 from autoglm.devstack.run import answered_by_us, port_conflicts
 from autoglm.devstack.sidecars import SidecarPorts
+from tests.support.polling import wait_for
 
 
 def test_parse_replicas() -> None:
@@ -106,25 +106,28 @@ def test_children_do_not_outlive_their_launcher(tmp_path: Path) -> None:
         ],
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
-    deadline = time.monotonic() + 20
-    while not (pidfile.exists() and pidfile.read_text()):
-        assert time.monotonic() < deadline and launcher.poll() is None
-        time.sleep(0.05)
+
+    def started() -> bool:
+        assert launcher.poll() is None, "the launcher died"
+        return pidfile.exists() and bool(pidfile.read_text())
+
+    wait_for("the service's pid", started, 20, every=0.05)
     child = int(pidfile.read_text())
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             os.kill(child, 0)
-            if Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
-                break
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
+            return Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+
+    try:
+        wait_for("the service ends with its launcher", gone, 5, every=0.05)
+    except AssertionError:
         os.kill(child, signal.SIGKILL)
-        pytest.fail("the service outlived its launcher")
+        raise
 
 
 def test_dev_ps_and_down_see_and_stop_a_recorded_stack(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from autoglm.core.errors import (
 from autoglm.core.schemas import ChatMessage, GenerateRequest, SamplingParams
 from autoglm.inference.engine import AutoGLMEngine
 from autoglm.inference.scheduler import StepStats
+from tests.support.polling import wait_for
 
 PROMPTS = [
     "Hello there",
@@ -92,20 +93,14 @@ def test_cancel_frees_the_slot(engine: AutoGLMEngine) -> None:
     handle.cancel()
     result = handle.result(30)
     assert result.finish_reason == "cancelled" and result.completion_tokens < 3000
-    deadline = time.monotonic() + 5
-    while engine.get(None).scheduler.batch_size and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.get(None).scheduler.batch_size == 0
+    wait_for("an empty batch", lambda: engine.get(None).scheduler.batch_size == 0, 5, 0.01)
 
 
 def test_closing_a_stream_cancels_generation(engine: AutoGLMEngine) -> None:
     stream = engine.stream(_req(PROMPTS[1], 3000))
     next(stream)
     stream.close()  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 5
-    while engine.get(None).scheduler.batch_size and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.get(None).scheduler.batch_size == 0
+    wait_for("an empty batch", lambda: engine.get(None).scheduler.batch_size == 0, 5, 0.01)
 
 
 def test_seeded_sampling_is_independent_of_batch_company(engine: AutoGLMEngine) -> None:

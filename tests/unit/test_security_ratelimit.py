@@ -237,12 +237,26 @@ def test_threads_sharing_a_counter_never_over_admit(clock: Clock) -> None:
 
 
 def test_store_outage_fails_open(clock: Clock) -> None:
+    """With the store down, requests over the budget are admitted (availability
+    outranks exact limits) and charges are dropped, not raised; once it is back, the
+    budget counts again."""
     sidecar = FakeSidecar()
     sidecar.fail_state = UnavailableError("Dapr sidecar is not reachable")
     rl = limiter(sidecar, clock, rpm=1, tpm=1)
+    outcomes = []
     for _ in range(3):
-        rl.check_request("acme")
+        try:
+            rl.check_request("acme")
+            outcomes.append("admitted")
+        except RateLimitError:
+            outcomes.append("refused")
     rl.record_tokens("acme", 5)
+    assert outcomes == ["admitted"] * 3 and sidecar.state == {}
+    sidecar.fail_state = None
+    rl.check_request("acme")
+    with pytest.raises(RateLimitError):
+        rl.check_request("acme")
+    assert admitted(sidecar) == 1
 
 
 def test_retry_after_survives_the_error_payload() -> None:

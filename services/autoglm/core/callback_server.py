@@ -40,7 +40,7 @@ from pydantic import BaseModel
 from autoglm.core import contracts
 from autoglm.core.errors import AutoGLMError, InternalError
 from autoglm.core.lifecycle import on_shutdown
-from autoglm.core.pubsub import Ack, event_data, topic_response
+from autoglm.core.pubsub import Ack
 from autoglm.core.schemas import PUBSUB, parse
 from autoglm.core.sidecar import error_reply
 from autoglm.core.tracing import event_carrier, grpc_carrier, server_span
@@ -218,6 +218,30 @@ def serve(app: App, endpoint: Endpoint, topics: Mapping[str, TopicHandler]) -> N
 
 def _invoke(endpoint: Endpoint, name: str, request: InvokeMethodRequest) -> str:
     return endpoint(name, request.data, request.metadata)
+
+
+def event_data(data: object) -> bytes:
+    """A CloudEvent's ``data`` as bytes, whatever form the SDK handed it over in."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode()
+    return json.dumps(data).encode()
+
+
+class RedeliverError(Exception):
+    """Fails the delivery call: how a RETRY is answered. Under the subscription's
+    resiliency policy daprd delivers the event again, with backoff, and once the policy's
+    retries are spent moves it to the topic's dead-letter topic. (daprd 1.18.3 treats a
+    RETRY status the same way; ``tests/integration/test_messaging.py`` pins both, so a
+    change in either shows there. A failed call is the answer no daprd takes as done.)"""
+
+
+def topic_response(ack: Ack) -> TopicEventResponse:
+    """How a subscription handler answers daprd."""
+    if ack is Ack.RETRY:
+        raise RedeliverError("effect not durable yet; redeliver")
+    return TopicEventResponse(ack.value)
 
 
 def _deliver(topic: str, handler: TopicHandler, event: v1.Event) -> TopicEventResponse:
