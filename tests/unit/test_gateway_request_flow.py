@@ -46,6 +46,7 @@ SERVING_MODULES = [
     "autoglm.gateway.openai.models.serving",
     "autoglm.gateway.openai.responses.serving",
     "autoglm.gateway.sessions.store",
+    "autoglm.gateway.sessions.serving",
     "autoglm.gateway.jobs.store",
     "autoglm.gateway.jobs.serving",
     "autoglm.gateway.attachments.serving",

@@ -37,6 +37,7 @@ from autoglm.gateway.security.auth import Authenticator
 from autoglm.gateway.security.content_filter import ContentFilter
 from autoglm.gateway.security.ratelimit import RateLimiter, TokenAccounting
 from autoglm.gateway.sessions.api_router import sessions_blueprint
+from autoglm.gateway.sessions.serving import SessionService
 from autoglm.gateway.sessions.store import SessionStore
 from autoglm.gateway.settings import GatewaySettings
 
@@ -105,7 +106,7 @@ def create_app(
     )
     app.register_blueprint(embeddings_blueprint(EmbeddingService(inference, content_filter)))
     app.register_blueprint(models_blueprint(ModelService(inference)))
-    app.register_blueprint(sessions_blueprint(sessions, content_filter))
+    app.register_blueprint(sessions_blueprint(SessionService(sessions, content_filter)))
     jobs = JobStore(sidecar, ttl_s=settings.job_ttl_s, content_filter=content_filter, charge=tokens)
     app.register_blueprint(jobs_blueprint(JobService(jobs, chat)))
     responses = ResponseStore(sidecar, archiver_app_id=settings.archiver_app_id)
