@@ -316,6 +316,16 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument(
+        "--dtypes",
+        default="",
+        help="mixed: the dtypes to run it in, comma-separated (default: --dtype, and "
+        "bfloat16 after float32); the first one's figures are the summary's goal keys "
+        "(mixed_over_short, ...), the others' are prefixed with their name",
+    )
+    ap.add_argument("--max-step-tokens", type=int, default=None, help="engine setting")
+    ap.add_argument("--prefill-tpot-factor", type=float, default=None, help="engine setting")
+    ap.add_argument("--prefill-step-floor-ms", type=float, default=None, help="engine setting")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--stagger-ms", type=float, default=5.0)
     ap.add_argument("--repeat", type=int, default=3, help="runs per setting; median reported")
@@ -333,27 +343,62 @@ def main() -> None:
         from autoglm.models.demo import create_demo_model
 
         create_demo_model(model)
-    engine = AutoGLMEngine(
-        model, device_map=args.device, dtype=args.dtype, max_batch_size=max(32, args.requests)
-    )
-    texts = prompts(args.requests)
-    engine.generate(GenerateRequest(prompt="warm up", sampling=SamplingParams(max_tokens=4)))
-    print(
-        f"machine: {platform.machine()} {torch.get_num_threads()} threads, "
-        f"device {engine.device}, dtype {args.dtype}, model {model}"
-    )
-    summary: dict[str, Any] = {"device": str(engine.device), "dtype": args.dtype}
-    if args.scenario in ("all", "mixed"):
-        mixed = mixed_scenario(engine, args.mixed_max_tokens, args.repeat, args.long_tokens)
-        print(
-            f"mixed               short only {mixed['short_tok_s']:.1f} tok/s, 28 short + 4 "
-            f"long {mixed['mixed_tok_s']:.1f} tok/s (x{mixed['mixed_over_short']}), short "
-            f"requests among them {mixed['short_in_mixed_tok_s']:.1f} tok/s "
-            f"(x{mixed['short_in_mixed_over_short']}); short TPOT p50 "
-            f"{mixed['mixed_short_tpot_p50_ms']}ms p99 {mixed['mixed_short_tpot_p99_ms']}ms; "
-            f"KV {mixed['kv_bytes_per_cached_token']} bytes/cached token"
+    settings: dict[str, Any] = {}
+    if args.max_step_tokens:
+        settings["max_step_tokens"] = args.max_step_tokens
+    if args.prefill_tpot_factor is not None:
+        settings["prefill_tpot_factor"] = args.prefill_tpot_factor
+    if args.prefill_step_floor_ms is not None:
+        settings["prefill_step_floor_ms"] = args.prefill_step_floor_ms
+
+    def start(dtype: str) -> AutoGLMEngine:
+        engine = AutoGLMEngine(
+            model,
+            device_map=args.device,
+            dtype=dtype,
+            max_batch_size=max(32, args.requests),
+            **settings,
         )
-        summary.update(mixed)
+        engine.generate(GenerateRequest(prompt="warm up", sampling=SamplingParams(max_tokens=4)))
+        return engine
+
+    summary: dict[str, Any] = {"device": "", "dtype": args.dtype}
+    if args.scenario in ("all", "mixed"):
+        dtypes = [d for d in args.dtypes.split(",") if d] or [args.dtype]
+        if not args.dtypes and args.dtype == "float32" and args.scenario == "mixed":
+            dtypes.append("bfloat16")
+        for k, dtype in enumerate(dtypes):
+            engine = start(dtype)
+            print(
+                f"machine: {platform.machine()} {torch.get_num_threads()} threads, "
+                f"device {engine.device}, dtype {dtype}, model {model}"
+            )
+            mixed = mixed_scenario(engine, args.mixed_max_tokens, args.repeat, args.long_tokens)
+            engine.close()
+            print(
+                f"mixed {dtype:<13} short only {mixed['short_tok_s']:.1f} tok/s, 28 short + "
+                f"4 long {mixed['mixed_tok_s']:.1f} tok/s (x{mixed['mixed_over_short']}), "
+                f"short requests among them {mixed['short_in_mixed_tok_s']:.1f} tok/s "
+                f"(x{mixed['short_in_mixed_over_short']}); short TPOT p50 "
+                f"{mixed['mixed_short_tpot_p50_ms']}ms p99 "
+                f"{mixed['mixed_short_tpot_p99_ms']}ms; "
+                f"KV {mixed['kv_bytes_per_cached_token']} bytes/cached token"
+            )
+            if k == 0:
+                summary.update(mixed, dtype=dtype, device=str(engine.device))
+            else:
+                summary.update({f"{dtype}_{key}": value for key, value in mixed.items()})
+    if args.scenario == "mixed":
+        print(json.dumps(summary))
+        return
+    engine = start(args.dtype)
+    summary["device"] = str(engine.device)
+    texts = prompts(args.requests)
+    if args.scenario != "all":
+        print(
+            f"machine: {platform.machine()} {torch.get_num_threads()} threads, "
+            f"device {engine.device}, dtype {args.dtype}, model {model}"
+        )
     if args.scenario in ("all", "noisy"):
         try:
             from load.noisy_neighbour import in_process
@@ -369,7 +414,7 @@ def main() -> None:
             f"{noisy['noisy_neighbour_noisy_tok_s']} tok/s"
         )
         summary.update(noisy)
-    if args.scenario in ("mixed", "noisy"):
+    if args.scenario == "noisy":
         engine.close()
         print(json.dumps(summary))
         return

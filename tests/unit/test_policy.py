@@ -7,7 +7,16 @@ import itertools
 import pytest
 
 from autoglm.inference.blocks import BlockManager, BlockTable
-from autoglm.inference.policy import Policy, PolicyConfig, Seq, Status, StepPlan, TenantLimits
+from autoglm.inference.policy import (
+    Policy,
+    PolicyConfig,
+    Seq,
+    Status,
+    StepCost,
+    StepPlan,
+    TenantLimits,
+    step_work,
+)
 
 _ids = itertools.count()
 
@@ -298,3 +307,69 @@ def test_a_heavy_tenant_decodes_in_turns_while_a_light_one_has_work() -> None:
     assert len(stepped) >= 8
     # Once the light tenant is done, the heavy tenant has the whole batch again.
     assert len(policy.schedule().scheduled) == 12
+
+
+# -- prompt chunks sized by step time ----------------------------------------------------
+def _true_seconds(decodes: int, tokens: int, pairs: float) -> float:
+    """A made-up machine: 4 ms a step, 0.1 ms a decode, 50 us a prompt token, 20 ns an
+    attention pair."""
+    return 0.004 + 1e-4 * decodes + 5e-5 * tokens + 2e-8 * pairs
+
+
+def test_step_cost_learns_the_machine_and_sizes_a_chunk_by_time() -> None:
+    cost = StepCost()
+    assert cost.predict(4, 0, 100) is None  # nothing seen yet: no estimate
+    work = [
+        (d, t, t * (c + t / 2) + d * 50)
+        for d, t, c in itertools.product((1, 8, 32), (0, 16, 200, 900), (0, 1000, 2500))
+    ]
+    for d, t, p in work:
+        cost.observe(d, t, p, _true_seconds(d, t, p))
+    for d, t, p in work:
+        assert cost.predict(d, t, p) == pytest.approx(_true_seconds(d, t, p), rel=1e-3)
+    # A chunk after 2,000 cached tokens that adds 30 ms to a step.
+    n = cost.tokens_within(0.030, 2000)
+    assert n is not None and 200 < n < 1000
+    assert 5e-5 * n + 2e-8 * n * (2000 + n / 2) == pytest.approx(0.030, rel=1e-2)
+    # The same time buys fewer tokens deeper into a long prompt (attention grows).
+    wide, deep = cost.tokens_within(0.030, 0), cost.tokens_within(0.030, 20_000)
+    assert wide is not None and deep is not None and wide > n > deep
+
+
+def test_prefill_chunks_keep_a_step_within_its_time_budget() -> None:
+    """While sequences decode, a long prompt's chunks are sized so that the step takes at
+    most ``prefill_tpot_factor`` x (its decodes alone), or the floor, whichever is more."""
+    policy = _policy(
+        blocks=2048,
+        block_size=16,
+        max_step_tokens=4096,
+        prefill_tpot_factor=3.0,
+        prefill_step_floor_s=0.0,
+    )
+    for d, t, c in itertools.product((1, 4, 16), (0, 64, 512), (0, 2000)):
+        p = t * (c + t / 2)
+        policy.observe((d, t, p), _true_seconds(d, t, p))
+    decoding = [_seq(prompt=4, max_tokens=500) for _ in range(16)]
+    for s in decoding:
+        policy.add(s)
+    _apply(policy, policy.schedule())
+    long_ = _seq(prompt=6000, max_tokens=2)
+    policy.add(long_)
+    chunks = []
+    while long_.num_cached < 6000:
+        plan = policy.schedule()
+        decodes, tokens, pairs = step_work(plan.scheduled)
+        assert decodes == 16  # the decodes never wait
+        alone = _true_seconds(16, 0, sum(s.num_cached + 1 for s in decoding))
+        assert _true_seconds(decodes, tokens, pairs) <= 3.0 * alone * 1.02
+        chunks.append(tokens)
+        _apply(policy, plan)
+    # Much more than the fixed 48 tokens a step, and shrinking as the context grows.
+    assert chunks[0] > 200 and chunks[-2] < chunks[0]
+    # The floor: a step may always take 25 ms, here well above 3x the decodes' time.
+    policy.config.prefill_step_floor_s = 0.025
+    other = _seq(prompt=6000, max_tokens=2)
+    policy.add(other)
+    plan = policy.schedule()
+    work = step_work(plan.scheduled)
+    assert work[1] > chunks[0] and _true_seconds(*work) == pytest.approx(0.025, rel=0.05)

@@ -314,8 +314,13 @@ def test_mixed_arrivals_match_hf_generate_alone(
         eng.close()
 
 
-def test_seeded_sampling_in_a_mixed_batch_matches_itself_alone(demo_model_dir: Path) -> None:
-    eng = AutoGLMEngine(demo_model_dir, warmup=False, kv_cache_mb=1, max_step_tokens=32)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_seeded_sampling_in_a_mixed_batch_matches_itself_alone(
+    demo_model_dir: Path, dtype: str
+) -> None:
+    eng = AutoGLMEngine(
+        demo_model_dir, warmup=False, dtype=dtype, kv_cache_mb=1, max_step_tokens=32
+    )
     try:
         seeded = [
             _req(p, 16, temperature=0.8, top_p=0.9, seed=7 + i)
@@ -351,5 +356,35 @@ def test_a_request_larger_than_the_pool_is_refused(demo_model_dir: Path) -> None
     try:
         with pytest.raises(InvalidRequestError, match="KV cache"):
             eng.submit(_req(LONG, 1000))
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"interleaved_prefill_tokens": 8, "max_step_tokens": 24}],
+    ids=["whole-prompts", "small-chunks"],
+)
+def test_bfloat16_alone_matches_hf_generate_in_bfloat16(
+    demo_model_dir: Path, config: dict[str, int]
+) -> None:
+    """``dtype=bfloat16`` on CPU: weights, activations and the KV pool in bfloat16. A
+    request alone, its prompt whole or in chunks, gives exactly what ``generate`` gives
+    in bfloat16. (In a batch, bfloat16 matrix products round differently with the number
+    of rows, so greedy tokens can differ at near-ties; float32 is the exact default.)"""
+    eng = AutoGLMEngine(
+        demo_model_dir,
+        warmup=False,
+        dtype="bfloat16",
+        prefix_cache_mb=0,
+        **config,  # type: ignore[arg-type]
+    )
+    try:
+        scheduler = eng.get(None).scheduler
+        assert scheduler is not None and scheduler.cache.pool.dtype == torch.bfloat16
+        cache = scheduler.cache
+        assert cache.bytes_per_token == cache.layers * 2 * cache.kv_heads * cache.head_dim * 2
+        for prompt in _mixed_prompts():
+            assert eng.generate(_req(prompt, 12)).text == _hf_greedy(eng, prompt, 12), prompt[:40]
     finally:
         eng.close()

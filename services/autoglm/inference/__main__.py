@@ -66,6 +66,8 @@ def main() -> int:
             kv_block_size=settings.kv_block_size,
             max_step_tokens=settings.max_step_tokens,
             interleaved_prefill_tokens=settings.interleaved_prefill_tokens,
+            prefill_tpot_factor=settings.prefill_tpot_factor,
+            prefill_step_floor_ms=settings.prefill_step_floor_ms,
             tenant_limits=settings.tenant_limits,
             tenant_overrides=settings.tenant_overrides,
             memory_budget_mb=settings.memory_budget_mb,

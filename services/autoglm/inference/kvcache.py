@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.nn.attention.bias import causal_lower_right
 from torch.nn.functional import scaled_dot_product_attention
 
 ATTN_IMPLEMENTATION = "autoglm_paged"
@@ -41,8 +40,8 @@ class _Group:
     end: int
     #: Decode group: ``[rows, length]`` slots; prefill: ``[1, length]``.
     slots: torch.Tensor
-    #: Boolean ``[rows, 1, queries, length]`` (True: attend), a lower-right causal bias
-    #: (a chunk after cached tokens), or None for "all".
+    #: Boolean ``[rows, 1, queries, length]`` (True: attend), an additive lower-right
+    #: causal ``[queries, length]`` mask (a chunk after cached tokens), or None for "all".
     mask: Any
     causal: bool = False
 
@@ -123,9 +122,15 @@ class PagedKVCache:
         for blocks, cached, n in prefills:
             slots = self._slots(blocks, cached + n)
             writes.extend(slots[cached:])
-            # A chunk after cached tokens: causal, aligned bottom-right (SDPA computes it
-            # without a materialized mask, many times faster than a boolean one).
-            mask = causal_lower_right(n, cached + n) if cached else None
+            # A chunk after cached tokens: causal, aligned bottom-right. Built once per
+            # step as an additive mask in the pool's dtype and shared by every layer
+            # (``causal_lower_right`` is materialized again in each call on CPU, and a
+            # boolean mask is converted in each call).
+            mask = None
+            if cached:
+                mask = torch.full(
+                    (n, cached + n), float("-inf"), dtype=self.pool.dtype, device=dev
+                ).triu_(cached + 1)
             groups.append(
                 _Group(pos, pos + n, torch.tensor([slots], device=dev), mask, causal=not cached)
             )

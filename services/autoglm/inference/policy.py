@@ -39,6 +39,7 @@ Rules, in order, every step:
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -212,13 +213,131 @@ class FairQueue:
         return seq
 
 
+class StepCost:
+    """What a step costs, learned from the steps run: a least-squares fit (over the last
+    ``window`` steps, lightly ridged) of its seconds to
+
+        fixed + per_decode x decodes + per_token x prompt tokens + per_pair x pairs
+
+    where *pairs* counts attention (query, key) pairs: a chunk of ``n`` prompt tokens
+    after ``c`` cached ones has ``n x (c + n / 2)``, a decode as many as its context. The
+    per-step fixed cost and per-row overheads of small batches are captured by the first
+    two terms, the compute of prompt chunks by the last two, so the policy can size a
+    chunk by its time. Pure Python; the scheduler reports every step (``observe``)."""
+
+    FEATURES = 4
+    #: Features are scaled to similar magnitudes (normal equations stay well conditioned).
+    SCALE = (1.0, 1e-1, 1e-3, 1e-6)
+
+    def __init__(self, window: int = 64, min_prefill_steps: int = 4) -> None:
+        self.window = window
+        self.min_prefill_steps = min_prefill_steps
+        #: The latest ``window`` steps with prompt tokens and as many without: a long
+        #: stretch of decodes does not make the fit forget what prompt tokens cost.
+        self._obs: dict[bool, deque[tuple[tuple[float, ...], float]]] = {
+            True: deque(),
+            False: deque(),
+        }
+        self._xtx = [[0.0] * self.FEATURES for _ in range(self.FEATURES)]
+        self._xty = [0.0] * self.FEATURES
+        self.coef: list[float] | None = None
+
+    @classmethod
+    def features(cls, decodes: int, tokens: int, pairs: float) -> tuple[float, ...]:
+        return tuple(x * k for x, k in zip((1.0, decodes, tokens, pairs), cls.SCALE, strict=True))
+
+    def observe(self, decodes: int, tokens: int, pairs: float, seconds: float) -> None:
+        """One executed step: its decodes, prompt tokens, attention pairs and seconds."""
+        x = self.features(decodes, tokens, pairs)
+        self._add(x, seconds, 1.0)
+        kept = self._obs[tokens > 0]
+        kept.append((x, seconds))
+        if len(kept) > self.window:
+            self._add(*kept.popleft(), -1.0)
+        known = len(self._obs[True]) >= self.min_prefill_steps
+        self.coef = self._solve() if known else None
+
+    def _add(self, x: tuple[float, ...], t: float, sign: float) -> None:
+        for i, xi in enumerate(x):
+            self._xty[i] += sign * xi * t
+            row = self._xtx[i]
+            for j, xj in enumerate(x):
+                row[j] += sign * xi * xj
+
+    def _solve(self) -> list[float] | None:
+        """Ridge least squares (Gaussian elimination on the 4x4 normal equations); each
+        coefficient clipped at 0 (no term makes a step cheaper)."""
+        n = self.FEATURES
+        a = [[*row, self._xty[i]] for i, row in enumerate(self._xtx)]
+        for i in range(n):
+            a[i][i] += 1e-9 * (a[i][i] + 1.0)
+        for col in range(n):
+            pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
+            if abs(a[pivot][col]) < 1e-30:
+                return None
+            a[col], a[pivot] = a[pivot], a[col]
+            for r in range(n):
+                if r != col:
+                    f = a[r][col] / a[col][col]
+                    for k in range(col, n + 1):
+                        a[r][k] -= f * a[col][k]
+        return [max(0.0, a[i][n] / a[i][i]) for i in range(n)]
+
+    def predict(self, decodes: int, tokens: int, pairs: float) -> float | None:
+        """Seconds of such a step, or None while too few steps were seen."""
+        if self.coef is None:
+            return None
+        x = self.features(decodes, tokens, pairs)
+        return sum(c * xi for c, xi in zip(self.coef, x, strict=True))
+
+    def tokens_within(self, seconds: float, context: int) -> int | None:
+        """Prompt tokens of one chunk after ``context`` cached tokens that take at most
+        ``seconds`` on top of the rest of the step."""
+        if self.coef is None or seconds <= 0:
+            return None if self.coef is None else 0
+        per_token = self.coef[2] * self.SCALE[2]
+        per_pair = self.coef[3] * self.SCALE[3]
+        # per_pair * n**2 / 2 + (per_token + per_pair * context) * n = seconds
+        b = per_token + per_pair * context
+        if per_pair > 0:
+            n = (-b + math.sqrt(b * b + 2 * per_pair * seconds)) / per_pair
+        elif b > 0:
+            n = seconds / b
+        else:
+            return None
+        return int(min(n, 1 << 30))
+
+
+def step_work(scheduled: list[tuple[Seq, int]]) -> tuple[int, int, float]:
+    """(decodes, prompt tokens, attention pairs) of a step's scheduled sequences, before
+    their ``num_cached`` is advanced."""
+    decodes, tokens, pairs = 0, 0, 0.0
+    for seq, n in scheduled:
+        if n == 1 and seq.decoding:
+            decodes += 1
+            pairs += seq.num_cached + 1
+        else:
+            tokens += n
+            pairs += n * (seq.num_cached + n / 2)
+    return decodes, tokens, pairs
+
+
 @dataclass
 class PolicyConfig:
     max_batch_size: int = 32
-    #: Tokens per forward pass when no sequence decodes.
-    max_step_tokens: int = 512
-    #: Prefill tokens per step on top of the decodes while sequences decode.
+    #: Tokens per forward pass at most (prompt chunks when no sequence decodes).
+    max_step_tokens: int = 2048
+    #: Prefill tokens per step on top of the decodes while sequences decode, at least
+    #: (and all of them while the step cost is not known yet).
     interleaved_prefill_tokens: int = 48
+    #: While sequences decode, prompt chunks are sized so that a step takes at most this
+    #: multiple of the time of its decodes alone (``StepCost``); 0: always
+    #: ``interleaved_prefill_tokens``.
+    prefill_tpot_factor: float = 3.0
+    #: ... but a step carrying prompt chunks may always take this long (seconds): a
+    #: few sequences decoding alone make very short steps, and chunks sized to a small
+    #: multiple of them would spend most of the time in per-step overhead.
+    prefill_step_floor_s: float = 0.025
     default_limits: TenantLimits = field(default_factory=TenantLimits)
     tenant_limits: dict[str, TenantLimits] = field(default_factory=dict)
 
@@ -235,6 +354,12 @@ class Policy:
         self._admissions = 0
         self.preemptions = 0
         self._steps = 0
+        #: Learned from the executed steps (``observe``): sizes prompt chunks by time.
+        self.cost = StepCost()
+
+    def observe(self, work: tuple[int, int, float], seconds: float) -> None:
+        """The scheduler ran a step of ``work`` (``step_work``) in ``seconds``."""
+        self.cost.observe(*work, seconds)
 
     # -- bookkeeping ---------------------------------------------------------------------
     def add(self, seq: Seq) -> None:
@@ -272,8 +397,17 @@ class Policy:
         cfg = self.config
         self._steps += 1
         decoding = self._in_turn([s for s in self.running if s.decoding])
+        # Shortest remaining prompt first: a short prompt admitted part-way does not wait
+        # for a long one's whole prefill.
+        continuing = sorted(
+            (s for s in self.running if not s.decoding), key=lambda s: (s.pending, s.admitted)
+        )
+        timed = False
         if decoding:
-            budget = min(cfg.max_step_tokens, len(decoding) + cfg.interleaved_prefill_tokens)
+            prefill = self._prefill_budget(decoding, continuing)
+            timed = prefill is not None
+            prefill = max(cfg.interleaved_prefill_tokens, prefill or 0)
+            budget = min(cfg.max_step_tokens, len(decoding) + prefill)
         else:
             budget = cfg.max_step_tokens
         # 1. every decode, oldest first; preempt the newest when the pool is full.
@@ -285,16 +419,12 @@ class Policy:
             plan.scheduled.append((seq, 1))
             seq.last_step = self._steps
         budget -= len(plan.scheduled)
-        # Shortest remaining prompt first: a short prompt admitted part-way does not wait
-        # for a long one's whole prefill.
-        continuing = sorted(
-            (s for s in self.running if not s.decoding), key=lambda s: (s.pending, s.admitted)
-        )
         # 2. admissions, fairly across tenants (none while the pool forced a preemption);
-        # a quarter of the budget stays for prompts already part-way through.
+        # a quarter of the budget stays for prompts already part-way through. Without a
+        # step time to keep, a prompt that fits the step's full size goes in whole.
         if not plan.preempted:
             reserve = max(1, budget // 4) if continuing else 0
-            whole = cfg.max_step_tokens - len(plan.scheduled) - reserve
+            whole = None if timed else cfg.max_step_tokens - len(plan.scheduled) - reserve
             budget -= self._admit(plan, budget - reserve, whole)
         # 3. prompts part-way through their prefill.
         for seq in continuing:
@@ -308,6 +438,21 @@ class Policy:
             plan.scheduled.append((seq, n))
             budget -= n
         return plan
+
+    def _prefill_budget(self, decoding: list[Seq], continuing: list[Seq]) -> int | None:
+        """Prompt tokens that keep this step within ``prefill_tpot_factor`` times the
+        time of its decodes alone (None while the step cost is not known yet)."""
+        factor = self.config.prefill_tpot_factor
+        if factor <= 1:
+            return None
+        pairs = sum(s.num_cached + 1 for s in decoding)
+        alone = self.cost.predict(len(decoding), 0, pairs)
+        if alone is None:
+            return None
+        # Priced as a chunk of the next prompt in line (waiting ones start from scratch).
+        context = continuing[0].num_cached if continuing else 0
+        target = max(factor * alone, self.config.prefill_step_floor_s)
+        return self.cost.tokens_within(target - alone, context)
 
     def _in_turn(self, decoding: list[Seq]) -> list[Seq]:
         """The decodes of this step (rule 4): all of them, unless a light tenant has

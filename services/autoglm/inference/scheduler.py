@@ -41,7 +41,7 @@ from autoglm.core.schemas import FinishReason, GenerateRequest, GenerateResult
 from autoglm.inference.blocks import BlockManager
 from autoglm.inference.detokenizer import IncrementalText
 from autoglm.inference.kvcache import PagedKVCache
-from autoglm.inference.policy import Policy, PolicyConfig, Seq, StepPlan
+from autoglm.inference.policy import Policy, PolicyConfig, Seq, StepPlan, step_work
 from autoglm.inference.sampling import (
     SamplingPlan,
     SequenceSampler,
@@ -390,6 +390,8 @@ class Scheduler:
             if start + n == seq.num_tokens:
                 rows.append(len(ids) - 1)
                 due.append(_own(seq))
+        work = step_work(plan.scheduled)
+        started = time.perf_counter()
         kv_plan = self.cache.plan(
             [(s.table.blocks, s.num_cached, n) for s, n in chunks],
             [(s.table.blocks, s.num_cached + 1) for s in decodes],
@@ -407,6 +409,8 @@ class Scheduler:
         for seq, n in plan.scheduled:
             seq.num_cached += n
         tokens = self._next_tokens(due, out.logits[0]) if due else []
+        # The step's time teaches the policy what a prompt chunk costs (chunk sizing).
+        self.policy.observe(work, time.perf_counter() - started)
         stats.tokens = len(tokens)
         for seq, (token, end) in zip(due, tokens, strict=True):
             reason = self._accept(seq, token, end)

@@ -67,11 +67,19 @@ class InferenceSettings(AppSettings):
     kv_cache_gpu_fraction: float = Field(default=0.5, gt=0.0, le=0.95)
     #: Tokens per KV block.
     kv_block_size: int = Field(default=16, ge=1, le=1024)
-    #: Tokens per forward pass when no sequence is decoding (prompt chunks).
-    max_step_tokens: int = Field(default=512, ge=16)
-    #: Prompt tokens per step on top of the decodes while sequences decode: bounds the
-    #: time per output token of running sequences while long prompts are admitted.
+    #: Tokens per forward pass at most (prompt chunks when no sequence is decoding).
+    max_step_tokens: int = Field(default=2048, ge=16)
+    #: Prompt tokens per step on top of the decodes while sequences decode, at least
+    #: (and exactly, while the step cost is still being learned or the factor is 0).
     interleaved_prefill_tokens: int = Field(default=48, ge=1)
+    #: While sequences decode, prompt chunks are sized (from the measured step cost) so
+    #: that a step takes at most this multiple of its decodes' time alone: bounds the
+    #: time per output token of running sequences while long prompts are admitted.
+    #: 0 (or <= 1): a fixed ``interleaved_prefill_tokens`` per step.
+    prefill_tpot_factor: float = Field(default=3.0, ge=0)
+    #: ... but a step carrying prompt chunks may always take this long (a few sequences
+    #: decoding alone make steps too short for efficient chunks).
+    prefill_step_floor_ms: float = Field(default=25.0, ge=0)
     #: Each tenant's share of a model's scheduler (weight, caps, queue).
     tenant_limits: TenantLimits = Field(default_factory=TenantLimits)
     #: Per-tenant overrides of ``tenant_limits``, by tenant id.
