@@ -86,22 +86,38 @@ def rolling_restart(mesh: HAMesh) -> dict[str, Any]:
 def prefix_hit_rate(
     mesh: HAMesh, *, session: bool, chats: int = 6, turns: int = 5
 ) -> dict[str, Any]:
-    """``chats`` multi-turn chats, one after another, then the prefix cache's hit rate
-    over the blocks they looked up (both replicas summed)."""
+    """``chats`` multi-turn chats, one after another; the prefix cache's hit rate over
+    the blocks they looked up (both replicas summed): over all turns, and over the
+    follow-up turns alone (a chat's first turn is cold wherever it lands, so only
+    these can hit: their ceiling is about 1)."""
     failed = 0
-    with (
-        httpx.Client(base_url=mesh.url, headers=mesh.headers(TENANT), timeout=120) as c,
-        PrefixCount(mesh) as count,
-    ):
+    first_turns: list[PrefixCount] = []
+    follow_ups: list[PrefixCount] = []
+    with httpx.Client(base_url=mesh.url, headers=mesh.headers(TENANT), timeout=120) as c:
         for n in range(chats):
             chat = MultiTurnChat(c, f"{'s' if session else 'r'}{n}", session=session)
-            failed += sum(chat.turn().status_code != 200 for _ in range(turns))
-    looked_up = count.looked_up()
+            with PrefixCount(mesh) as first:
+                failed += chat.turn().status_code != 200
+            with PrefixCount(mesh) as rest:
+                failed += sum(chat.turn().status_code != 200 for _ in range(turns - 1))
+            first_turns.append(first)
+            follow_ups.append(rest)
+
+    def rate(counts: list[PrefixCount]) -> float | None:
+        hits = sum(h for count in counts for h, _ in count.delta)
+        total = sum(sum(count.looked_up()) for count in counts)
+        return round(hits / total, 3) if total else None
+
+    per_replica = [
+        sum(count.looked_up()[i] for count in first_turns + follow_ups)
+        for i in range(len(mesh.replicas["inference"]))
+    ]
     return {
-        "blocks_looked_up": sum(looked_up),
-        "blocks_looked_up_per_replica": looked_up,
+        "blocks_looked_up": sum(per_replica),
+        "blocks_looked_up_per_replica": per_replica,
         "failed": failed,
-        "hit_rate": count.hit_rate(),
+        "hit_rate": rate(first_turns + follow_ups),
+        "hit_rate_follow_up_turns": rate(follow_ups),
     }
 
 
@@ -141,6 +157,8 @@ def run(workdir: Path, models: Path = MODELS_DIR) -> dict[str, Any]:
     return {
         "ha_prefix_hit_rate_random": prefix["random"]["hit_rate"],
         "ha_prefix_hit_rate_affinity": prefix["affinity"]["hit_rate"],
+        "ha_prefix_hit_rate_follow_up_random": prefix["random"]["hit_rate_follow_up_turns"],
+        "ha_prefix_hit_rate_follow_up_affinity": prefix["affinity"]["hit_rate_follow_up_turns"],
         "ha_rolling_restart_failed": rolling["failed"],
         "ha_reroute_s": killed["reroute_s"],
         "ha_kill_failed": killed["failed"],
