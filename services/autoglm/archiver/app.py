@@ -8,7 +8,6 @@ from autoglm.archiver.serving import ArchiverService
 from autoglm.core import contracts
 from autoglm.core.callback_server import Endpoint, callback_app, serve
 from autoglm.core.contracts import ARCHIVER
-from autoglm.core.schemas import AUDIT_TOPIC, SNAPSHOTS_TOPIC
 
 
 def endpoint(service: ArchiverService) -> Endpoint:
@@ -28,7 +27,13 @@ def endpoint(service: ArchiverService) -> Endpoint:
 
 def build_app(service: ArchiverService, max_concurrent_calls: int) -> App:
     app = callback_app(max_concurrent_calls)
-    topics = {SNAPSHOTS_TOPIC: service.on_snapshot, AUDIT_TOPIC: service.on_audit}
-    serve(app, endpoint(service), topics)
+    serve(
+        app,
+        endpoint(service),
+        {
+            contracts.SESSION_SNAPSHOTS: service.on_snapshot,
+            contracts.AUDIT_EVENTS: service.on_audit,
+        },
+    )
     app.register_health_check(service.check_health)  # type: ignore[no-untyped-call]
     return app

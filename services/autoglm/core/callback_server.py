@@ -206,14 +206,17 @@ class Endpoint:
         return InternalError(f"{name} failed")
 
 
-def serve(app: App, endpoint: Endpoint, topics: Mapping[str, TopicHandler]) -> None:
+def serve(
+    app: App, endpoint: Endpoint, topics: Mapping[contracts.Topic[Any], TopicHandler]
+) -> None:
     """Register ``endpoint``'s methods and the handlers of ``topics`` (each in a span
     named ``<topic> process``, answered as ``topic_response`` says) on ``app``; only
     what the contract table declares for the endpoint's app (else a KeyError)."""
     for name in endpoint.rpcs:
         method(app, endpoint.app_id, name)(functools.partial(_invoke, endpoint, name))
     for topic, handler in topics.items():
-        subscribe(app, endpoint.app_id, topic)(functools.partial(_deliver, topic, handler))
+        deliver = functools.partial(_deliver, topic.name, handler)
+        subscribe(app, endpoint.app_id, topic.name)(deliver)
 
 
 def _invoke(endpoint: Endpoint, name: str, request: InvokeMethodRequest) -> str:

@@ -22,7 +22,6 @@ from autoglm.core.callback_server import (
     serve,
 )
 from autoglm.core.contracts import INFERENCE
-from autoglm.core.schemas import REQUESTS_TOPIC
 from autoglm.core.streaming import (
     STOP_METADATA,
     STOP_ON_HALF_CLOSE,
@@ -59,7 +58,7 @@ def build_app(
         else []
     )
     app = callback_app(max_concurrent_calls, faults)
-    serve(app, endpoint(service), {REQUESTS_TOPIC: service.on_request_event})
+    serve(app, endpoint(service), {contracts.INFERENCE_REQUESTS: service.on_request_event})
     contracts.rpc(INFERENCE, contracts.STREAM.name)
     handler = stream_handler(service)
     app.add_external_service(  # type: ignore[no-untyped-call]
