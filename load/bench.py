@@ -179,27 +179,58 @@ def ms(values: list[float]) -> dict[str, float]:
     return loadgen.percentiles(values)
 
 
-def in_process(model: Path, n: int, max_tokens: int, work: Workload) -> dict[str, Any]:
-    """1-token latency in this process, HF ``generate`` one request at a time, and the
-    engine on ``work`` (client threads submitting to it directly)."""
-    from autoglm.core.schemas import ChatMessage, GenerateRequest, SamplingParams
+def one_token_request() -> GenerateRequest:
+    """The engine request of the 1-token chat (what the gateway sends inference)."""
+    return GenerateRequest(
+        messages=[ChatMessage(role="user", content=MESSAGES[0]["content"])],
+        sampling=SamplingParams(max_tokens=1, temperature=0),
+    )
+
+
+def in_process_engine(model: Path) -> Any:
+    """The in-process engine the mesh is compared with; kept alive while the stack runs,
+    so that its measurements alternate with the stack's (same moment, same noise)."""
     from autoglm.inference.engine import AutoGLMEngine
 
     engine = AutoGLMEngine(model, max_batch_size=32)
-    try:
-        req = GenerateRequest(
-            messages=[ChatMessage(role="user", content=MESSAGES[0]["content"])],
-            sampling=SamplingParams(max_tokens=1, temperature=0),
-        )
-        timed(5, lambda: engine.generate(req))  # warm-up
-        one_token = timed(n, lambda: engine.generate(req))
-        hf = hf_sequential(engine, prompts(32), max_tokens)
-        engine_run(engine, work.warmup_texts(), work.max_tokens, work.concurrency, 0.0)
-        clear_prefix_cache(engine)
-        same = engine_run(engine, work.texts(), work.max_tokens, work.concurrency, 0.0)
-    finally:
-        engine.close()
-    return {"one_token": one_token, "hf_tok_s": hf["tok_s"], "same_workload": same}
+    timed(5, lambda: engine.generate(one_token_request()))  # warm-up
+    engine_run(engine, Workload.warmup_texts(), 32, 32, 0.0)
+    return engine
+
+
+def one_token_paths(engine: Any, mesh: OwnMesh, n: int) -> dict[str, list[float]]:
+    """1-token latency, ``n`` rounds, each round once through every path in turn: the
+    in-process engine, the gateway (HTTP, two daprds, inference), and the Dapr floor's
+    echo app through two daprds and directly over gRPC."""
+    through, direct, raw = echo_paths(mesh)
+    req = one_token_request()
+    body = {"model": "demo-glm", "messages": MESSAGES, "max_tokens": 1, "temperature": 0}
+    paths: dict[str, list[float]] = {
+        "in_process": [],
+        "gateway": [],
+        "echo_through_two_daprds": [],
+        "echo_direct_grpc": [],
+    }
+    with httpx.Client(base_url=mesh.gateway_url, headers=mesh.headers(TENANT), timeout=30) as c:
+        calls: dict[str, Callable[[], None]] = {
+            "in_process": lambda: engine.generate(req),
+            "gateway": lambda: c.post("/v1/chat/completions", json=body).raise_for_status(),
+            "echo_through_two_daprds": lambda: through(),
+            "echo_direct_grpc": lambda: direct(raw),
+        }
+        for i in range(n + 10):
+            for name, call in calls.items():
+                t0 = time.perf_counter()
+                call()
+                if i >= 10:  # warm-up rounds
+                    paths[name].append(time.perf_counter() - t0)
+    direct.close()
+    return paths
+
+
+def paired_ms(slow: list[float], fast: list[float]) -> dict[str, float]:
+    """Percentiles of ``slow[i] - fast[i]`` (measured in the same round), in ms."""
+    return loadgen.percentiles([a - b for a, b in zip(slow, fast, strict=True)])
 
 
 def via_sidecar(mesh: OwnMesh, n: int) -> list[float]:
@@ -209,17 +240,6 @@ def via_sidecar(mesh: OwnMesh, n: int) -> list[float]:
 
         def call() -> None:
             client.post(url, json=body).raise_for_status()
-
-        timed(5, call)
-        return timed(n, call)
-
-
-def via_gateway(mesh: OwnMesh, n: int) -> list[float]:
-    body = {"model": "demo-glm", "messages": MESSAGES, "max_tokens": 1, "temperature": 0}
-    with httpx.Client(base_url=mesh.gateway_url, headers=mesh.headers(TENANT), timeout=30) as c:
-
-        def call() -> None:
-            c.post("/v1/chat/completions", json=body).raise_for_status()
 
         timed(5, call)
         return timed(n, call)
@@ -277,6 +297,25 @@ def same_workload(url: str, headers: dict[str, str], model: str, work: Workload)
     return completions(url, headers, model, work.texts(), work.max_tokens, work.concurrency)
 
 
+def engine_and_gateway(
+    engine: Any, mesh: OwnMesh, work: Workload, rounds: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``work`` through the in-process engine and through the gateway, alternately
+    ``rounds`` times (after one warm-up of each), so both see the machine alike."""
+    url, headers = mesh.gateway_url, mesh.headers(TENANT)
+    completions(url, headers, "demo-glm", work.warmup_texts(), work.max_tokens, work.concurrency)
+    engine_runs, gateway_runs = [], []
+    # Both prefix caches start without these prompts (the inference app's cannot be
+    # cleared from here, so neither is cleared between rounds).
+    clear_prefix_cache(engine)
+    for _ in range(rounds):
+        engine_runs.append(engine_run(engine, work.texts(), work.max_tokens, work.concurrency, 0.0))
+        gateway_runs.append(
+            completions(url, headers, "demo-glm", work.texts(), work.max_tokens, work.concurrency)
+        )
+    return engine_runs, gateway_runs
+
+
 def hf_serve_peer(model: Path, work: Workload, logs: Path) -> dict[str, Any] | None:
     """``transformers serve --continuous-batching`` on ``model``, run on ``work``; None
     (with the reason printed) when its serving dependencies are not installed."""
@@ -315,10 +354,10 @@ def hf_serve_peer(model: Path, work: Workload, logs: Path) -> dict[str, Any] | N
         proc.stop()
 
 
-def dapr_floor(mesh: OwnMesh, n: int) -> dict[str, list[float]]:
-    """The echo app behind its daprd, called through a second daprd with ``Sidecar``
-    (as the gateway calls inference) and directly over gRPC, alternately, ``n`` each.
-    Both daprds run on this stack's backing: same components, configuration, tracing,
+def echo_paths(mesh: OwnMesh) -> tuple[Callable[[], None], Any, bytes]:
+    """The Dapr floor's two calls of the echo app: through a second daprd with
+    ``Sidecar`` (as the gateway calls inference), and directly over gRPC (with the body
+    it takes). Both daprds run on this stack's backing: same components, configuration, tracing,
     mTLS through its Sentry, API tokens; the echo daprd gets an access list of the
     same shape as inference's (deny by default, the caller allowed ``echo``)."""
     backing, st = mesh.backing, mesh.stack
@@ -360,29 +399,15 @@ def dapr_floor(mesh: OwnMesh, n: int) -> dict[str, list[float]]:
         for proc in started:
             st.callback(proc.stop)
     # The body of the 1-token generation the gateway sends inference.
-    body = GenerateRequest(
-        messages=[ChatMessage(role="user", content=MESSAGES[0]["content"])],
-        sampling=SamplingParams(max_tokens=1, temperature=0),
-    ).model_dump(mode="json")
+    body = one_token_request().model_dump(mode="json")
     raw = json.dumps(body).encode()
     sidecar = caller.client()
-    direct = echo_app.direct_caller(app_port, backing.creds.app_token("echo"))
-    try:
-        through: list[float] = []
-        plain: list[float] = []
-        for i in range(n + 10):
-            t0 = time.perf_counter()
-            assert sidecar.invoke("echo", echo_app.METHOD, body) == body
-            t1 = time.perf_counter()
-            assert direct(raw) == raw
-            t2 = time.perf_counter()
-            if i >= 10:  # warm-up
-                through.append(t1 - t0)
-                plain.append(t2 - t1)
-    finally:
-        direct.close()
-        sidecar.close()
-    return {"through_daprds": through, "direct": plain}
+    st.callback(sidecar.close)
+
+    def through() -> None:
+        assert sidecar.invoke("echo", echo_app.METHOD, body) == body
+
+    return through, echo_app.direct_caller(app_port, backing.creds.app_token("echo")), raw
 
 
 def snapshot_events(port: int) -> float:
@@ -412,17 +437,26 @@ def snapshot_rate(port: int, since: float, base: float) -> dict[str, float]:
     return {"snapshot_events": events, "snapshots_per_s": round(events / (last_t - since), 2)}
 
 
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def same_workload_keys(
-    gateway: dict[str, Any], engine: dict[str, Any], peer: dict[str, Any] | None
+    gateway_runs: list[dict[str, Any]],
+    engine_runs: list[dict[str, Any]],
+    peer: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """Issue 15's side-by-side keys; the peer's are None when it was skipped."""
-    gw_tok_s, gw_p50 = gateway["tokens_per_s"], gateway["latency_ms"].get("p50")
+    """Issue 15's side-by-side keys (mean tok/s and p50 of the alternating rounds); the
+    peer's are None when it was skipped."""
+    gw_tok_s = round(mean([r["tokens_per_s"] for r in gateway_runs]), 1)
+    gw_p50 = round(mean([r["latency_ms"]["p50"] for r in gateway_runs]), 1)
+    engine_tok_s = mean([r["tok_s"] for r in engine_runs])
     keys: dict[str, Any] = {
         "gateway_tok_s_same_workload": gw_tok_s,
         "gateway_p50_ms_same_workload": gw_p50,
-        "in_process_tok_s_same_workload": round(engine["tok_s"], 1),
-        "in_process_p50_ms_same_workload": round(engine["p50_s"] * 1000, 1),
-        "path_efficiency": round(gw_tok_s / engine["tok_s"], 3),
+        "in_process_tok_s_same_workload": round(engine_tok_s, 1),
+        "in_process_p50_ms_same_workload": round(mean([r["p50_s"] for r in engine_runs]) * 1000, 1),
+        "path_efficiency": round(gw_tok_s / engine_tok_s, 3),
         "peer_hf_serve_tok_s": None,
         "peer_hf_serve_p50_ms": None,
         "gateway_over_hf_serve": None,
@@ -607,24 +641,26 @@ def main() -> None:
     init_demo_models(MODELS_DIR)
     work = Workload()
     say(f"in-process engine and HF generate ({model})")
-    local = in_process(model, args.samples, args.max_tokens, work)
+    engine = in_process_engine(model)
+    st = ExitStack()
+    st.callback(engine.close)
+    hf_tok_s = hf_sequential(engine, prompts(32), args.max_tokens)["tok_s"]
     say(f"peer: transformers serve --continuous-batching on {model}")
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     peer = hf_serve_peer(model, work, workdir / "logs")
     archiver_metrics = free_port()
     summary: dict[str, Any] = {}
     sweep: dict[str, list[dict[str, Any]]] = {"chat": [], "chat-stream": []}
-    with stack(workdir, MODELS_DIR, archiver_metrics) as mesh:
+    with st, stack(workdir, MODELS_DIR, archiver_metrics) as mesh:
         procs = processes(mesh)
         time.sleep(3)  # let start-up settle before the idle sample
         idle = {name: group_rss_mb(p.pid) for name, p in procs.items()}
-        say("stack up; 1-token latency through the sidecar and the gateway")
+        say("stack up; 1-token latency through the sidecar")
         sidecar = via_sidecar(mesh, args.samples)
-        gateway = via_gateway(mesh, args.samples)
-        say("Dapr floor: echo app behind two daprds against a direct gRPC call")
-        floor = dapr_floor(mesh, args.samples)
-        say(f"same workload as the peer through the gateway: {work}")
-        gw_same = same_workload(mesh.gateway_url, mesh.headers(TENANT), "demo-glm", work)
+        say("1-token latency in process, through the gateway and the Dapr floor, in turn")
+        one = one_token_paths(engine, mesh, args.samples)
+        say(f"same workload, in process and through the gateway in turn: {work}")
+        engine_same, gw_same = engine_and_gateway(engine, mesh, work, rounds=2)
         with PeakRSS(procs) as peak:
             say("autosave: chat without and with sessions, alternately")
             autosave = autosave_runs(mesh, archiver_metrics, rounds=1 if args.quick else 2)
@@ -654,31 +690,27 @@ def main() -> None:
                     "--redis-port",
                     str(mesh.backing.redis_port),
                 )
-        overhead_p50 = ms(gateway)["p50"] - ms(local["one_token"])["p50"]
-        floor_p50 = ms(floor["through_daprds"])["p50"] - ms(floor["direct"])["p50"]
-        floor_p99 = ms(floor["through_daprds"])["p99"] - ms(floor["direct"])["p99"]
-        engine_same = local["same_workload"]
+        overhead = paired_ms(one["gateway"], one["in_process"])
+        floor = paired_ms(one["echo_through_two_daprds"], one["echo_direct_grpc"])
         summary = {
-            "dapr_overhead_p50_ms": round(overhead_p50, 2),
-            "dapr_overhead_p99_ms": round(ms(gateway)["p99"] - ms(local["one_token"])["p99"], 2),
-            "dapr_floor_p50_ms": round(floor_p50, 2),
-            "dapr_floor_p99_ms": round(floor_p99, 2),
-            "overhead_over_floor_p50": round(overhead_p50 / max(floor_p50, 1e-3), 2),
+            # Percentiles of per-round differences (the paths were called in turn).
+            "dapr_overhead_p50_ms": round(overhead["p50"], 2),
+            "dapr_overhead_p99_ms": round(overhead["p99"], 2),
+            "dapr_floor_p50_ms": round(floor["p50"], 2),
+            "dapr_floor_p99_ms": round(floor["p99"], 2),
+            "overhead_over_floor_p50": round(overhead["p50"] / max(floor["p50"], 1e-3), 2),
             "one_token_ms": {
-                "in_process": ms(local["one_token"]),
                 "inference_sidecar": ms(sidecar),
-                "gateway_full_path": ms(gateway),
-                "echo_direct_grpc": ms(floor["direct"]),
-                "echo_through_two_daprds": ms(floor["through_daprds"]),
+                **{name: ms(values) for name, values in one.items()},
             },
             **same_workload_keys(gw_same, engine_same, peer),
-            "hf_sequential_tok_s": round(local["hf_tok_s"], 1),
+            "hf_sequential_tok_s": round(hf_tok_s, 1),
             **autosave["keys"],
             **rss_keys(idle, mesh),
             "rss_mb": {"idle": idle, "load": peak.peak},
             "scenarios": {
-                "same_workload_gateway": gw_same,
-                "same_workload_in_process": engine_same,
+                "same_workload_gateway": gw_same[-1],
+                "same_workload_in_process": engine_same[-1],
                 "same_workload_hf_serve": peer,
                 "chat_without_sessions": autosave["plain"],
                 "chat_with_sessions": autosave["sessions"],
@@ -694,7 +726,7 @@ def main() -> None:
             summary.update(noisy)
             summary.update(
                 {
-                    "batching_speedup_at_32": round(batch["tokens_per_s"] / local["hf_tok_s"], 2),
+                    "batching_speedup_at_32": round(batch["tokens_per_s"] / hf_tok_s, 2),
                     "gateway_tok_s_at_32": batch["tokens_per_s"],
                     "async_submitted": jobs["extra"]["submitted"],
                     "async_completed": jobs["extra"]["completed"],

@@ -16,7 +16,9 @@ def report(tok_s: float, p50: float) -> dict[str, object]:
 
 def test_same_workload_keys_with_the_peer() -> None:
     keys = bench.same_workload_keys(
-        report(1200.0, 400.0), {"tok_s": 1500.0, "p50_s": 0.3}, report(1000.0, 500.0)
+        [report(1100.0, 380.0), report(1300.0, 420.0)],
+        [{"tok_s": 1400.0, "p50_s": 0.2}, {"tok_s": 1600.0, "p50_s": 0.4}],
+        report(1000.0, 500.0),
     )
     assert keys["gateway_tok_s_same_workload"] == 1200.0
     assert keys["path_efficiency"] == 0.8
@@ -27,7 +29,9 @@ def test_same_workload_keys_with_the_peer() -> None:
 
 
 def test_a_skipped_peer_leaves_its_keys_empty_not_missing() -> None:
-    keys = bench.same_workload_keys(report(1200.0, 400.0), {"tok_s": 1500.0, "p50_s": 0.3}, None)
+    keys = bench.same_workload_keys(
+        [report(1200.0, 400.0)], [{"tok_s": 1500.0, "p50_s": 0.3}], None
+    )
     assert keys["peer_hf_serve_tok_s"] is None
     assert keys["gateway_over_hf_serve"] is None
     assert keys["path_efficiency"] == 0.8
@@ -40,3 +44,9 @@ def test_the_peer_is_skipped_with_a_reason_when_its_deps_are_absent(
     assert bench.hf_serve_peer(tmp_path / "model", bench.Workload(), tmp_path) is None
     out = capsys.readouterr().out
     assert "SKIPPED peer transformers serve" in out and "make bench-peers" in out
+
+
+def test_paired_differences_are_taken_round_by_round() -> None:
+    slow = [0.010, 0.020, 0.030]
+    fast = [0.008, 0.019, 0.025]
+    assert bench.paired_ms(slow, fast)["p50"] == pytest.approx(2.0, abs=0.01)

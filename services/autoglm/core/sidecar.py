@@ -48,6 +48,9 @@ def path_segment(value: str, what: str) -> str:
     return value
 
 
+#: Connections to the local daprd kept open (and at most open at once) per client.
+KEEPALIVE = 256
+
 #: daprd prefixes state keys as ``{app id}||{key}`` and refuses a key that holds the
 #: separator itself (ERR_MALFORMED_REQUEST), so such an id can never name a record.
 STATE_KEY_SEPARATOR = "||"
@@ -133,7 +136,13 @@ class Sidecar:
         token = api_token or os.environ.get("DAPR_API_TOKEN")
         headers = {"dapr-api-token": token} if token else {}
         self.base_url = f"http://{host}:{port}"
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        # Every connection kept alive: httpx keeps 20 by default, so with more calls in
+        # flight than that (the gateway serves every client at once) each extra one was
+        # a new TCP connection to daprd, opened and closed per call.
+        limits = httpx.Limits(max_connections=KEEPALIVE, max_keepalive_connections=KEEPALIVE)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, headers=headers, limits=limits
+        )
         self._deferred: DeferredPublisher | None = None
         self._deferred_lock = threading.Lock()
 
