@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from autoglm.core.readiness import sidecar_problems
+from autoglm.devstack import replicas
 from autoglm.devstack.frontdoor import Backend, render_config
 from autoglm.devstack.multiapp import AppEntry
 from autoglm.devstack.processes import ancestors, describe_pid, port_holders
-from autoglm.devstack.replicas import parse_replicas, replica_entries
+from autoglm.devstack.replicas import Replica, parse_replicas, replica_entries
 from autoglm.devstack.run import answered_by_us, port_conflicts
 from autoglm.devstack.sidecars import SidecarPorts
 from tests.support.polling import wait_for
@@ -156,3 +157,21 @@ def test_dev_ps_and_down_see_and_stop_a_recorded_stack(tmp_path: Path) -> None:
     stack.launcher_pid, stack.launcher_started = 1, None
     stop_stack(stack, timeout=5)
     assert not orphan.alive() and ps_rows(stack)[0]["state"] == "dead"
+
+
+def test_a_replica_started_again_gets_a_new_internal_grpc_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other daprds keep pooled connections to the old internal port in gRPC backoff;
+    a restarted replica is reached on a fresh one (as a restarted pod on a new IP)."""
+    monkeypatch.setattr(Replica, "_start", lambda self, timeout, started: None)
+    monkeypatch.setattr(replicas, "nameresolution_db", lambda config, cwd: None)
+    entry = AppEntry("inference", 50051, "grpc", SidecarPorts(3501, 50001, 50002, 9091), ["x"])
+    replica = Replica(entry, 0, tmp_path, tmp_path / "config.yaml", tmp_path, tmp_path)
+    replica.start()
+    assert replica.ports == entry.ports
+    replica.sidecar = object()  # type: ignore[assignment]  # it ran once
+    replica.start()
+    assert replica.ports.internal_grpc != 50002
+    assert (replica.ports.http, replica.ports.grpc, replica.ports.metrics) == (3501, 50001, 9091)
+    assert replica.app_port == 50051

@@ -232,7 +232,15 @@ class Replica:
     # -- start ---------------------------------------------------------------------
     def start(self, timeout: float = 300, started: list[ManagedProcess] | None = None) -> Replica:
         """Start daprd and the app; return once the sidecar serves the app (else raise
-        ``StartupError`` with the reason). Processes go to ``started`` at once."""
+        ``StartupError`` with the reason). Processes go to ``started`` at once.
+
+        A replica started again gets a new daprd-to-daprd (internal gRPC) port, as a
+        restarted pod gets a new address: the other daprds keep their pooled connection
+        to the old one in gRPC's reconnect backoff (daprd drops a failed connection only
+        for targets without a resiliency policy), so calls to a daprd back on the same
+        port failed for seconds (seen: 5 s of retries, one 503, in a rolling restart)."""
+        if self.sidecar is not None:
+            self.entry = replace(self.entry, ports=replace(self.ports, internal_grpc=free_port()))
         self.state = "starting"
         with held_out_of_resolution(
             nameresolution_db(self.config, self.cwd), self.ports.internal_grpc
