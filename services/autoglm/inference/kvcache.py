@@ -40,8 +40,9 @@ class _Group:
     end: int
     #: Decode group: ``[rows, length]`` slots; prefill: ``[1, length]``.
     slots: torch.Tensor
-    #: Boolean ``[rows, 1, queries, length]`` (True: attend), an additive lower-right
-    #: causal ``[queries, length]`` mask (a chunk after cached tokens), or None for "all".
+    #: Additive masks in the pool's dtype: ``[rows, 1, 1, length]`` (decodes padded to the
+    #: group's longest), lower-right causal ``[queries, length]`` (a chunk after cached
+    #: tokens); None for "all".
     mask: Any
     causal: bool = False
 
@@ -115,8 +116,12 @@ class PagedKVCache:
                 lengths.append(length)
             mask = None
             if min(lengths) != longest:
+                # Additive, in the pool's dtype, once per step (a boolean one would be
+                # converted again in every layer).
                 limit = torch.tensor(lengths, device=dev)[:, None]
-                mask = (torch.arange(longest, device=dev)[None, :] < limit)[:, None, None, :]
+                padding = torch.arange(longest, device=dev)[None, :] >= limit
+                mask = torch.zeros(padding.shape, dtype=self.pool.dtype, device=dev)
+                mask = mask.masked_fill_(padding, float("-inf"))[:, None, None, :]
             groups.append(_Group(pos, pos + len(rows), torch.tensor(rows, device=dev), mask))
             pos += len(rows)
         for blocks, cached, n in prefills:
