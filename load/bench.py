@@ -297,28 +297,38 @@ def same_workload(url: str, headers: dict[str, str], model: str, work: Workload)
     return completions(url, headers, model, work.texts(), work.max_tokens, work.concurrency)
 
 
-def engine_and_gateway(
-    engine: Any, mesh: OwnMesh, work: Workload, rounds: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``work`` through the in-process engine and through the gateway, alternately
-    ``rounds`` times (after one warm-up of each), so both see the machine alike."""
+def three_servers(
+    engine: Any, mesh: OwnMesh, peer_url: str | None, model: Path, work: Workload, rounds: int
+) -> dict[str, list[dict[str, Any]]]:
+    """``work`` through the in-process engine, the gateway and the peer (if it runs), in
+    turn, ``rounds`` times after a warm-up of each, so that all three see the machine
+    alike: the stack is up (idle) for every one of them."""
     url, headers = mesh.gateway_url, mesh.headers(TENANT)
-    completions(url, headers, "demo-glm", work.warmup_texts(), work.max_tokens, work.concurrency)
-    engine_runs, gateway_runs = [], []
-    # Both prefix caches start without these prompts (the inference app's cannot be
-    # cleared from here, so neither is cleared between rounds).
+    warm = work.warmup_texts()
+    completions(url, headers, "demo-glm", warm, work.max_tokens, work.concurrency)
+    if peer_url is not None:
+        completions(peer_url, {}, str(model), warm, work.max_tokens, work.concurrency)
+    runs: dict[str, list[dict[str, Any]]] = {"engine": [], "gateway": [], "peer": []}
+    # No prefix cache starts with these prompts (the servers' cannot be cleared from
+    # here, so none is cleared between rounds).
     clear_prefix_cache(engine)
+    texts = work.texts()
     for _ in range(rounds):
-        engine_runs.append(engine_run(engine, work.texts(), work.max_tokens, work.concurrency, 0.0))
-        gateway_runs.append(
-            completions(url, headers, "demo-glm", work.texts(), work.max_tokens, work.concurrency)
+        runs["engine"].append(engine_run(engine, texts, work.max_tokens, work.concurrency, 0.0))
+        runs["gateway"].append(
+            completions(url, headers, "demo-glm", texts, work.max_tokens, work.concurrency)
         )
-    return engine_runs, gateway_runs
+        if peer_url is not None:
+            runs["peer"].append(
+                completions(peer_url, {}, str(model), texts, work.max_tokens, work.concurrency)
+            )
+    return runs
 
 
-def hf_serve_peer(model: Path, work: Workload, logs: Path) -> dict[str, Any] | None:
-    """``transformers serve --continuous-batching`` on ``model``, run on ``work``; None
-    (with the reason printed) when its serving dependencies are not installed."""
+def start_hf_serve(model: Path, logs: Path, st: ExitStack) -> str | None:
+    """Start ``transformers serve --continuous-batching`` on ``model`` (stopped by
+    ``st``) and return its URL; None (with the reason printed) when its serving
+    dependencies are not installed."""
     missing = [m for m in PEER_MODULES if not (PEERS / m).is_dir()]
     if missing:
         say(
@@ -329,9 +339,8 @@ def hf_serve_peer(model: Path, work: Workload, logs: Path) -> dict[str, Any] | N
     port = free_port()
     # KV cache sized for the workload: 32 sequences of at most ~30 + 32 tokens need ~64
     # blocks of 32 tokens; 128 leave room. Its batch is a static tensor of
-    # ``max_batch_tokens`` rows whatever the step holds, so the smallest budget that
-    # still decodes all 32 at once was its fastest here (128: 345 tok/s; 512: 226;
-    # 2048: 159; its defaults: 168-283; load/RESULTS.md).
+    # ``max_batch_tokens`` rows whatever the step holds; 128 still decodes all 32 at
+    # once (load/RESULTS.md has what other budgets gave).
     argv = [str(Path(sys.executable).parent / "transformers"), "serve", str(model)]
     argv += ["--continuous-batching", "--device", "cpu", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--cb-block-size", "32", "--cb-num-blocks", "128"]
@@ -340,18 +349,14 @@ def hf_serve_peer(model: Path, work: Workload, logs: Path) -> dict[str, Any] | N
     env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
     proc = ManagedProcess("hf-serve", argv, logs / "hf-serve.log", env=env, cwd=REPO_ROOT)
     proc.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        proc.wait_until(
-            lambda: port_open(port) and httpx.get(f"{url}/health", timeout=2).status_code == 200,
-            300,
-            "transformers serve /health",
-        )
-        result = same_workload(url, {}, str(model), work)
-        result["rss_mb"] = group_rss_mb(proc.pid)
-        return result
-    finally:
-        proc.stop()
+    st.callback(proc.stop)
+    url = f"http://127.0.0.1:{port}"
+    proc.wait_until(
+        lambda: port_open(port) and httpx.get(f"{url}/health", timeout=2).status_code == 200,
+        300,
+        "transformers serve /health",
+    )
+    return url
 
 
 def echo_paths(mesh: OwnMesh) -> tuple[Callable[[], None], Any, bytes]:
@@ -444,7 +449,7 @@ def mean(values: list[float]) -> float:
 def same_workload_keys(
     gateway_runs: list[dict[str, Any]],
     engine_runs: list[dict[str, Any]],
-    peer: dict[str, Any] | None,
+    peer_runs: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Issue 15's side-by-side keys (mean tok/s and p50 of the alternating rounds); the
     peer's are None when it was skipped."""
@@ -462,13 +467,14 @@ def same_workload_keys(
         "gateway_over_hf_serve": None,
         "gateway_p50_over_hf_serve_p50": None,
     }
-    if peer is not None and peer["tokens_per_s"]:
-        keys["peer_hf_serve_tok_s"] = peer["tokens_per_s"]
-        keys["peer_hf_serve_p50_ms"] = peer["latency_ms"].get("p50")
-        keys["peer_hf_serve_errors"] = peer["errors"] or None
-        keys["gateway_over_hf_serve"] = round(gw_tok_s / peer["tokens_per_s"], 3)
-        if gw_p50 and peer["latency_ms"].get("p50"):
-            keys["gateway_p50_over_hf_serve_p50"] = round(gw_p50 / peer["latency_ms"]["p50"], 3)
+    peer_tok_s = mean([r["tokens_per_s"] for r in peer_runs]) if peer_runs else 0.0
+    if peer_tok_s:
+        peer_p50 = mean([r["latency_ms"]["p50"] for r in peer_runs])
+        keys["peer_hf_serve_tok_s"] = round(peer_tok_s, 1)
+        keys["peer_hf_serve_p50_ms"] = round(peer_p50, 1)
+        keys["peer_hf_serve_errors"] = sum(sum(r["errors"].values()) for r in peer_runs) or None
+        keys["gateway_over_hf_serve"] = round(gw_tok_s / peer_tok_s, 3)
+        keys["gateway_p50_over_hf_serve_p50"] = round(gw_p50 / peer_p50, 3)
     return keys
 
 
@@ -647,7 +653,7 @@ def main() -> None:
     hf_tok_s = hf_sequential(engine, prompts(32), args.max_tokens)["tok_s"]
     say(f"peer: transformers serve --continuous-batching on {model}")
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    peer = hf_serve_peer(model, work, workdir / "logs")
+    peer_url = start_hf_serve(model, workdir / "logs", st)
     archiver_metrics = free_port()
     summary: dict[str, Any] = {}
     sweep: dict[str, list[dict[str, Any]]] = {"chat": [], "chat-stream": []}
@@ -659,8 +665,9 @@ def main() -> None:
         sidecar = via_sidecar(mesh, args.samples)
         say("1-token latency in process, through the gateway and the Dapr floor, in turn")
         one = one_token_paths(engine, mesh, args.samples)
-        say(f"same workload, in process and through the gateway in turn: {work}")
-        engine_same, gw_same = engine_and_gateway(engine, mesh, work, rounds=2)
+        say(f"same workload, in process, through the gateway and the peer in turn: {work}")
+        same = three_servers(engine, mesh, peer_url, model, work, rounds=2)
+        st.close()  # the peer and the engine: not needed any more
         with PeakRSS(procs) as peak:
             say("autosave: chat without and with sessions, alternately")
             autosave = autosave_runs(mesh, archiver_metrics, rounds=1 if args.quick else 2)
@@ -703,15 +710,15 @@ def main() -> None:
                 "inference_sidecar": ms(sidecar),
                 **{name: ms(values) for name, values in one.items()},
             },
-            **same_workload_keys(gw_same, engine_same, peer),
+            **same_workload_keys(same["gateway"], same["engine"], same["peer"]),
             "hf_sequential_tok_s": round(hf_tok_s, 1),
             **autosave["keys"],
             **rss_keys(idle, mesh),
             "rss_mb": {"idle": idle, "load": peak.peak},
             "scenarios": {
-                "same_workload_gateway": gw_same[-1],
-                "same_workload_in_process": engine_same[-1],
-                "same_workload_hf_serve": peer,
+                "same_workload_gateway": same["gateway"],
+                "same_workload_in_process": same["engine"],
+                "same_workload_hf_serve": same["peer"],
                 "chat_without_sessions": autosave["plain"],
                 "chat_with_sessions": autosave["sessions"],
             },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def test_same_workload_keys_with_the_peer() -> None:
     keys = bench.same_workload_keys(
         [report(1100.0, 380.0), report(1300.0, 420.0)],
         [{"tok_s": 1400.0, "p50_s": 0.2}, {"tok_s": 1600.0, "p50_s": 0.4}],
-        report(1000.0, 500.0),
+        [report(900.0, 450.0), report(1100.0, 550.0)],
     )
     assert keys["gateway_tok_s_same_workload"] == 1200.0
     assert keys["path_efficiency"] == 0.8
@@ -41,7 +42,8 @@ def test_the_peer_is_skipped_with_a_reason_when_its_deps_are_absent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(bench, "PEERS", tmp_path / "peers")
-    assert bench.hf_serve_peer(tmp_path / "model", bench.Workload(), tmp_path) is None
+    with ExitStack() as st:
+        assert bench.start_hf_serve(tmp_path / "model", tmp_path, st) is None
     out = capsys.readouterr().out
     assert "SKIPPED peer transformers serve" in out and "make bench-peers" in out
 
