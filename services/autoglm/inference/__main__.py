@@ -29,6 +29,20 @@ from autoglm.models.signing import verify_model
 log = logging.getLogger("autoglm.inference")
 
 
+def engine_threads(configured: int | None) -> int:
+    """torch's intra-op threads: as configured, else one fewer than torch would use (one
+    per core). The app shares its host with its daprd (and, on one machine, with the
+    gateway and the other sidecars); with a thread per core every parallel region of a
+    step waits for whichever of its threads the OS gave to them. Issue 15, 2 cores, 32
+    completions in flight through the gateway: 1,670-2,000 tok/s with 2 threads,
+    2,090-2,370 with 1 (load/RESULTS.md)."""
+    if configured:
+        return configured
+    import torch
+
+    return max(1, torch.get_num_threads() - 1)
+
+
 def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local; never reach a hub
     settings = start_app("inference", InferenceSettings)
@@ -72,7 +86,7 @@ def main() -> int:
             tenant_overrides=settings.tenant_overrides,
             memory_budget_mb=settings.memory_budget_mb,
             request_timeout_s=settings.request_timeout_s,
-            num_threads=settings.num_threads,
+            num_threads=engine_threads(settings.num_threads),
             verify=verify,
             on_step=metrics.on_step,
         )
