@@ -73,3 +73,33 @@ def test_size_is_estimated_before_loading(engine: AutoGLMEngine) -> None:
     finally:
         engine.dtype_name, engine.dtype = "float32", torch.float32
     assert engine._estimate(ModelSpec("gone", loaded.path / "missing")) == 0
+
+
+def test_every_model_op_runs_on_the_engine_compute_thread(models_dir: Path) -> None:
+    """Loading, steps and embeddings all run on one thread: a second thread running
+    OpenMP ops would make libgomp stop spinning and halve small steps' speed."""
+    import threading
+
+    engine = AutoGLMEngine(
+        models=[
+            ModelSpec("demo-glm", models_dir / "demo-glm", priority=True),
+            ModelSpec("minilm", models_dir / "all-MiniLM-L6-v2", priority=True),
+        ]
+    )
+    try:
+        seen: set[threading.Thread] = set()
+        for model_id in ("demo-glm", "minilm"):
+            model = engine.registry.get(model_id).model
+            model.register_forward_pre_hook(lambda *_: seen.add(threading.current_thread()))
+        engine.generate(_req(max_tokens=4))
+        engine.embed(["hello"], "minilm")
+        assert seen and {t.name for t in seen} == {"autoglm-compute"}
+        assert threading.current_thread() not in seen
+        # A call from the compute thread itself runs at once (no deadlock).
+        assert engine.compute.call(lambda: engine.compute.call(lambda: 7)) == 7
+        with pytest.raises(ZeroDivisionError):
+            engine.compute.call(lambda: 1 / 0)
+    finally:
+        engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.compute.call(lambda: None)

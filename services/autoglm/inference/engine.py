@@ -29,7 +29,7 @@ from autoglm.inference.kvcache import ATTN_IMPLEMENTATION, PagedKVCache, registe
 from autoglm.inference.policy import PolicyConfig, TenantLimits
 from autoglm.inference.registry import ModelRegistry, ModelSpec
 from autoglm.inference.sampling import TokenText
-from autoglm.inference.scheduler import RequestHandle, Scheduler, StepStats
+from autoglm.inference.scheduler import ComputeThread, RequestHandle, Scheduler, StepStats
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +149,6 @@ class AutoGLMEngine:
     ) -> None:
         if dtype not in DTYPES:
             raise InvalidRequestError(f"dtype must be one of {sorted(DTYPES)}", param="dtype")
-        if num_threads:
-            torch.set_num_threads(num_threads)
         self.device = resolve_device(device_map)
         if gpu_memory_fraction is not None and self.device.type == "cuda":
             torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction, self.device)
@@ -199,12 +197,18 @@ class AutoGLMEngine:
             ),
             None,
         )
+        #: Every model op of this engine runs on this one thread (see ComputeThread).
+        self.compute = ComputeThread(num_threads=num_threads)
         self.registry = ModelRegistry(
             specs, self._load, memory_budget_mb * 1024 * 1024, estimate=self._estimate
         )
-        for spec in specs:
-            if spec.priority:
-                self.registry.load(spec.id)
+        try:
+            for spec in specs:
+                if spec.priority:
+                    self.registry.load(spec.id)
+        except BaseException:
+            self.close()
+            raise
 
     # -- models ----------------------------------------------------------------------
     def _load(self, spec: ModelSpec) -> LoadedModel:
@@ -220,7 +224,7 @@ class AutoGLMEngine:
         started = time.monotonic()
         adapter = adapter_for(model_type_of(path))
         if adapter.kind == "embed":
-            embedder = Embedder(path, self.device, self.dtype)
+            embedder = self.compute.call(Embedder, path, self.device, self.dtype)
             loaded = LoadedModel(
                 spec.id,
                 path,
@@ -232,31 +236,38 @@ class AutoGLMEngine:
                 embedder=embedder,
             )
             if self.warmup:
-                embedder.embed(["warm up"])
+                self.compute.call(embedder.embed, ["warm up"])
         else:
             tokenizer = AutoTokenizer.from_pretrained(path)
             register_attention()
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                path, dtype=self.dtype, attn_implementation=ATTN_IMPLEMENTATION
-            )
-            model = model.to(self.device)
-            model.eval()
-            if self.dtype_name == "int8":
-                from torch.ao.quantization import quantize_dynamic
 
-                model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            def build() -> Any:  # on the compute thread: its OpenMP team is the only one
+                model: Any = AutoModelForCausalLM.from_pretrained(
+                    path, dtype=self.dtype, attn_implementation=ATTN_IMPLEMENTATION
+                )
+                model = model.to(self.device)
+                model.eval()
+                if self.dtype_name == "int8":
+                    from torch.ao.quantization import quantize_dynamic
+
+                    model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+                return model
+
+            model = self.compute.call(build)
             max_ctx = min(
                 int(getattr(model.config, "max_position_embeddings", self.max_context_length)),
                 self.max_context_length,
             )
             eos_ids = adapter.stop_token_ids(model, tokenizer)
             model_id, hook = spec.id, self.on_step
-            cache = PagedKVCache(
-                model.config,
-                self.device,
-                self.dtype,
-                budget_bytes=self._kv_budget(),
-                block_size=self.kv_block_size,
+            cache = self.compute.call(
+                lambda: PagedKVCache(
+                    model.config,
+                    self.device,
+                    self.dtype,
+                    budget_bytes=self._kv_budget(),
+                    block_size=self.kv_block_size,
+                )
             )
             scheduler = Scheduler(
                 model,
@@ -269,6 +280,7 @@ class AutoGLMEngine:
                 prefix_cache_blocks=self.prefix_cache_bytes // cache.bytes_per_block,
                 request_timeout_s=self.request_timeout_s,
                 on_step=(lambda stats: hook(model_id, stats)) if hook else None,
+                compute=self.compute,
             )
             loaded = LoadedModel(
                 spec.id,
@@ -338,7 +350,9 @@ class AutoGLMEngine:
         self.registry.unload(model_id)
 
     def close(self) -> None:
-        self.registry.close()
+        if hasattr(self, "registry"):
+            self.registry.close()
+        self.compute.close()
 
     def get(self, model_id: str | None, kind: str = "generate") -> LoadedModel:
         loaded: LoadedModel = self.registry.get(model_id or self.default_model)
@@ -414,7 +428,7 @@ class AutoGLMEngine:
     def embed(self, texts: list[str], model: str | None = None) -> tuple[list[list[float]], int]:
         loaded = self.get(model or self.default_embedding_model, kind="embed")
         assert loaded.embedder is not None
-        return loaded.embedder.embed(texts)
+        return self.compute.call(loaded.embedder.embed, texts)
 
 
 def _itemsize(dtype: object) -> int:
