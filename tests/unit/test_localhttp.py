@@ -1,0 +1,123 @@
+"""The sidecar's keep-alive HTTP/1.1 client (``autoglm.core.localhttp``) against a local
+HTTP/1.1 server on the loopback: what ``Sidecar`` relies on of it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from autoglm.core.errors import DeadlineExceededError, UnavailableError
+from autoglm.core.localhttp import LocalHTTP
+from autoglm.core.sidecar import Sidecar
+from autoglm.devstack.processes import free_port
+
+pytestmark = pytest.mark.unit
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    seen: list[dict[str, object]] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.seen.append(
+            {
+                "method": self.command,
+                "path": self.path,
+                "body": body,
+                "token": self.headers.get("dapr-api-token"),
+                "type": self.headers.get("Content-Type"),
+                "port": self.client_address[1],
+            }
+        )
+        if "slow" in self.path:
+            time.sleep(0.5)
+        if self.path.startswith("/drop"):
+            # Closed after the reply without saying so: the client keeps a dead connection.
+            self.close_connection = True
+        if self.path.startswith("/empty"):
+            self.send_response(204)
+            self.end_headers()
+            return
+        out = json.dumps({"echo": body.decode(), "path": self.path}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("ETag", "7")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    do_GET = do_POST = do_DELETE = _answer
+
+
+@pytest.fixture
+def server() -> Iterator[ThreadingHTTPServer]:
+    _Handler.seen = []
+    srv = ThreadingHTTPServer(("127.0.0.1", free_port()), _Handler)
+    srv.daemon_threads = True
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _client(srv: ThreadingHTTPServer, timeout: float = 5.0) -> LocalHTTP:
+    return LocalHTTP(
+        "127.0.0.1", srv.server_address[1], timeout=timeout, headers={"dapr-api-token": "t"}
+    )
+
+
+def test_request_json_params_headers_and_keep_alive(server: ThreadingHTTPServer) -> None:
+    client = _client(server)
+    resp = client.request("POST", "/v1.0/x", json={"a": "é"}, headers={"traceparent": "00-1"})
+    assert resp.status_code == 200
+    assert resp.json()["echo"] == '{"a":"é"}'
+    assert resp.headers.get("etag") == "7"  # header names are case-insensitive
+    client.request("DELETE", "/v1.0/y", params={"concurrency": "first-write"})
+    assert client.get("/empty").content == b""
+    first, second, third = _Handler.seen
+    assert first["token"] == "t" and first["type"] == "application/json"
+    assert second["path"] == "/v1.0/y?concurrency=first-write"
+    # One connection carried all three calls.
+    assert first["port"] == second["port"] == third["port"]
+    client.close()
+
+
+def test_a_connection_the_server_closed_is_not_reused(server: ThreadingHTTPServer) -> None:
+    client = _client(server)
+    client.get("/drop")
+    time.sleep(0.05)  # the server has closed its end by now
+    assert client.get("/b").status_code == 200
+    drop, b = _Handler.seen
+    assert drop["port"] != b["port"]
+    assert client.get("/c").status_code == 200
+    assert _Handler.seen[-1]["port"] == b["port"]
+
+
+def test_timeout_and_refused_connection_raise_httpx_errors(server: ThreadingHTTPServer) -> None:
+    with pytest.raises(httpx.TimeoutException):
+        _client(server, timeout=0.1).get("/slow")
+    with pytest.raises(httpx.TransportError):
+        LocalHTTP("127.0.0.1", free_port(), timeout=1).get("/")
+
+
+def test_sidecar_maps_transport_failures(server: ThreadingHTTPServer) -> None:
+    sidecar = Sidecar(http_port=server.server_address[1], api_token="t")
+    assert sidecar.invoke("inference", "generate", {"x": 1})["path"] == (
+        "/v1.0/invoke/inference/method/generate"
+    )
+    with pytest.raises(DeadlineExceededError):
+        sidecar.invoke("slow", "m", {}, timeout=0.1)
+    with pytest.raises(UnavailableError):
+        Sidecar(http_port=free_port()).invoke("inference", "generate", {})
