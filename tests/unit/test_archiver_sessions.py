@@ -188,6 +188,37 @@ def test_crash_recovery_reloads_staged_sessions(tmp_path: Path) -> None:
     assert sessions.flush_due() == 1 and versions(sessions) == [1]
 
 
+def test_a_staged_state_already_archived_is_discarded_on_start(tmp_path: Path) -> None:
+    """The staged file's removal after a snapshot is not fsynced: a crash may bring it
+    back, at a version the archive already holds, and the next start discards it."""
+    sessions, service = build(tmp_path)
+    service.on_snapshot(event(1, "a"))
+    staged = next((tmp_path / "staging").rglob("s1.pending"))
+    kept = staged.read_bytes()
+    assert sessions.flush_all() == 1 and not staged.exists()
+    staged.write_bytes(kept)  # the removal lost in a crash
+    sessions2, _ = build(tmp_path)
+    assert sessions2.dirty_count == 0 and not staged.exists()
+    assert versions(sessions2) == [1]
+
+
+def test_new_directories_are_made_durable_in_their_parents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    real = atomic.fsync_dir
+    monkeypatch.setattr(atomic, "fsync_dir", lambda p: (synced.append(p), real(p)))
+    _, service = build(tmp_path)
+    service.on_snapshot(event(1, "a", flush=True))
+    sdir = next((tmp_path / "sessions").rglob("s1"))
+    # The session's directory, its tenant's and its shard's entries are durable.
+    for directory in (sdir, sdir.parent, sdir.parent.parent):
+        assert directory.parent in synced
+    synced.clear()
+    service.on_snapshot(event(2, "a", "b", flush=True))
+    assert sdir.parent not in synced  # nothing created the second time
+
+
 def test_duplicate_delivery_writes_once(tmp_path: Path) -> None:
     sessions, service = build(tmp_path)
     body = event(1, "a", flush=True)

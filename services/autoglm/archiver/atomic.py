@@ -31,9 +31,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path) -> None:
+    """``mkdir -p path``, durably: each directory created here is fsynced into its
+    parent, so a file made durable inside it cannot vanish with its directory entry."""
+    if path.is_dir():
+        return
+    make_dirs(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return  # another writer made it (and makes it durable)
+    fsync_dir(path.parent)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via temp file, fsync, rename and directory fsync."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -51,7 +64,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     to ``path`` in one step, so ``path`` either does not exist or is complete. Returns
     without renaming when ``path`` appeared meanwhile (a concurrent writer of the same
     immutable content)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     tmp.mkdir()
     try:
@@ -79,10 +92,14 @@ def write_at(fh: BinaryIO, offset: int, data: bytes) -> None:
 
 
 def durable_append(path: Path, line: bytes) -> None:
-    """Append one line and fsync before returning, so an acknowledged event is on disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Append one line and fsync before returning, so an acknowledged event is on disk
+    (a file created by this append is fsynced into its directory too)."""
+    make_dirs(path.parent)
     with open(path, "ab") as fh:
+        created = fh.tell() == 0
         write_fsync(fh, line)
+    if created:
+        fsync_dir(path.parent)
 
 
 def probe_write(path: Path) -> None:

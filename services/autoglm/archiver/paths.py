@@ -7,6 +7,7 @@ climb out of their directory, and the result is checked to be inside the root.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 
 from autoglm.core.errors import InvalidRequestError
@@ -34,10 +35,25 @@ def inside(root: Path, *parts: str) -> Path:
     return path
 
 
+#: Sessions whose directories are remembered (every event and snapshot of a session
+#: needs it; checking it resolves each component with a system call).
+_SESSION_DIRS = 65536
+
+
+@lru_cache(maxsize=_SESSION_DIRS)
 def session_dir(root: Path, tenant: str, session_id: str) -> Path:
-    """``{root}/sessions/{md5(tenant)[:2]}/{tenant}/{session}``."""
+    """``{root}/sessions/{md5(tenant)[:2]}/{tenant}/{session}``. Remembered per session:
+    the ids are checked components either way, and the archive root is the archiver's
+    own (nothing else creates links inside it)."""
     component(session_id, "session_id")
     return inside(root / "sessions", shard(component(tenant, "tenant")), tenant, session_id)
+
+
+@lru_cache(maxsize=_SESSION_DIRS)
+def staged_file(root: Path, tenant: str, session_id: str) -> Path:
+    """``{root}/{md5(tenant)[:2]}/{tenant}/{session}.pending`` (remembered likewise)."""
+    tenant = component(tenant, "tenant")
+    return inside(root, shard(tenant), tenant, component(session_id, "session_id") + ".pending")
 
 
 def attachment_dir(root: Path, category: str, tenant: str, attachment_id: str) -> Path:

@@ -74,8 +74,12 @@ class SessionArchive:
         now = self.clock()
         count = 0
         for state in self.staging.load_all():
-            if state.version <= self.store.deleted_version(state.tenant, state.session_id):
-                # A crash between a deletion's marker and its staging removal.
+            archived = self.store.versions(state.tenant, state.session_id)
+            if state.version <= self.store.deleted_version(state.tenant, state.session_id) or (
+                archived and state.version <= archived[-1]
+            ):
+                # A crash between a deletion's marker and its staging removal, or after
+                # a snapshot before its staged state's removal was durable.
                 self.staging.discard(state.tenant, state.session_id)
                 continue
             self.bloom.add(state.key)

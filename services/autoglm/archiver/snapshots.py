@@ -23,9 +23,12 @@ import hashlib
 import json
 import logging
 import shutil
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,9 @@ _STALE_TMP_S = 600.0
 
 #: The deletion marker in a session's directory (not all digits, so never a version).
 DELETED_MARKER = "deleted.json"
+
+#: Sessions whose deletion marker (or its absence) is remembered.
+_DELETED_CACHE = 65536
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,12 @@ class SessionState:
 
     def aad(self, purpose: str) -> bytes:
         return associated_data(purpose, self.tenant, self.session_id, self.version)
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """``to_json`` as compact JSON bytes, encoded once (staging and the snapshot of
+        the same state both write it)."""
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +127,10 @@ class SnapshotStore:
         self._config_yaml = yaml.safe_dump(settings, sort_keys=True).encode()
         canonical = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
         self.settings_digest = "sha256:" + hashlib.sha256(canonical).hexdigest()
+        # Deletion markers known to this process (the archive's single writer), so that
+        # every event of a session does not look for one on disk.
+        self._deleted: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._deleted_lock = threading.Lock()
 
     def session_dir(self, tenant: str, session_id: str) -> Path:
         return paths.session_dir(self.root, tenant, session_id)
@@ -134,11 +150,26 @@ class SnapshotStore:
 
     def deleted_version(self, tenant: str, session_id: str) -> int:
         """The version the session was deleted at; 0 if it never was."""
+        key = (tenant, session_id)
+        with self._deleted_lock:
+            known = self._deleted.get(key)
+            if known is not None:
+                self._deleted.move_to_end(key)
+                return known
         path = self.session_dir(tenant, session_id) / DELETED_MARKER
         try:
-            return int(json.loads(path.read_bytes())["version"])
+            version = int(json.loads(path.read_bytes())["version"])
         except FileNotFoundError:
-            return 0
+            version = 0
+        self._remember_deleted(key, version)
+        return version
+
+    def _remember_deleted(self, key: tuple[str, str], version: int) -> None:
+        with self._deleted_lock:
+            self._deleted[key] = version
+            self._deleted.move_to_end(key)
+            while len(self._deleted) > _DELETED_CACHE:
+                self._deleted.popitem(last=False)
 
     def delete(self, tenant: str, session_id: str, version: int) -> None:
         """Record the deletion at ``version`` durably, then remove every version and any
@@ -150,8 +181,7 @@ class SnapshotStore:
         if version > self.deleted_version(tenant, session_id):
             marker = {"version": version, "deleted": time.time()}
             atomic_write(sdir / DELETED_MARKER, json.dumps(marker).encode())
-            # The session directory may have been created just now.
-            fsync_dir(sdir.parent)
+            self._remember_deleted((tenant, session_id), version)
         for number in self._on_disk(tenant, session_id):
             shutil.rmtree(sdir / f"{number:08d}")
         for tmp in sdir.glob(".*.tmp"):
@@ -166,8 +196,7 @@ class SnapshotStore:
         final = self.session_dir(state.tenant, state.session_id) / f"{state.version:08d}"
         if final.is_dir():
             return final
-        plain = json.dumps(state.to_json(), separators=(",", ":")).encode()
-        blob, info = self.codec.encode(plain, state.aad("context"))
+        blob, info = self.codec.encode(state.encoded, state.aad("context"))
         metadata = {
             "tenant": state.tenant,
             "session_id": state.session_id,
@@ -221,14 +250,21 @@ class SnapshotStore:
         return None
 
     def rotate(self, tenant: str, session_id: str) -> None:
+        """Delete versions beyond ``max_keep`` and crashed writers' temp directories
+        (the directory is fsynced only when something was removed: the new version's
+        rename was made durable by its writer)."""
         sdir = self.session_dir(tenant, session_id)
+        removed = False
         for version in self.versions(tenant, session_id)[: -self.max_keep]:
             shutil.rmtree(sdir / f"{version:08d}")
+            removed = True
         now = time.time()
         for tmp in sdir.glob(".*.tmp"):
             if now - tmp.stat().st_mtime > _STALE_TMP_S:
                 shutil.rmtree(tmp, ignore_errors=True)
-        fsync_dir(sdir)
+                removed = True
+        if removed:
+            fsync_dir(sdir)
 
     def session_keys(self) -> Iterator[str]:
         """``tenant/session`` of every archived session (directory names only)."""

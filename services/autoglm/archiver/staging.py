@@ -4,8 +4,9 @@ The autosave policy defers snapshots, but Dapr must not be told an event succeed
 it lives only in memory. Each accepted event first replaces its session's staging file
 ``{root}/staging/{md5(tenant)[:2]}/{tenant}/{session}.pending`` (atomic write, sealed like
 a snapshot); the file is removed once a snapshot of that version is durable, and a
-restarted archiver reloads whatever is left. One small file per dirty session, no log
-to compact.
+restarted archiver reloads whatever is left (a file whose version is already archived,
+left by a crash just after its snapshot, is discarded). One small file per dirty session,
+no log to compact.
 """
 
 from __future__ import annotations
@@ -29,20 +30,18 @@ class Staging:
         self.codec = codec
 
     def _path(self, tenant: str, session_id: str) -> Path:
-        tenant = paths.component(tenant, "tenant")
-        name = paths.component(session_id, "session_id") + ".pending"
-        return paths.inside(self.dir, paths.shard(tenant), tenant, name)
+        return paths.staged_file(self.dir, tenant, session_id)
 
     def put(self, state: SessionState) -> None:
-        plain = json.dumps(state.to_json(), separators=(",", ":")).encode()
-        blob, info = self.codec.encode(plain, state.aad("staging"))
+        blob, info = self.codec.encode(state.encoded, state.aad("staging"))
         header = json.dumps({"version": state.version, "codec": info.to_json()}).encode()
         atomic_write(self._path(state.tenant, state.session_id), header + b"\n" + blob)
 
     def remove(self, state: SessionState) -> None:
-        path = self._path(state.tenant, state.session_id)
-        path.unlink(missing_ok=True)
-        fsync_dir(path.parent)
+        """Forget the staged state once its snapshot is durable. Not fsynced: should the
+        removal be lost in a crash, the file is at or below the newest archived version,
+        which ``SessionArchive.load`` recognizes and discards."""
+        self._path(state.tenant, state.session_id).unlink(missing_ok=True)
 
     def discard(self, tenant: str, session_id: str) -> None:
         """Remove the session's staged state, whichever version it is (deletion). Needs no
