@@ -61,6 +61,7 @@ from autoglm.devstack.layout import DATA_DIR, MODELS_DIR, REPO_ROOT
 from autoglm.devstack.multiapp import AppEntry, launch
 from autoglm.devstack.processes import ManagedProcess, free_port, port_open
 from autoglm.devstack.sidecars import SidecarPorts
+from autoglm.inference.__main__ import engine_threads
 from autoglm.models.demo import init_demo_models
 from load import bench_ha, echo_app, loadgen, noisy_neighbour
 from load.bench_engine import clear_prefix_cache, engine_run, hf_sequential, prompts
@@ -187,12 +188,14 @@ def one_token_request() -> GenerateRequest:
     )
 
 
-def in_process_engine(model: Path) -> Any:
+def in_process_engine(model: Path, num_threads: int | None = None) -> Any:
     """The in-process engine the mesh is compared with; kept alive while the stack runs,
-    so that its measurements alternate with the stack's (same moment, same noise)."""
+    so that its measurements alternate with the stack's (same moment, same noise).
+    ``num_threads``: torch's threads for its compute (None: torch's default, a thread per
+    core)."""
     from autoglm.inference.engine import AutoGLMEngine
 
-    engine = AutoGLMEngine(model, max_batch_size=32)
+    engine = AutoGLMEngine(model, max_batch_size=32, num_threads=num_threads)
     timed(5, lambda: engine.generate(one_token_request()))  # warm-up
     engine_run(engine, Workload.warmup_texts(), 32, 32, 0.0)
     return engine
@@ -298,23 +301,31 @@ def same_workload(url: str, headers: dict[str, str], model: str, work: Workload)
 
 
 def three_servers(
-    engine: Any, mesh: OwnMesh, peer_url: str | None, model: Path, work: Workload, rounds: int
+    engines: dict[str, Any],
+    mesh: OwnMesh,
+    peer_url: str | None,
+    model: Path,
+    work: Workload,
+    rounds: int,
 ) -> dict[str, list[dict[str, Any]]]:
-    """``work`` through the in-process engine, the gateway and the peer (if it runs), in
-    turn, ``rounds`` times after a warm-up of each, so that all three see the machine
-    alike: the stack is up (idle) for every one of them."""
+    """``work`` through the in-process engines (by name), the gateway and the peer (if it
+    runs), in turn, ``rounds`` times after a warm-up of each, so that all of them see the
+    machine alike: the stack is up (idle) for every one of them."""
     url, headers = mesh.gateway_url, mesh.headers(TENANT)
     warm = work.warmup_texts()
     completions(url, headers, "demo-glm", warm, work.max_tokens, work.concurrency)
     if peer_url is not None:
         completions(peer_url, {}, str(model), warm, work.max_tokens, work.concurrency)
-    runs: dict[str, list[dict[str, Any]]] = {"engine": [], "gateway": [], "peer": []}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in engines}
+    runs.update(gateway=[], peer=[])
     # No prefix cache starts with these prompts (the servers' cannot be cleared from
     # here, so none is cleared between rounds).
-    clear_prefix_cache(engine)
+    for engine in engines.values():
+        clear_prefix_cache(engine)
     texts = work.texts()
     for _ in range(rounds):
-        runs["engine"].append(engine_run(engine, texts, work.max_tokens, work.concurrency, 0.0))
+        for name, engine in engines.items():
+            runs[name].append(engine_run(engine, texts, work.max_tokens, work.concurrency, 0.0))
         runs["gateway"].append(
             completions(url, headers, "demo-glm", texts, work.max_tokens, work.concurrency)
         )
@@ -450,9 +461,13 @@ def same_workload_keys(
     gateway_runs: list[dict[str, Any]],
     engine_runs: list[dict[str, Any]],
     peer_runs: list[dict[str, Any]],
+    app_thread_runs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Issue 15's side-by-side keys (mean tok/s and p50 of the alternating rounds); the
-    peer's are None when it was skipped."""
+    peer's are None when it was skipped. ``path_efficiency`` is the gateway over the
+    in-process engine at torch's default threads; ``path_efficiency_app_threads`` over
+    the in-process engine at the inference app's thread count (``app_thread_runs``), the
+    same engine configuration on both sides of the path."""
     gw_tok_s = round(mean([r["tokens_per_s"] for r in gateway_runs]), 1)
     gw_p50 = round(mean([r["latency_ms"]["p50"] for r in gateway_runs]), 1)
     engine_tok_s = mean([r["tok_s"] for r in engine_runs])
@@ -475,6 +490,13 @@ def same_workload_keys(
         keys["peer_hf_serve_errors"] = sum(sum(r["errors"].values()) for r in peer_runs) or None
         keys["gateway_over_hf_serve"] = round(gw_tok_s / peer_tok_s, 3)
         keys["gateway_p50_over_hf_serve_p50"] = round(gw_p50 / peer_p50, 3)
+    if app_thread_runs:
+        app_tok_s = mean([r["tok_s"] for r in app_thread_runs])
+        keys["in_process_app_threads_tok_s_same_workload"] = round(app_tok_s, 1)
+        keys["in_process_app_threads_p50_ms_same_workload"] = round(
+            mean([r["p50_s"] for r in app_thread_runs]) * 1000, 1
+        )
+        keys["path_efficiency_app_threads"] = round(gw_tok_s / app_tok_s, 3)
     return keys
 
 
@@ -650,6 +672,11 @@ def main() -> None:
     engine = in_process_engine(model)
     st = ExitStack()
     st.callback(engine.close)
+    # The same engine at the thread count the inference app runs with (cores minus one
+    # unless AUTOGLM_INFERENCE_NUM_THREADS says otherwise; the stack inherits this env).
+    app_threads = engine_threads(int(os.environ.get("AUTOGLM_INFERENCE_NUM_THREADS") or 0))
+    app_engine = in_process_engine(model, app_threads)
+    st.callback(app_engine.close)
     hf_tok_s = hf_sequential(engine, prompts(32), args.max_tokens)["tok_s"]
     say(f"peer: transformers serve --continuous-batching on {model}")
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
@@ -666,7 +693,8 @@ def main() -> None:
         say("1-token latency in process, through the gateway and the Dapr floor, in turn")
         one = one_token_paths(engine, mesh, args.samples)
         say(f"same workload, in process, through the gateway and the peer in turn: {work}")
-        same = three_servers(engine, mesh, peer_url, model, work, rounds=2)
+        engines = {"engine": engine, "engine_app_threads": app_engine}
+        same = three_servers(engines, mesh, peer_url, model, work, rounds=2)
         st.close()  # the peer and the engine: not needed any more
         with PeakRSS(procs) as peak:
             say("autosave: chat without and with sessions, alternately")
@@ -710,7 +738,10 @@ def main() -> None:
                 "inference_sidecar": ms(sidecar),
                 **{name: ms(values) for name, values in one.items()},
             },
-            **same_workload_keys(same["gateway"], same["engine"], same["peer"]),
+            **same_workload_keys(
+                same["gateway"], same["engine"], same["peer"], same["engine_app_threads"]
+            ),
+            "inference_torch_threads": app_threads,
             "hf_sequential_tok_s": round(hf_tok_s, 1),
             **autosave["keys"],
             **rss_keys(idle, mesh),
@@ -718,6 +749,7 @@ def main() -> None:
             "scenarios": {
                 "same_workload_gateway": same["gateway"],
                 "same_workload_in_process": same["engine"],
+                "same_workload_in_process_app_threads": same["engine_app_threads"],
                 "same_workload_hf_serve": same["peer"],
                 "chat_without_sessions": autosave["plain"],
                 "chat_with_sessions": autosave["sessions"],

@@ -52,3 +52,16 @@ def test_paired_differences_are_taken_round_by_round() -> None:
     slow = [0.010, 0.020, 0.030]
     fast = [0.008, 0.019, 0.025]
     assert bench.paired_ms(slow, fast)["p50"] == pytest.approx(2.0, abs=0.01)
+
+
+def test_path_efficiency_at_the_inference_apps_threads() -> None:
+    keys = bench.same_workload_keys(
+        [report(1200.0, 400.0)],
+        [{"tok_s": 3000.0, "p50_s": 0.2}],
+        None,
+        [{"tok_s": 1400.0, "p50_s": 0.3}, {"tok_s": 1600.0, "p50_s": 0.5}],
+    )
+    assert keys["path_efficiency"] == 0.4  # against torch's default threads
+    assert keys["in_process_app_threads_tok_s_same_workload"] == 1500.0
+    assert keys["in_process_app_threads_p50_ms_same_workload"] == 400.0
+    assert keys["path_efficiency_app_threads"] == 0.8
