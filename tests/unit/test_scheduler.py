@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -292,11 +293,19 @@ def test_mixed_arrivals_match_hf_generate_alone(
         **config,  # type: ignore[arg-type]
     )
     model = {"model": eng.default_model}
+    tiny = "kv_cache_mb" in config
+    gate, held = threading.Event(), threading.Event()
+    if tiny:  # all arrive before the first step, so the pool surely runs out
+        hold = lambda: (held.set(), gate.wait())  # noqa: E731
+        threading.Thread(target=eng.compute.call, args=(hold,), daemon=True).start()
+        assert held.wait(30)
     try:
         handles = []
         for i, prompt in enumerate(_mixed_prompts()):
             handles.append((prompt, eng.submit(_req(prompt, 12 + i))))
-            time.sleep(0.01 * (i % 3))
+            if not tiny:
+                time.sleep(0.01 * (i % 3))
+        gate.set()
         for prompt, handle in handles:
             expected = _hf_greedy(eng, prompt, handle.request.sampling.max_tokens)
             assert handle.result(120).text == expected, prompt[:40]

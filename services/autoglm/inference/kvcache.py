@@ -1,11 +1,14 @@
 """The paged KV cache: one preallocated pool of fixed-size blocks, and the attention that
 reads each sequence's own blocks.
 
-The pool is one tensor ``[layers, 2, blocks * block_size + 1, kv_heads, head_dim]``
+The pool is one tensor ``[layers, 2, (blocks + 1) * block_size, kv_heads, head_dim]``
 sized once from a memory budget (``kv_cache_mb`` on CPU, a fraction of free memory on
-CUDA); its last slot is a trash slot that padded reads point at. Which blocks belong to
-which sequence is ``blocks.BlockManager``'s business; this module only turns block
-tables into slot indices and computes attention.
+CUDA); its last block is a padding block that padded block tables point at (always
+masked out). Which blocks belong to which sequence is ``blocks.BlockManager``'s business;
+this module only turns block tables into index tensors and computes attention. Keys and
+values are read a whole block at a time (one ``index_select`` of block ids per layer,
+each row a contiguous ``block_size`` slice: about twice as fast as reading token slots,
+and the indices are built from block tables, not from per-token lists).
 
 A step runs every scheduled sequence's new tokens as one packed row (``[1, tokens]``) of
 the unmodified Hugging Face model, with ``attn_implementation="autoglm_paged"`` — an
@@ -34,14 +37,18 @@ ATTN_IMPLEMENTATION = "autoglm_paged"
 
 @dataclass
 class _Group:
-    """Queries ``[start, end)`` of the packed row and the cache slots they read."""
+    """Queries ``[start, end)`` of the packed row and the cache blocks they read."""
 
     start: int
     end: int
-    #: Decode group: ``[rows, length]`` slots; prefill: ``[1, length]``.
-    slots: torch.Tensor
-    #: Additive masks in the pool's dtype: ``[rows, 1, 1, length]`` (decodes padded to the
-    #: group's longest), lower-right causal ``[queries, length]`` (a chunk after cached
+    #: Decode group: ``[rows, blocks]`` block ids (padded with the padding block);
+    #: prefill: ``[1, blocks]``.
+    blocks: torch.Tensor
+    #: Keys each row reads (the group's longest sequence): exactly as many as Hugging
+    #: Face attends over, so a sequence alone computes what ``generate`` computes.
+    keys: int
+    #: Additive masks in the pool's dtype: ``[rows, 1, 1, keys]`` (decodes padded to the
+    #: group's longest), lower-right causal ``[queries, keys]`` (a chunk after cached
     #: tokens); None for "all".
     mask: Any
     causal: bool = False
@@ -76,9 +83,10 @@ class PagedKVCache:
         self.bytes_per_token = self.layers * 2 * self.kv_heads * self.head_dim * dtype.itemsize
         self.bytes_per_block = self.bytes_per_token * block_size
         self.num_blocks = max(1, budget_bytes // self.bytes_per_block)
-        self.trash = self.num_blocks * block_size
+        #: Padded block table entries point here (masked out, never written).
+        self.pad_block = self.num_blocks
         self.pool = torch.zeros(
-            (self.layers, 2, self.trash + 1, self.kv_heads, self.head_dim),
+            (self.layers, 2, (self.num_blocks + 1) * block_size, self.kv_heads, self.head_dim),
             dtype=dtype,
             device=device,
         )
@@ -88,11 +96,6 @@ class PagedKVCache:
     def nbytes(self) -> int:
         return self.pool.numel() * self.pool.element_size()
 
-    def _slots(self, blocks: list[int], end: int) -> list[int]:
-        """Slot indices of token positions ``[0, end)`` of a sequence."""
-        bs = self.block_size
-        return [b * bs + o for b in blocks[: -(-end // bs)] for o in range(bs)][:end]
-
     def plan(
         self,
         prefills: list[tuple[list[int], int, int]],
@@ -101,18 +104,22 @@ class PagedKVCache:
         """The plan of a step whose packed row is the ``decodes`` (block table, length
         after this step), in the given order, then the ``prefills`` (block table, tokens
         cached before, tokens computed now). Decodes should come sorted by length."""
-        writes: list[int] = []
+        bs = self.block_size
+        writes: list[torch.Tensor | int] = []
         groups: list[_Group] = []
         pos = 0
         dev = self.device
+        dtype = self.pool.dtype
         for members in _length_groups(decodes):
             longest = max(n for _, n in members)
+            width = -(-longest // bs)
             rows = []
             lengths = []
             for blocks, length in members:
-                slots = self._slots(blocks, length)
-                writes.append(slots[-1])
-                rows.append(slots + [self.trash] * (longest - length))
+                last = length - 1
+                writes.append(blocks[last // bs] * bs + last % bs)
+                used = list(blocks[: -(-length // bs)])
+                rows.append(used + [self.pad_block] * (width - len(used)))
                 lengths.append(length)
             mask = None
             if min(lengths) != longest:
@@ -120,27 +127,28 @@ class PagedKVCache:
                 # converted again in every layer).
                 limit = torch.tensor(lengths, device=dev)[:, None]
                 padding = torch.arange(longest, device=dev)[None, :] >= limit
-                mask = torch.zeros(padding.shape, dtype=self.pool.dtype, device=dev)
+                mask = torch.zeros(padding.shape, dtype=dtype, device=dev)
                 mask = mask.masked_fill_(padding, float("-inf"))[:, None, None, :]
-            groups.append(_Group(pos, pos + len(rows), torch.tensor(rows, device=dev), mask))
+            table = torch.tensor(rows, device=dev)
+            groups.append(_Group(pos, pos + len(rows), table, longest, mask))
             pos += len(rows)
         for blocks, cached, n in prefills:
-            slots = self._slots(blocks, cached + n)
-            writes.extend(slots[cached:])
+            keys = cached + n
+            table = torch.tensor(blocks[: -(-keys // bs)], device=dev)
+            positions = torch.arange(cached, cached + n, device=dev)
+            writes.append(table[positions // bs] * bs + positions % bs)
             # A chunk after cached tokens: causal, aligned bottom-right. Built once per
             # step as an additive mask in the pool's dtype and shared by every layer
             # (``causal_lower_right`` is materialized again in each call on CPU, and a
-            # boolean mask is converted in each call).
+            # boolean mask is converted in each call). From position 0: SDPA's own.
             mask = None
             if cached:
-                mask = torch.full(
-                    (n, cached + n), float("-inf"), dtype=self.pool.dtype, device=dev
-                ).triu_(cached + 1)
-            groups.append(
-                _Group(pos, pos + n, torch.tensor([slots], device=dev), mask, causal=not cached)
-            )
+                mask = torch.full((n, keys), float("-inf"), dtype=dtype, device=dev).triu_(
+                    cached + 1
+                )
+            groups.append(_Group(pos, pos + n, table[None], keys, mask, causal=not cached))
             pos += n
-        return StepPlan(torch.tensor(writes, device=dev), groups)
+        return StepPlan(_cat_indices(writes, dev), groups)
 
     def attention(
         self,
@@ -156,14 +164,19 @@ class PagedKVCache:
         k_pool, v_pool = self.pool[layer, 0], self.pool[layer, 1]
         k_pool.index_copy_(0, plan.write_slots, key[0].transpose(0, 1))
         v_pool.index_copy_(0, plan.write_slots, value[0].transpose(0, 1))
+        bs = self.block_size
+        k_blocks = k_pool.view(-1, bs, *k_pool.shape[1:])
+        v_blocks = v_pool.view(-1, bs, *v_pool.shape[1:])
         outs = []
         gqa = query.shape[1] != key.shape[1]
         for g in plan.groups:
-            rows, length = g.slots.shape
-            flat = g.slots.view(-1)  # index_select: several times faster than pool[slots]
-            keys = k_pool.index_select(0, flat).view(rows, length, *k_pool.shape[1:])
-            values = v_pool.index_select(0, flat).view(rows, length, *v_pool.shape[1:])
-            keys, values = keys.transpose(1, 2), values.transpose(1, 2)  # [rows, kv, len, dim]
+            rows, width = g.blocks.shape
+            flat = g.blocks.view(-1)  # index_select: several times faster than indexing
+            keys = k_blocks.index_select(0, flat).view(rows, width * bs, *k_pool.shape[1:])
+            values = v_blocks.index_select(0, flat).view(rows, width * bs, *v_pool.shape[1:])
+            # [rows, kv, len, dim], the last block's unused slots cut off
+            keys = keys[:, : g.keys].transpose(1, 2)
+            values = values[:, : g.keys].transpose(1, 2)
             q = query[0, :, g.start : g.end]  # [heads, queries, dim]
             # One sequence: all its queries in one row; decodes: one query per row.
             q = q[None] if rows == 1 else q.transpose(0, 1)[:, :, None]
@@ -173,6 +186,25 @@ class PagedKVCache:
             # -> [queries, heads, dim]
             outs.append(out[0].transpose(0, 1) if rows == 1 else out[:, :, 0])
         return torch.cat(outs)[None]
+
+
+def _cat_indices(parts: list[torch.Tensor | int], device: torch.device) -> torch.Tensor:
+    """One index tensor from single indices and index tensors, in order."""
+    out: list[torch.Tensor] = []
+    ints: list[int] = []
+    for part in parts:
+        if isinstance(part, int):
+            ints.append(part)
+            continue
+        if ints:
+            out.append(torch.tensor(ints, device=device))
+            ints = []
+        out.append(part)
+    if ints:
+        out.append(torch.tensor(ints, device=device))
+    if not out:
+        return torch.empty(0, dtype=torch.long, device=device)
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def _length_groups(decodes: list[tuple[list[int], int]]) -> list[list[tuple[list[int], int]]]:
