@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +24,11 @@ from autoglm.archiver.metrics import ArchiverMetrics, Readiness
 from autoglm.archiver.serving import ArchiverService
 from autoglm.archiver.sessions import SessionArchive
 from autoglm.archiver.settings import ArchiverSettings, AutosavePolicy
-from autoglm.archiver.snapshots import SnapshotStore
+from autoglm.archiver.snapshots import SessionState, SnapshotStore
 from autoglm.archiver.staging import Staging
 from autoglm.core.errors import AutoGLMError, NotFoundError
 from autoglm.core.pubsub import Ack
+from autoglm.core.schemas import ChatMessage
 from tests.support.fakes import FakeSidecar
 from tests.support.polling import wait_for
 
@@ -93,11 +95,16 @@ def versions(sessions: SessionArchive, session: str = "s1") -> list[int]:
     return sessions.store.versions("acme", session)
 
 
+def segments(root: Path) -> list[Path]:
+    """The staging log's segment files."""
+    return sorted((root / "staging").glob("*.log"))
+
+
 def test_events_are_staged_not_snapshotted_until_due(tmp_path: Path) -> None:
     sessions, service = build(tmp_path)
     assert service.on_snapshot(event(1, "a")) is Ack.SUCCESS
     assert versions(sessions) == [] and sessions.dirty_count == 1
-    assert list((tmp_path / "staging").rglob("s1.pending"))
+    assert sessions.staging.staged() == {"acme/s1": 1} and segments(tmp_path)
     assert sessions.flush_due() == 0
 
 
@@ -109,7 +116,8 @@ def test_steps_trigger(tmp_path: Path) -> None:
     service.on_snapshot(event(3, "a", "b", "c"))
     assert sessions.flush_due() == 1
     assert versions(sessions) == [3] and sessions.dirty_count == 0
-    assert not list((tmp_path / "staging").rglob("*.pending"))
+    # Nothing staged lives in the segment any more: it is gone.
+    assert sessions.staging.staged() == {} and not segments(tmp_path)
 
 
 def test_interval_trigger(tmp_path: Path) -> None:
@@ -181,7 +189,7 @@ def test_autosaver_thread_runs_cycles(tmp_path: Path) -> None:
 def test_crash_recovery_reloads_staged_sessions(tmp_path: Path) -> None:
     _, service = build(tmp_path, encrypt=True)
     service.on_snapshot(event(1, "secret"))
-    assert b"secret" not in next((tmp_path / "staging").rglob("*.pending")).read_bytes()
+    assert b"secret" not in segments(tmp_path)[0].read_bytes()
     # A new process (the old one was killed): staged state is due at once.
     sessions, _ = build(tmp_path, encrypt=True)
     assert sessions.dirty_count == 1
@@ -189,17 +197,76 @@ def test_crash_recovery_reloads_staged_sessions(tmp_path: Path) -> None:
 
 
 def test_a_staged_state_already_archived_is_discarded_on_start(tmp_path: Path) -> None:
-    """The staged file's removal after a snapshot is not fsynced: a crash may bring it
-    back, at a version the archive already holds, and the next start discards it."""
+    """A segment's deletion is not fsynced: a crash may bring it back, with states at
+    versions the archive already holds, and the next start drops them (and it)."""
     sessions, service = build(tmp_path)
     service.on_snapshot(event(1, "a"))
-    staged = next((tmp_path / "staging").rglob("s1.pending"))
-    kept = staged.read_bytes()
-    assert sessions.flush_all() == 1 and not staged.exists()
-    staged.write_bytes(kept)  # the removal lost in a crash
+    [segment] = segments(tmp_path)
+    kept = segment.read_bytes()
+    assert sessions.flush_all() == 1 and not segments(tmp_path)
+    segment.write_bytes(kept)  # the deletion lost in a crash
     sessions2, _ = build(tmp_path)
-    assert sessions2.dirty_count == 0 and not staged.exists()
+    assert sessions2.dirty_count == 0 and not segments(tmp_path)
     assert versions(sessions2) == [1]
+
+
+def test_staging_log_group_commits_and_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events that arrive while a write is in progress share the next write and fsync;
+    each is acknowledged only after it; a restart reads them all back, also past a torn
+    record (a crash mid-append), and never one whose write failed."""
+    sessions, service = build(tmp_path)
+    writes: list[int] = []
+    gate = threading.Event()
+    real = atomic.write_fsync
+
+    def slow(fh: Any, data: bytes) -> None:
+        writes.append(data.count(b'"session_id"'))
+        gate.wait(5)
+        real(fh, data)
+
+    monkeypatch.setattr(atomic, "write_fsync", slow)
+    threads = [
+        threading.Thread(target=service.on_snapshot, args=(event(1, "a", session=f"s{i}"),))
+        for i in range(5)
+    ]
+    for t in threads:
+        t.start()
+    wait_for("one write in progress, the others queued", lambda: len(writes) == 1, 5)
+    time.sleep(0.1)
+    gate.set()
+    for t in threads:
+        t.join()
+    assert sum(writes) == 5 and len(writes) == 2  # one record, then the other four
+    assert sessions.dirty_count == 5
+    monkeypatch.setattr(
+        atomic, "write_fsync", lambda *_a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))
+    )
+    assert service.on_snapshot(event(2, "a", "b", session="s0")) is Ack.RETRY
+    monkeypatch.setattr(atomic, "write_fsync", real)
+    assert service.on_snapshot(event(2, "a", "b", session="s1")) is Ack.SUCCESS
+    with segments(tmp_path)[-1].open("ab") as fh:
+        fh.write(b"\x00\x00\x10\x00torn")  # a record cut short by a crash
+    sessions2, _ = build(tmp_path)
+    assert sessions2.staging.staged() == {"acme/s0": 1, "acme/s1": 2} | {
+        f"acme/s{i}": 1 for i in range(2, 5)
+    }
+    assert sessions2.flush_due() == 5 and versions(sessions2, "s1") == [2]
+    assert not segments(tmp_path)
+
+
+def test_staging_files_of_earlier_versions_move_into_the_log(tmp_path: Path) -> None:
+    codec = Codec("gzip", False, lambda: KEY)
+    state = SessionState("acme", "s1", 3, (ChatMessage(role="user", content="a"),))
+    blob, info = codec.encode(state.encoded, state.aad("staging"))
+    legacy = tmp_path / "staging" / "ab" / "acme" / "s1.pending"
+    legacy.parent.mkdir(parents=True)
+    header = json.dumps({"version": 3, "codec": info.to_json()}).encode()
+    legacy.write_bytes(header + b"\n" + blob)
+    sessions, _ = build(tmp_path)
+    assert sessions.dirty_count == 1 and not legacy.exists() and segments(tmp_path)
+    assert sessions.flush_due() == 1 and versions(sessions) == [3]
 
 
 def test_new_directories_are_made_durable_in_their_parents(
@@ -349,7 +416,7 @@ def test_deletion_removes_versions_pending_state_and_heads(tmp_path: Path) -> No
     assert versions(sessions) == [1, 2] and sessions.dirty_count == 1
     assert service.on_snapshot(deletion(3)) is Ack.SUCCESS
     assert sessions.dirty_count == 0
-    assert not list((tmp_path / "staging").rglob("*.pending"))
+    assert sessions.staging.staged() == {} and not segments(tmp_path)
     assert not list(tmp_path.rglob("context.bin"))  # no version left, not even hidden
     clock.now += 1
     assert sessions.flush_due() == 0 and sessions.flush_all() == 0  # nothing re-created
@@ -418,7 +485,7 @@ def test_deletion_disk_error_is_retried_and_never_serves_deleted_history(
     monkeypatch.undo()
     # A restart before the redelivery does not reload the deleted staged state.
     sessions2, service2 = build(tmp_path)
-    assert sessions2.dirty_count == 0 and not list((tmp_path / "staging").rglob("*.pending"))
+    assert sessions2.dirty_count == 0 and not segments(tmp_path)
     assert service2.on_snapshot(deletion(2)) is Ack.SUCCESS  # the redelivery
     assert not list(tmp_path.rglob("context.bin")) and sessions2.readiness.ready
 

@@ -49,13 +49,6 @@ def session_dir(root: Path, tenant: str, session_id: str) -> Path:
     return inside(root / "sessions", shard(component(tenant, "tenant")), tenant, session_id)
 
 
-@lru_cache(maxsize=_SESSION_DIRS)
-def staged_file(root: Path, tenant: str, session_id: str) -> Path:
-    """``{root}/{md5(tenant)[:2]}/{tenant}/{session}.pending`` (remembered likewise)."""
-    tenant = component(tenant, "tenant")
-    return inside(root, shard(tenant), tenant, component(session_id, "session_id") + ".pending")
-
-
 def attachment_dir(root: Path, category: str, tenant: str, attachment_id: str) -> Path:
     """``{root}/attachments/{category}/{md5(tenant)[:2]}/{tenant}/{id}``."""
     component(attachment_id, "id")

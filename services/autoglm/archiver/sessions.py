@@ -217,7 +217,7 @@ class SessionArchive:
 
     # -- deletion ----------------------------------------------------------------------
     def delete(self, tenant: str, session_id: str, version: int) -> str:
-        """Forget the session deleted at ``version``: its dirty state, staged file,
+        """Forget the session deleted at ``version``: its dirty state, staged state,
         cached head and every version on disk, behind a durable marker. Idempotent;
         raises ``OSError`` if not durable (the event is redelivered)."""
         key = f"{tenant}/{session_id}"
