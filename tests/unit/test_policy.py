@@ -69,6 +69,36 @@ def test_blocks_are_allocated_all_or_nothing_and_returned() -> None:
     assert bm.num_free == 4 and table.blocks == []
 
 
+def test_a_sequence_blocks_stay_consecutive_while_others_allocate_between() -> None:
+    """Placement: growing in turn (chunks, decodes), each sequence's blocks stay one run
+    of the pool (read as a slice by the attention); when the pool is too fragmented for
+    a region, any free block serves."""
+    bm = BlockManager(64, 4, max_cached_blocks=0)
+    long_, short = BlockTable(), BlockTable()
+    for step in range(1, 9):  # interleaved growth, each expecting its final size
+        assert bm.allocate(long_, 12 * step, expected=100)
+        assert bm.allocate(short, 2 * step, expected=20)
+    for table in (long_, short):
+        first = table.blocks[0]
+        assert table.blocks == list(range(first, first + len(table.blocks)))
+    assert not set(long_.blocks) & set(short.blocks)
+    assert bm.num_free == 64 - len(long_.blocks) - len(short.blocks)
+    bm.free(short)
+    # Fragmented: every other block taken, no run of 3 is left; still all or nothing.
+    rest = [BlockTable() for _ in range(64)]
+    for table in rest:
+        bm.allocate(table, 4)
+    for table in rest[::2]:
+        bm.free(table)
+    free = bm.num_free
+    odd = BlockTable()
+    assert bm.allocate(odd, 12, expected=12) and len(set(odd.blocks)) == 3
+    assert bm.num_free == free - 3
+    for table in [long_, odd, *rest]:
+        bm.free(table)
+    assert bm.num_free == 64
+
+
 def test_full_blocks_are_shared_by_content_and_evicted_lru() -> None:
     bm = BlockManager(6, 4)
     tokens = list(range(10))  # two full blocks and a partial one

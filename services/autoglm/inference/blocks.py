@@ -10,6 +10,14 @@ vLLM's automatic prefix caching does), so a later prompt that starts with the sa
 shares it by reference instead of computing it again. A block nobody references any more
 stays cached, in least-recently-used order, until the pool needs it back: a cached block
 is as good as a free one for allocation, it is only reused last.
+
+Placement: a sequence's blocks are kept consecutive where the pool allows, so that the
+attention reads a long sequence's keys and values as one slice of the pool instead of
+gathering them block by block (``kvcache``). A sequence's first fresh block starts a
+*region* of as many free consecutive blocks as it expects to need (prompt plus
+``max_tokens``), handed out by a cursor that moves through the pool, and each next block
+is the one after its last when that is free. It is only a preference: when that block is
+taken, any free block will do.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ class BlockTable:
     hashed: int = 0
     #: Hash of the last registered block (the parent of the next one).
     last_hash: int = 0
+    #: Where the next fresh block would best go (placement; -1: anywhere).
+    next_block: int = -1
 
 
 class BlockManager:
@@ -41,7 +51,14 @@ class BlockManager:
         #: Unreferenced blocks kept for prefix sharing at most (``None``: the whole pool;
         #: 0: prefix sharing off).
         self.max_cached_blocks = num_blocks if max_cached_blocks is None else max_cached_blocks
+        #: Free blocks (not cached): the truth is ``_is_free``; the deque is their order
+        #: for allocations without a preferred place, and may hold stale entries
+        #: (blocks since taken by placement), skipped when popped.
+        self._is_free = [True] * num_blocks
         self._free: deque[int] = deque(range(num_blocks))
+        self._num_free = num_blocks
+        #: Where the next region search starts.
+        self._cursor = 0
         self._refs = [0] * num_blocks
         self._key_of: list[int | None] = [None] * num_blocks
         self._by_hash: dict[int, int] = {}
@@ -60,7 +77,7 @@ class BlockManager:
     @property
     def num_free(self) -> int:
         """Blocks an allocation can take now (free plus cached-unreferenced)."""
-        return len(self._free) + len(self._lru)
+        return self._num_free + len(self._lru)
 
     @property
     def num_used(self) -> int:
@@ -83,24 +100,62 @@ class BlockManager:
         return max(0, self.blocks_for(tokens) - len(table.blocks))
 
     # -- allocation ------------------------------------------------------------------
-    def allocate(self, table: BlockTable, tokens: int) -> bool:
-        """Grow ``table`` to hold ``tokens`` tokens; all or nothing."""
+    def allocate(self, table: BlockTable, tokens: int, expected: int = 0) -> bool:
+        """Grow ``table`` to hold ``tokens`` tokens; all or nothing. ``expected``: the
+        tokens the sequence may come to hold (placement: its region's size)."""
         need = self.missing(table, tokens)
         if need > self.num_free:
             return False
+        if need and table.next_block < 0 and expected:
+            table.next_block = self._region(self.blocks_for(expected) - len(table.blocks))
         for _ in range(need):
-            table.blocks.append(self._take())
+            block = self._take(table.next_block)
+            table.blocks.append(block)
+            table.next_block = block + 1
         return True
 
-    def _take(self) -> int:
-        if self._free:
+    def _region(self, size: int) -> int:
+        """The first block of ``size`` free consecutive ones from the cursor on (the
+        cursor moves past them), or -1 when there is no such run."""
+        n = self.num_blocks
+        size = max(1, min(size, n))
+        free = self._is_free
+        i, run = self._cursor, 0
+        for _ in range(n + size):
+            if i >= n:
+                i, run = 0, 0  # a region does not wrap around
+            run = run + 1 if free[i] else 0
+            i += 1
+            if run == size:
+                self._cursor = i % n
+                return i - size
+        return -1
+
+    def _take(self, preferred: int = -1) -> int:
+        if 0 <= preferred < self.num_blocks and self._is_free[preferred]:
+            block = preferred
+        elif self._num_free:
             block = self._free.popleft()
+            while not self._is_free[block]:
+                block = self._free.popleft()
         else:
             block, _ = self._lru.popitem(last=False)
             self._forget(block)
             self.evictions += 1
+            self._refs[block] = 1
+            return block
+        self._is_free[block] = False
+        self._num_free -= 1
         self._refs[block] = 1
         return block
+
+    def _release(self, block: int) -> None:
+        self._forget(block)
+        self._is_free[block] = True
+        self._num_free += 1
+        self._free.append(block)
+        if len(self._free) > 2 * self.num_blocks:  # drop stale entries now and then
+            self._free = deque(dict.fromkeys(b for b in self._free if self._is_free[b]))
 
     def _forget(self, block: int) -> None:
         key = self._key_of[block]
@@ -118,21 +173,18 @@ class BlockManager:
             if self._key_of[block] is not None and self.prefix_sharing:
                 self._lru[block] = None
             else:
-                self._forget(block)
-                self._free.append(block)
-        table.blocks, table.hashed, table.last_hash = [], 0, 0
+                self._release(block)
+        table.blocks, table.hashed, table.last_hash, table.next_block = [], 0, 0, -1
         while len(self._lru) > self.max_cached_blocks:
             block, _ = self._lru.popitem(last=False)
-            self._forget(block)
-            self._free.append(block)
+            self._release(block)
             self.evictions += 1
 
     def clear(self) -> None:
         """Drop every cached, unreferenced block (back to the free list)."""
         while self._lru:
             block, _ = self._lru.popitem(last=False)
-            self._forget(block)
-            self._free.append(block)
+            self._release(block)
 
     # -- prefix sharing --------------------------------------------------------------
     @staticmethod

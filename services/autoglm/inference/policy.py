@@ -476,7 +476,7 @@ class Policy:
 
     def _grow(self, seq: Seq, n: int, plan: StepPlan) -> bool:
         """Blocks for ``n`` more tokens of ``seq``; preempting newer sequences if needed."""
-        while not self.blocks.allocate(seq.table, seq.num_cached + n):
+        while not self.blocks.allocate(seq.table, seq.num_cached + n, seq.cost):
             victim = max(self.running, key=lambda s: s.admitted)
             self._preempt(victim, plan)
             if victim is seq:
@@ -538,7 +538,7 @@ class Policy:
                     return False
             need = self.blocks.missing(seq.table, seq.num_cached + n)
             busy = need + state["reserve"] > self.blocks.num_free and self.running
-            if busy or not self.blocks.allocate(seq.table, seq.num_cached + n):
+            if busy or not self.blocks.allocate(seq.table, seq.num_cached + n, seq.cost):
                 # The pool is busy: wait for running sequences to finish.
                 self.blocks.free(seq.table)
                 seq.num_cached = 0
