@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -18,6 +19,7 @@ from autoglm.archiver.codec import Cipher, Codec
 from autoglm.archiver.settings import ArchiverSettings
 from autoglm.archiver.snapshots import SessionState, SnapshotStore
 from autoglm.core.schemas import ChatMessage
+from tests.support.held_writes import concurrent_writes
 
 KEY = Cipher(bytes(range(32)))
 MESSAGES = (ChatMessage(role="user", content="hi"), ChatMessage(role="assistant", content="yo"))
@@ -141,3 +143,39 @@ def test_audit_appends_per_tenant_and_day(tmp_path: Path) -> None:
         audit.append(AuditEvent(**event, latency_ms=1.0, time=0, request_id=rid))  # type: ignore[arg-type]
     lines = (tmp_path / "audit" / "t1" / "1970-01-01.jsonl").read_text().splitlines()
     assert [json.loads(line)["request_id"] for line in lines] == ["a", "b"]
+
+
+def test_audit_events_delivered_together_share_a_write_and_an_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one append is being written, the others queue and go in the next write;
+    each caller returns only after its own line is durable."""
+    from autoglm.core.schemas import AuditEvent
+
+    audit = AuditLog(tmp_path)
+    event = {"tenant": "t1", "action": "chat", "resource": "/v1/x", "status": 200}
+    events = [AuditEvent(**event, latency_ms=1.0, time=0, request_id=str(i)) for i in range(5)]  # type: ignore[arg-type]
+    calls = [lambda e=e: audit.append(e) for e in events]
+    assert concurrent_writes(monkeypatch, calls, b"\n") == [1, 4]
+    lines = (tmp_path / "audit" / "t1" / "1970-01-01.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["request_id"] for line in lines) == ["0", "1", "2", "3", "4"]
+
+
+def test_a_failed_append_leaves_no_torn_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "day.jsonl"
+    atomic.durable_append(path, b'{"a": 1}\n')
+    real = atomic.write_fsync
+
+    def torn(fh: Any, data: bytes) -> None:
+        fh.write(data[:3])
+        fh.flush()
+        raise OSError(errno.ENOSPC, "full")
+
+    monkeypatch.setattr(atomic, "write_fsync", torn)
+    with pytest.raises(OSError):
+        atomic.durable_append(path, b'{"b": 2}\n')
+    monkeypatch.setattr(atomic, "write_fsync", real)
+    atomic.durable_append(path, b'{"c": 3}\n')
+    assert path.read_bytes() == b'{"a": 1}\n{"c": 3}\n'

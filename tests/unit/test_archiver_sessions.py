@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from autoglm.core.errors import AutoGLMError, NotFoundError
 from autoglm.core.pubsub import Ack
 from autoglm.core.schemas import ChatMessage
 from tests.support.fakes import FakeSidecar
+from tests.support.held_writes import concurrent_writes
 from tests.support.polling import wait_for
 
 KEY = Cipher(os.urandom(32))
@@ -217,29 +217,11 @@ def test_staging_log_group_commits_and_recovers(
     each is acknowledged only after it; a restart reads them all back, also past a torn
     record (a crash mid-append), and never one whose write failed."""
     sessions, service = build(tmp_path)
-    writes: list[int] = []
-    gate = threading.Event()
-    real = atomic.write_fsync
-
-    def slow(fh: Any, data: bytes) -> None:
-        writes.append(data.count(b'"session_id"'))
-        gate.wait(5)
-        real(fh, data)
-
-    monkeypatch.setattr(atomic, "write_fsync", slow)
-    threads = [
-        threading.Thread(target=service.on_snapshot, args=(event(1, "a", session=f"s{i}"),))
-        for i in range(5)
-    ]
-    for t in threads:
-        t.start()
-    wait_for("one write in progress, the others queued", lambda: len(writes) == 1, 5)
-    time.sleep(0.1)
-    gate.set()
-    for t in threads:
-        t.join()
-    assert sum(writes) == 5 and len(writes) == 2  # one record, then the other four
+    calls = [lambda i=i: service.on_snapshot(event(1, "a", session=f"s{i}")) for i in range(5)]
+    # One record, then the other four in one write.
+    assert concurrent_writes(monkeypatch, calls, b'"session_id"') == [1, 4]
     assert sessions.dirty_count == 5
+    real = atomic.write_fsync
     monkeypatch.setattr(
         atomic, "write_fsync", lambda *_a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))
     )

@@ -1,8 +1,9 @@
 """Append-only audit archive: one JSONL file per tenant and UTC day, and reading it back.
 
 ``{root}/audit/{tenant}/{YYYY-MM-DD}.jsonl``; each event is appended and fsynced before it
-is acknowledged. A file stops growing when its day ends ("rolled"); ``retention`` then
-compresses and eventually deletes it. A day's events are its compressed parts
+is acknowledged (events that arrive together share one write and fsync). A file stops
+growing when its day ends ("rolled"); ``retention`` then compresses and eventually
+deletes it. A day's events are its compressed parts
 ``{day}[.{n}].jsonl.{gz|zst}[.enc]`` in ``n`` order, then the raw ``{day}.jsonl`` (today's
 file, or late events not yet compressed).
 """
@@ -24,7 +25,7 @@ from typing import Any
 import zstandard
 
 from autoglm.archiver import paths
-from autoglm.archiver.atomic import durable_append
+from autoglm.archiver.atomic import GroupAppender
 from autoglm.archiver.codec import Cipher, Codec, CodecError, CodecInfo, associated_data
 from autoglm.core.archive_protocol import AuditQueryReply, AuditQueryRequest
 from autoglm.core.errors import InternalError, UnavailableError
@@ -51,11 +52,13 @@ class AuditLog:
         self.dir = root / "audit"
         # Only decoding is used here; what the codec would encode with does not matter.
         self.codec = codec or Codec("none", False, _no_key)
+        # Events delivered together share a write and an fsync of their day's file.
+        self._appender = GroupAppender()
 
     def append(self, event: AuditEvent) -> Path:
         day = time.strftime("%Y-%m-%d", time.gmtime(event.time))
-        path = paths.inside(self.dir, event.tenant, f"{day}.jsonl")
-        durable_append(path, event.model_dump_json().encode() + b"\n")
+        path = paths.tenant_file(self.dir, event.tenant, f"{day}.jsonl")
+        self._appender.append(path, event.model_dump_json().encode() + b"\n")
         return path
 
     def query(self, req: AuditQueryRequest) -> AuditQueryReply:

@@ -49,6 +49,12 @@ def session_dir(root: Path, tenant: str, session_id: str) -> Path:
     return inside(root / "sessions", shard(component(tenant, "tenant")), tenant, session_id)
 
 
+@lru_cache(maxsize=4096)
+def tenant_file(root: Path, tenant: str, name: str) -> Path:
+    """``{root}/{tenant}/{name}`` (an audit day's file), remembered like ``session_dir``."""
+    return inside(root, tenant, name)
+
+
 def attachment_dir(root: Path, category: str, tenant: str, attachment_id: str) -> Path:
     """``{root}/attachments/{category}/{md5(tenant)[:2]}/{tenant}/{id}``."""
     component(attachment_id, "id")

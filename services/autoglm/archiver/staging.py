@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from autoglm.archiver import atomic
+from autoglm.archiver.atomic import GroupCommit
 from autoglm.archiver.codec import Codec, CodecError, CodecInfo, associated_data
 from autoglm.archiver.snapshots import SessionState
 
@@ -51,16 +52,13 @@ _PREFIX = struct.Struct(">II")  # body length, CRC-32 of the body
 _SUFFIX = ".log"
 
 
-@dataclass(eq=False)
-class _Waiter:
-    """One ``put`` waiting for its record to be durable."""
+@dataclass(frozen=True)
+class _Staged:
+    """One ``put``'s record, on its way into the log."""
 
     key: str
     version: int
     record: bytes
-    done: bool = False
-    error: OSError | None = None
-    segment: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,8 +74,8 @@ class Staging:
         self.dir = root / "staging"
         self.codec = codec
         self._cv = threading.Condition()
-        self._queue: list[_Waiter] = []
-        self._writing = False
+        self._commit: GroupCommit[_Staged] = GroupCommit(self._cv)
+        self._written_to = 0  # the segment the batch being committed went to
         self._segment = 0  # the current segment's number (its file may not exist yet)
         self._fh: BinaryIO | None = None
         self._size = 0
@@ -99,39 +97,20 @@ class Staging:
             "codec": info.to_json(),
         }
         body = json.dumps(header, separators=(",", ":")).encode() + b"\n" + blob
-        waiter = _Waiter(state.key, state.version, _PREFIX.pack(len(body), zlib.crc32(body)) + body)
-        with self._cv:
-            self._queue.append(waiter)
-            while not waiter.done and self._writing:
-                self._cv.wait()
-            if waiter.done:
-                if waiter.error is not None:
-                    raise waiter.error
-                return
-            # Nobody is writing: this thread writes everything queued, its own included.
-            self._writing = True
-            batch, self._queue = self._queue, []
-        error: OSError | None = None
-        segment = 0
-        try:
-            segment = self._append(b"".join(w.record for w in batch))
-        except OSError as exc:
-            error = exc
-        with self._cv:
-            for w in batch:
-                w.done, w.segment = True, segment
-                # Each waiter raises its own exception object (same errno).
-                w.error = None if error is None else OSError(error.errno, error.strerror)
-                if error is None:
-                    self._forget(w.key)
-                    self._where[w.key] = (segment, w.version)
-                    self._live.setdefault(segment, set()).add(w.key)
-            if error is None and self._size >= SEGMENT_BYTES:
-                self._close_current()
-            self._writing = False
-            self._cv.notify_all()
-        if waiter.error is not None:
-            raise waiter.error
+        record = _PREFIX.pack(len(body), zlib.crc32(body)) + body
+        self._commit.submit(_Staged(state.key, state.version, record), self._write, self._written)
+
+    def _write(self, batch: list[_Staged]) -> None:
+        self._written_to = self._append(b"".join(s.record for s in batch))
+
+    def _written(self, batch: list[_Staged]) -> None:
+        """The batch is durable in segment ``_written_to`` (under ``_cv``)."""
+        for staged in batch:
+            self._forget(staged.key)
+            self._where[staged.key] = (self._written_to, staged.version)
+            self._live.setdefault(self._written_to, set()).add(staged.key)
+        if self._size >= SEGMENT_BYTES:
+            self._close_current()
 
     def _append(self, data: bytes) -> int:
         """Write ``data`` at the end of the current segment and fsync it (only the
@@ -196,7 +175,7 @@ class Staging:
         if self._live.get(segment) or segment in self._pinned:
             return
         if segment == self._segment:
-            if self._fh is None or self._writing:
+            if self._fh is None or self._commit.writing:
                 return
             self._fh.close()
             self._fh = None
