@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from autoglm.core import localhttp
 from autoglm.core.errors import DeadlineExceededError, UnavailableError
 from autoglm.core.localhttp import LocalHTTP
 from autoglm.core.sidecar import Sidecar
@@ -121,3 +122,11 @@ def test_sidecar_maps_transport_failures(server: ThreadingHTTPServer) -> None:
         sidecar.invoke("slow", "m", {}, timeout=0.1)
     with pytest.raises(UnavailableError):
         Sidecar(http_port=free_port()).invoke("inference", "generate", {})
+
+
+def test_the_readability_check_is_the_systems_poll_not_gevents() -> None:
+    # gevent's poll(0) switches to its hub: under the gateway's gevent worker each call
+    # to daprd would wait for every other runnable request before it is sent.
+    from gevent.monkey import get_original
+
+    assert localhttp._poll is get_original("select", "poll")
