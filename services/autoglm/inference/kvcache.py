@@ -68,7 +68,10 @@ class _Group:
 class StepPlan:
     """Where a step's packed tokens write and what each group reads (all layers)."""
 
-    write_slots: torch.Tensor
+    #: (first, end) of the packed row and where those tokens' keys and values go: an
+    #: index tensor of slots, or the first of consecutive slots (a slice copy: a chunk
+    #: into consecutive blocks; ``index_copy_`` is several times slower per element).
+    writes: list[tuple[int, int, torch.Tensor | int]]
     groups: list[_Group] = field(default_factory=list)
 
 
@@ -115,7 +118,8 @@ class PagedKVCache:
         after this step), in the given order, then the ``prefills`` (block table, tokens
         cached before, tokens computed now). Decodes should come sorted by length."""
         bs = self.block_size
-        writes: list[torch.Tensor | int] = []
+        decode_slots: list[int] = []
+        writes: list[tuple[int, int, torch.Tensor | int]] = []
         groups: list[_Group] = []
         pos = 0
         dev = self.device
@@ -136,7 +140,7 @@ class PagedKVCache:
             if isinstance(members, tuple):
                 blocks, length = members
                 last = length - 1
-                writes.append(blocks[last // bs] * bs + last % bs)
+                decode_slots.append(blocks[last // bs] * bs + last % bs)
                 groups.append(_Group(pos, pos + 1, None, length, None, first=blocks[0] * bs))
                 pos += 1
                 continue
@@ -146,7 +150,7 @@ class PagedKVCache:
             lengths = []
             for blocks, length in members:
                 last = length - 1
-                writes.append(blocks[last // bs] * bs + last % bs)
+                decode_slots.append(blocks[last // bs] * bs + last % bs)
                 used = list(blocks[: -(-length // bs)])
                 rows.append(used + [self.pad_block] * (width - len(used)))
                 lengths.append(length)
@@ -164,8 +168,11 @@ class PagedKVCache:
         for blocks, cached, n in prefills:
             keys = cached + n
             table = torch.tensor(blocks[: -(-keys // bs)], device=dev)
-            positions = torch.arange(cached, cached + n, device=dev)
-            writes.append(table[positions // bs] * bs + positions % bs)
+            if _consecutive(blocks[cached // bs :], len(table) - cached // bs):
+                writes.append((pos, pos + n, blocks[cached // bs] * bs + cached % bs))
+            else:
+                positions = torch.arange(cached, cached + n, device=dev)
+                writes.append((pos, pos + n, table[positions // bs] * bs + positions % bs))
             first = blocks[0] * bs
             sliced = keys >= SLICE_MIN and _consecutive(blocks, len(table))
             # A chunk after cached tokens: causal, aligned bottom-right. Built once per
@@ -189,7 +196,9 @@ class PagedKVCache:
                 )
             )
             pos += n
-        return StepPlan(_cat_indices(writes, dev), groups)
+        if decode_slots:  # the decodes come first in the packed row
+            writes.insert(0, (0, len(decode_slots), torch.tensor(decode_slots, device=dev)))
+        return StepPlan(writes, groups)
 
     def attention(
         self,
@@ -203,8 +212,14 @@ class PagedKVCache:
         """Store this layer's new ``key``/``value`` ``[1, kv_heads, tokens, dim]`` and attend;
         returns ``[1, tokens, heads, dim]``."""
         k_pool, v_pool = self.pool[layer, 0], self.pool[layer, 1]
-        k_pool.index_copy_(0, plan.write_slots, key[0].transpose(0, 1))
-        v_pool.index_copy_(0, plan.write_slots, value[0].transpose(0, 1))
+        new_keys, new_values = key[0].transpose(0, 1), value[0].transpose(0, 1)
+        for start, end, where in plan.writes:
+            if isinstance(where, int):
+                k_pool[where : where + end - start] = new_keys[start:end]
+                v_pool[where : where + end - start] = new_values[start:end]
+            else:
+                k_pool.index_copy_(0, where, new_keys[start:end])
+                v_pool.index_copy_(0, where, new_values[start:end])
         bs = self.block_size
         k_blocks = k_pool.view(-1, bs, *k_pool.shape[1:])
         v_blocks = v_pool.view(-1, bs, *v_pool.shape[1:])
@@ -232,25 +247,6 @@ class PagedKVCache:
             # -> [queries, heads, dim]
             outs.append(out[0].transpose(0, 1) if rows == 1 else out[:, :, 0])
         return torch.cat(outs)[None]
-
-
-def _cat_indices(parts: list[torch.Tensor | int], device: torch.device) -> torch.Tensor:
-    """One index tensor from single indices and index tensors, in order."""
-    out: list[torch.Tensor] = []
-    ints: list[int] = []
-    for part in parts:
-        if isinstance(part, int):
-            ints.append(part)
-            continue
-        if ints:
-            out.append(torch.tensor(ints, device=device))
-            ints = []
-        out.append(part)
-    if ints:
-        out.append(torch.tensor(ints, device=device))
-    if not out:
-        return torch.empty(0, dtype=torch.long, device=device)
-    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def _consecutive(blocks: list[int], n: int) -> bool:
