@@ -4,6 +4,7 @@ HTTP/1.1 server on the loopback: what ``Sidecar`` relies on of it."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -130,3 +131,19 @@ def test_the_readability_check_is_the_systems_poll_not_gevents() -> None:
     from gevent.monkey import get_original
 
     assert localhttp._poll is get_original("select", "poll")
+
+
+def test_a_host_name_is_resolved_an_ip_literal_is_not(server: ThreadingHTTPServer) -> None:
+    port = server.server_address[1]
+    assert LocalHTTP("localhost", port, timeout=5).get("/a").status_code == 200
+    resolved: list[object] = []
+    real = socket.getaddrinfo
+
+    def spy(*args: object, **kwargs: object) -> object:
+        resolved.append(args[0])
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket, "getaddrinfo", spy)
+        assert LocalHTTP("127.0.0.1", port, timeout=5).get("/b").status_code == 200
+    assert resolved == []

@@ -20,6 +20,7 @@ gevent's, so a call waits cooperatively.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import select
 import socket
@@ -73,6 +74,29 @@ def _readable(sock: socket.socket) -> bool:
     poller = _poll()
     poller.register(sock.fileno(), select.POLLIN)
     return bool(poller.poll(0))
+
+
+class _Connection(http.client.HTTPConnection):
+    """``http.client``'s connection, connecting straight to an IP literal: its own
+    ``connect`` resolves even ``127.0.0.1`` through ``getaddrinfo``, which gevent runs on
+    its thread pool, so a new connection cost the gateway's request 12-24 ms at 32 in
+    flight (the first wave of a burst opens most of them)."""
+
+    def connect(self) -> None:
+        try:
+            family = socket.AF_INET6 if ipaddress.ip_address(self.host).version == 6 else None
+        except ValueError:
+            super().connect()  # a name: resolve it
+            return
+        sock = socket.socket(family or socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect((self.host, self.port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
 
 
 class LocalHTTP:
@@ -142,7 +166,7 @@ class LocalHTTP:
             try:
                 conn = self._idle.pop()
             except IndexError:
-                return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+                return _Connection(self.host, self.port, timeout=timeout)
             sock = conn.sock
             if sock is None or _readable(sock):
                 conn.close()
