@@ -246,8 +246,18 @@ class StepCost:
     def features(cls, decodes: int, tokens: int, pairs: float) -> tuple[float, ...]:
         return tuple(x * k for x, k in zip((1.0, decodes, tokens, pairs), cls.SCALE, strict=True))
 
+    #: A step observed to take more than this multiple of its prediction counts as this
+    #: multiple: on a shared machine a step is sometimes slowed 5-10x by other processes
+    #: (or a pause of this one), and such a step in the least-squares window made the
+    #: chunks of the next dozens of steps several times too small. A lasting change of
+    #: cost is still learned, over a few windows.
+    OUTLIER = 2.0
+
     def observe(self, decodes: int, tokens: int, pairs: float, seconds: float) -> None:
         """One executed step: its decodes, prompt tokens, attention pairs and seconds."""
+        expected = self.predict(decodes, tokens, pairs)
+        if expected is not None and expected > 0:
+            seconds = min(seconds, self.OUTLIER * expected)
         x = self.features(decodes, tokens, pairs)
         self._add(x, seconds, 1.0)
         kept = self._obs[tokens > 0]
