@@ -177,9 +177,8 @@ class Staging:
         if segment == self._segment:
             if self._fh is None or self._commit.writing:
                 return
-            self._fh.close()
-            self._fh = None
-            self._segment += 1
+            self._close_current()  # comes back here for the closed segment
+            return
         self._live.pop(segment, None)
         try:
             self._path(segment).unlink(missing_ok=True)
