@@ -15,7 +15,7 @@ or anyone's chat. Each connection is bounded as well:
 * at most ``worker_connections`` connections per worker are served at once; more
   wait in the listen backlog.
 
-Everything blocking the app does (httpx to daprd, the gRPC stream, OTLP export) is
+Everything blocking the app does (HTTP to daprd, the gRPC stream, OTLP export) is
 cooperative once gevent has patched the standard library, which happens here first,
 before the app's modules (and their locks) are imported; gRPC gets gevent's poller
 via ``grpc.experimental.gevent``. Issue 15 (overhead) benefits too: an idle stream
