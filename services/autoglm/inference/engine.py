@@ -136,7 +136,7 @@ class AutoGLMEngine:
         max_step_tokens: int = 2048,
         interleaved_prefill_tokens: int = 48,
         prefill_tpot_factor: float = 3.0,
-        prefill_step_floor_ms: float = 50.0,
+        prefill_step_floor_ms: float = 80.0,
         tenant_limits: TenantLimits | None = None,
         tenant_overrides: dict[str, TenantLimits] | None = None,
         request_timeout_s: float = 300.0,

@@ -347,7 +347,7 @@ class PolicyConfig:
     #: ... but a step carrying prompt chunks may always take this long (seconds): a
     #: few sequences decoding alone make very short steps, and chunks sized to a small
     #: multiple of them would spend most of the time in per-step overhead.
-    prefill_step_floor_s: float = 0.05
+    prefill_step_floor_s: float = 0.08
     default_limits: TenantLimits = field(default_factory=TenantLimits)
     tenant_limits: dict[str, TenantLimits] = field(default_factory=dict)
 

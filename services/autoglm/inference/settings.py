@@ -79,7 +79,7 @@ class InferenceSettings(AppSettings):
     prefill_tpot_factor: float = Field(default=3.0, ge=0)
     #: ... but a step carrying prompt chunks may always take this long (a few sequences
     #: decoding alone make steps too short for efficient chunks).
-    prefill_step_floor_ms: float = Field(default=50.0, ge=0)
+    prefill_step_floor_ms: float = Field(default=80.0, ge=0)
     #: Each tenant's share of a model's scheduler (weight, caps, queue).
     tenant_limits: TenantLimits = Field(default_factory=TenantLimits)
     #: Per-tenant overrides of ``tenant_limits``, by tenant id.
