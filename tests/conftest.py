@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -12,6 +13,13 @@ from tests.support.otlp import OTLPReceiver
 from tests.support.stack import Backing, start_backing
 
 LEVELS = ("unit", "integration", "e2e", "chaos", "k8s")
+
+
+def pytest_configure() -> None:
+    # Before any test module imports torch: the suite runs engines in-process next to
+    # daprd, Redis and the apps, where a spinning OpenMP team collapses (README, "One
+    # compute thread"). The apps it starts inherit it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
