@@ -17,8 +17,11 @@ own ``paged|sdpa`` uses). Per layer it writes the new keys and values into their
 then runs ``scaled_dot_product_attention`` per group over the group's own cached tokens:
 
 * decoding sequences (one query each), grouped by length so that a long sequence does not
-  make short ones attend over padding: a group reads ``[rows, longest in group]`` slots;
-* each prefill chunk alone, causally over its sequence's cached tokens plus itself.
+  make short ones attend over padding: a group reads ``[rows, longest in group]`` slots,
+  the query heads that share a KV head folded into that head's queries (SDPA's
+  ``enable_gqa`` reads a row's keys and values once per query head);
+* each prefill chunk alone, causally over its sequence's cached tokens plus itself (on
+  CPU in two parts merged by log-sum-exp: ``_after_cached``).
 
 A sequence of at least ``SLICE_MIN`` tokens whose blocks are consecutive in the pool
 (``blocks.BlockManager`` places them so where it can) is read as one slice of the pool,
