@@ -18,6 +18,7 @@ import pytest
 
 from tests.chaos.conftest import MeshFactory, chat_body
 from tests.support.mesh import OwnMesh
+from tests.support.metrics import metric_sum
 from tests.support.polling import wait_for
 
 #: The request budget of tenant ``budget`` in the rate-limit test (every tenant has it).
@@ -198,15 +199,27 @@ def _state_breaker_opened(mesh: OwnMesh) -> list[str]:
     return [line for line in log.splitlines() if BREAKER_OPEN in line and STATE_BREAKER in line]
 
 
+def _refused_state_writes(mesh: OwnMesh) -> float:
+    """State writes the gateway's daprd counted as failed (its component metrics)."""
+    return metric_sum(
+        mesh.gateway.ports.metrics,
+        "dapr_component_state_count",
+        'operation="set"',
+        'success="false"',
+    )
+
+
 def test_racing_session_turns_do_not_open_the_state_breaker(mesh: OwnMesh) -> None:
-    """One tenant sends 24 turns at once on one session: one lands, the others are 409
-    (ETag). daprd counts each refused write (and its retries) as a state store failure;
-    they must not open the store's breaker, which every tenant's sessions, jobs and
-    limits share."""
+    """One tenant sends 24 turns at once on one session: a turn that arrives while
+    another of the session runs is a 409 at once (the gateway's turn claim), before any
+    generation or write; none of them becomes a write sure to lose the ETag race, which
+    daprd would count as a state store failure towards the store's breaker (every
+    tenant's sessions, jobs and limits share it). Every turn answered 200 is stored."""
     _wait_for_fresh_window(30)
     racer = mesh.headers("racer")
     with httpx.Client(base_url=mesh.gateway_url, timeout=60) as c:
         session = c.post("/v1/sessions", json={}, headers=racer).json()["id"]
+        refused = _refused_state_writes(mesh)
 
         def turn(i: int) -> int:
             body = {**chat_body(f"turn {i}"), "session_id": session}
@@ -216,6 +229,11 @@ def test_racing_session_turns_do_not_open_the_state_breaker(mesh: OwnMesh) -> No
             statuses = list(pool.map(turn, range(24)))
         assert 200 in statuses and 409 in statuses, statuses
         assert set(statuses) <= {200, 409}, statuses
+        stored = c.get(f"/v1/sessions/{session}", headers=racer).json()
+        assert stored["version"] == 1 + statuses.count(200), (stored["version"], statuses)
+        assert len(stored["messages"]) == 2 * statuses.count(200)
+        # No 409 came from a write sent to lose: daprd refused none.
+        assert _refused_state_writes(mesh) == refused, statuses
         time.sleep(1)
         assert _state_breaker_opened(mesh) == []
         other = c.post("/v1/sessions", json={}, headers=mesh.headers("bystander"))

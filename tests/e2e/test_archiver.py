@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -31,6 +30,7 @@ from autoglm.core.sidecar import Sidecar
 from autoglm.devstack.multiapp import AppEntry, launch
 from autoglm.devstack.processes import ManagedProcess, free_port
 from autoglm.devstack.sidecars import SidecarPorts
+from tests.support.metrics import metric_sum
 from tests.support.polling import wait_for, wait_settled
 from tests.support.stack import AppUnderTest, Backing, start_app
 
@@ -197,12 +197,7 @@ def test_sigterm_drains_dirty_sessions_and_restore_reads_them(rig: Rig) -> None:
 
 
 def _write_errors(rig: Rig) -> float:
-    text = httpx.get(f"http://127.0.0.1:{rig.metrics_port}/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("autoglm_archiver_write_errors_total{")
-    )
+    return metric_sum(rig.metrics_port, "autoglm_archiver_write_errors_total")
 
 
 def test_disk_full_events_are_retried_and_written_when_space_returns(rig: Rig) -> None:

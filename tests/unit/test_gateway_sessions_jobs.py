@@ -11,6 +11,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from autoglm.core.errors import ConflictError, NotFoundError
+from autoglm.gateway.sessions.turns import TurnClaims
 from tests.support.fakes import FakeSidecar
 from tests.support.tokens import bearer
 from tests.unit.gateway_fixtures import (
@@ -99,9 +100,86 @@ def test_concurrent_turn_is_409_and_nothing_is_lost(
     assert stored == [{"role": "user", "content": "other"}]
 
 
-def test_duplicate_session_id_is_409(client: FlaskClient) -> None:
+def test_racing_turn_in_this_process_is_409_before_anything_is_sent(
+    client: FlaskClient, sidecar: FakeSidecar
+) -> None:
+    """A second turn of a session while one runs here would be generated and then lose
+    the ETag race (its read predates the first turn's write): it is refused at once,
+    with no state read or write and no generation; the next turn after it works."""
+    sid = client.post("/v1/sessions", json={}, headers=USER).get_json()["id"]
+    raced: list[Any] = []
+    calls: list[str] = []
+    for name in ("get_state", "save_state"):
+        real = getattr(sidecar, name)
+
+        def counted(key: str, *a: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            if key.startswith("session:"):
+                calls.append(_name)
+            return _real(key, *a, **kw)
+
+        setattr(sidecar, name, counted)
+
+    def generate(payload: dict[str, Any]) -> dict[str, Any]:
+        if not raced:  # the racing turn arrives while this one generates
+            before = (len(calls), len(sidecar.invocations))
+            raced.append(client.post("/v1/chat/completions", json=_turn("b", sid), headers=USER))
+            raced.append((len(calls), len(sidecar.invocations)) == before)
+        return _result(payload)
+
+    sidecar.invoke_replies["generate"] = generate
+    first = client.post("/v1/chat/completions", json=_turn("a", sid), headers=USER)
+    assert first.status_code == 200
+    refused, nothing_sent = raced
+    assert refused.status_code == 409, refused.get_json()
+    assert refused.get_json()["error"]["code"] == "session_conflict"
+    assert nothing_sent
+    # Released once answered (and after a failure: the next turn is not refused).
+    assert (
+        client.post("/v1/chat/completions", json=_turn("c", sid), headers=USER).status_code == 200
+    )
+    stored = client.get(f"/v1/sessions/{sid}", headers=USER).get_json()["messages"]
+    assert [m["content"] for m in stored] == ["a", "hello", "c", "hello"]
+
+
+def test_turn_claim_is_released_when_the_turn_fails_and_lapses_if_leaked() -> None:
+    now = [0.0]
+    claims = TurnClaims(10.0, clock=lambda: now[0])
+    release = claims.claim("session:t:s", "s")
+    with pytest.raises(ConflictError):
+        claims.claim("session:t:s", "s")
+    claims.claim("session:t:other", "other")  # other sessions are not held
+    release()
+    release()  # idempotent
+    leaked = claims.claim("session:t:s", "s")
+    now[0] = 10.5  # never released: lapses after hold_s
+    claims.claim("session:t:s", "s")()
+    leaked()  # a lapsed claim's late release frees nothing it no longer holds
+    assert len(claims) == 1
+
+
+def test_streamed_turn_releases_its_session(client: FlaskClient) -> None:
+    sid = client.post("/v1/sessions", json={}, headers=USER).get_json()["id"]
+    for word in ("one", "two"):
+        events = _sse(
+            client.post("/v1/chat/completions", json=_turn(word, sid, stream=True), headers=USER)
+        )
+        assert events[-1] == "[DONE]"
+
+
+def test_duplicate_session_id_is_409(client: FlaskClient, sidecar: FakeSidecar) -> None:
     assert client.post("/v1/sessions", json={"id": "s1"}, headers=USER).status_code == 201
+    writes: list[str] = []
+    real = sidecar.save_state
+
+    def save_state(key: str, *a: Any, **kw: Any) -> None:
+        writes.append(key)
+        real(key, *a, **kw)
+
+    sidecar.save_state = save_state  # type: ignore[method-assign]
     assert client.post("/v1/sessions", json={"id": "s1"}, headers=USER).status_code == 409
+    # Refused without a create-only write (daprd would retry it and count each attempt
+    # towards the shared state store breaker).
+    assert not [k for k in writes if k.startswith("session:")]
 
 
 def test_lost_session_is_restored_from_the_archive(

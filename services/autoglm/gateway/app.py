@@ -39,6 +39,7 @@ from autoglm.gateway.security.ratelimit import RateLimiter, TokenAccounting
 from autoglm.gateway.sessions.api_router import sessions_blueprint
 from autoglm.gateway.sessions.serving import SessionService
 from autoglm.gateway.sessions.store import SessionStore
+from autoglm.gateway.sessions.turns import TurnClaims
 from autoglm.gateway.settings import GatewaySettings
 
 
@@ -86,7 +87,12 @@ def create_app(
         **client_options,
     )
     content_filter = ContentFilter(settings.blocked_terms, settings.blocked_patterns)
-    sessions = SessionStore(sidecar, archiver_app_id=settings.archiver_app_id)
+    sessions = SessionStore(
+        sidecar,
+        archiver_app_id=settings.archiver_app_id,
+        # A claimed turn lapses once no request could still be running it.
+        turns=TurnClaims(settings.request_timeout_s + 30),
+    )
     cache = (
         ResponseCache(
             sidecar,

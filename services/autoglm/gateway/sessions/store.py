@@ -2,6 +2,9 @@
 
 Every write carries the ETag read with the record, so two concurrent turns on one
 session cannot both land: the second gets ``ConflictError`` (409) and nothing is lost.
+A chat turn opens the session with ``open_turn``, which first claims it in this process
+(``turns``): a second turn of it here while one runs is that 409 at once, instead of a
+generation and a write sure to lose the ETag race.
 Each change is published to ``session.snapshots`` for the archiver's autosave. A
 record missing from the state store (say Redis was flushed) is restored from the
 archiver's newest snapshot on read; a deletion is published to the same topic first, so
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from autoglm.core.archive_protocol import RestoreReply, RestoreRequest
@@ -21,13 +26,37 @@ from autoglm.core.errors import ConflictError
 from autoglm.core.schemas import ChatMessage, SnapshotEvent
 from autoglm.gateway.records import TOMBSTONE, ArchivedRecords, known_id
 from autoglm.gateway.sessions.protocol import CreateSessionRequest, SessionRecord
+from autoglm.gateway.sessions.turns import TurnClaims
 
 log = logging.getLogger(__name__)
 
+#: How long a claimed turn may hold its session if it is never released: the gateway's
+#: default request timeout (120 s) plus margin.
+TURN_HOLD_S = 150.0
 
+
+@dataclass
+class SessionTurn:
+    """A session opened for one chat turn: the record and ETag it read, its claim on the
+    session (``close`` releases it; the turn's owner must call it however it ends)."""
+
+    store: SessionStore
+    record: SessionRecord
+    etag: str | None
+    close: Callable[[], None]
+
+    def append(self, messages: list[ChatMessage], *, flush: bool = False) -> SessionRecord:
+        """Append the turn's messages with the ETag read when it opened (a 409 if the
+        session changed since: another replica, a delete or a restore)."""
+        return self.store.append(self.record, self.etag, messages, flush=flush)
+
+
+@dataclass
 class SessionStore(ArchivedRecords):
     kind = "session"
     param = "session_id"
+
+    turns: TurnClaims = field(default_factory=lambda: TurnClaims(TURN_HOLD_S))
 
     def create(self, tenant: str, request: CreateSessionRequest) -> SessionRecord:
         record = SessionRecord(
@@ -35,17 +64,39 @@ class SessionStore(ArchivedRecords):
         )
         if request.id:
             record.id = request.id
+            # A create-only write to an existing key is not an ETag error to daprd: it is
+            # retried and counted four times towards the state store's breaker, which
+            # every tenant shares. So a client's taken id is refused without the write.
+            if self.sidecar.get_state(self.key(tenant, record.id)) is not None:
+                raise self._taken(record.id)
         try:
             self.sidecar.save_state(self.key(tenant, record.id), record.to_json(), create_only=True)
         except ConflictError:
-            raise ConflictError(f"session {record.id!r} already exists", param="id") from None
+            raise self._taken(record.id) from None
         self._snapshot(record)
         return record
+
+    @staticmethod
+    def _taken(session_id: str) -> ConflictError:
+        return ConflictError(f"session {session_id!r} already exists", param="id")
 
     def get(self, tenant: str, session_id: str) -> tuple[SessionRecord, str | None]:
         """The record and its ETag; restored from the archive when the store lost it."""
         entry = self.read(tenant, session_id)
         return SessionRecord.model_validate(entry.value), entry.etag
+
+    def open_turn(self, tenant: str, session_id: str) -> SessionTurn:
+        """Claim the session for a turn in this process (a 409 while another turn of it
+        runs here), then read it. Read after the claim, so a turn that follows another
+        here reads what that one wrote."""
+        known_id(session_id, self.kind, self.param)
+        release = self.turns.claim(self.key(tenant, session_id), session_id)
+        try:
+            record, etag = self.get(tenant, session_id)
+        except BaseException:
+            release()
+            raise
+        return SessionTurn(self, record, etag, release)
 
     def _from_archive(self, tenant: str, rid: str, reply: RestoreReply) -> dict[str, Any]:
         if reply.record is not None:

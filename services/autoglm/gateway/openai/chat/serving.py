@@ -41,8 +41,7 @@ from autoglm.gateway.openai.protocol import Usage
 from autoglm.gateway.openai.serving import GenerationServing, Served
 from autoglm.gateway.openai.streaming import TokenStream
 from autoglm.gateway.response_cache import ResponseCache
-from autoglm.gateway.sessions.protocol import SessionRecord
-from autoglm.gateway.sessions.store import SessionStore
+from autoglm.gateway.sessions.store import SessionStore, SessionTurn
 
 CACHE_HEADER = "x-autoglm-cache"
 
@@ -86,17 +85,26 @@ class ChatCompletionService(GenerationServing):
 
     # -- non-streaming -----------------------------------------------------------------
     def create(self, ctx: RequestContext, request: ChatCompletionRequest) -> Served:
-        session, etag = self._session(ctx.tenant, request)
-        cache_key = self._cache_key(ctx.tenant, request) if session is None else None
+        turn = self._session(ctx.tenant, request)
+        try:
+            return self._create(ctx, request, turn)
+        finally:
+            if turn is not None:
+                turn.close()
+
+    def _create(
+        self, ctx: RequestContext, request: ChatCompletionRequest, turn: SessionTurn | None
+    ) -> Served:
+        cache_key = self._cache_key(ctx.tenant, request) if turn is None else None
         if cache_key and self.cache is not None:
             hit = self.cache.get(cache_key)
             if hit is not None:
                 return self._served(ctx, hit, cached=True)
-        result, choices = self.complete(ctx, request, self._prompt(session, request))
-        if session is not None:
+        result, choices = self.complete(ctx, request, self._prompt(turn, request))
+        if turn is not None:
             first = choices[0]
             reply = ChatMessage(role="assistant", content=first.text, tool_calls=first.tool_calls)
-            self.sessions.append(session, etag, [*request.messages, reply])
+            turn.append([*request.messages, reply])
         response = ChatCompletionResponse(
             model=result.model,
             choices=[
@@ -128,17 +136,18 @@ class ChatCompletionService(GenerationServing):
     def open_stream(self, ctx: RequestContext, request: ChatCompletionRequest) -> Iterator[bytes]:
         """Read the session and start the generation (either may fail with a proper HTTP
         status), then return the SSE body."""
-        session, etag = self._session(ctx.tenant, request)
-        # Charged when the SSE body closes the stream (``_sse``'s finally).
-        stream = self.open_chat_tokens(ctx, request, self._prompt(session, request))
-        return self._sse(request, session, etag, stream)
+        turn = self._session(ctx.tenant, request)
+        try:
+            # Charged when the SSE body closes the stream (``_sse``'s finally).
+            stream = self.open_chat_tokens(ctx, request, self._prompt(turn, request))
+        except BaseException:
+            if turn is not None:
+                turn.close()
+            raise
+        return self._sse(request, turn, stream)
 
     def _sse(
-        self,
-        request: ChatCompletionRequest,
-        session: SessionRecord | None,
-        etag: str | None,
-        stream: TokenStream,
+        self, request: ChatCompletionRequest, turn: SessionTurn | None, stream: TokenStream
     ) -> Iterator[bytes]:
         head = ChatCompletionChunk(
             id=completion_id(), created=int(time.time()), model=request.model, choices=[]
@@ -169,12 +178,12 @@ class ChatCompletionService(GenerationServing):
             if request.stream_options and request.stream_options.include_usage:
                 usage = head.model_copy(update={"usage": Usage.of(*stream.usage)})
                 yield sse.event(usage.model_dump(mode="json"))
-            if session is not None:
+            if turn is not None:
                 calls = stream.result.tool_calls if stream.result else None
                 reply = ChatMessage(
                     role="assistant", content="" if calls else stream.text, tool_calls=calls
                 )
-                self.sessions.append(session, etag, [*request.messages, reply])
+                turn.append([*request.messages, reply])
             completed = True
             yield sse.DONE
         except AutoGLMError as exc:
@@ -183,31 +192,38 @@ class ChatCompletionService(GenerationServing):
             # A client that went away cancels its generation upstream; either way the
             # tokens generated so far are charged here.
             stream.close()
-            if not completed and session is not None and stream.text:
-                # Client disconnected mid-stream: keep the part it saw and ask the
-                # archiver to write the session now.
-                reply = ChatMessage(role="assistant", content=stream.text)
-                # AutoGLMError: a concurrent turn won; nothing was acknowledged here.
-                with contextlib.suppress(AutoGLMError):
-                    self.sessions.append(session, etag, [*request.messages, reply], flush=True)
+            if turn is not None:
+                try:
+                    if not completed and stream.text:
+                        # Client disconnected mid-stream: keep the part it saw and ask the
+                        # archiver to write the session now.
+                        reply = ChatMessage(role="assistant", content=stream.text)
+                        # AutoGLMError: a concurrent turn won; nothing was acknowledged.
+                        with contextlib.suppress(AutoGLMError):
+                            turn.append([*request.messages, reply], flush=True)
+                finally:
+                    turn.close()
 
     # -- helpers -----------------------------------------------------------------------
-    def _session(
-        self, tenant: str, request: ChatCompletionRequest
-    ) -> tuple[SessionRecord | None, str | None]:
+    def _session(self, tenant: str, request: ChatCompletionRequest) -> SessionTurn | None:
+        """The request's session opened for its turn (the caller closes it), or None."""
         if request.session_id is None:
-            return None, None
-        record, etag = self.sessions.get(tenant, request.session_id)
-        # Stored history reaches the model too: it may predate the filter's terms, or
-        # come back from the archive.
-        self.filter.check_texts(
-            (m.content for m in record.messages), "session_id", "the session's history"
-        )
-        return record, etag
+            return None
+        turn = self.sessions.open_turn(tenant, request.session_id)
+        try:
+            # Stored history reaches the model too: it may predate the filter's terms, or
+            # come back from the archive.
+            self.filter.check_texts(
+                (m.content for m in turn.record.messages), "session_id", "the session's history"
+            )
+        except BaseException:
+            turn.close()
+            raise
+        return turn
 
     @staticmethod
-    def _prompt(session: SessionRecord | None, request: ChatCompletionRequest) -> list[ChatMessage]:
-        history = session.messages if session is not None else []
+    def _prompt(turn: SessionTurn | None, request: ChatCompletionRequest) -> list[ChatMessage]:
+        history = turn.record.messages if turn is not None else []
         return [*history, *request.messages]
 
     def _max_tokens(self, request: ChatCompletionRequest) -> int:
