@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -60,3 +61,25 @@ def test_one_trace_from_client_to_archiver(mesh: Mesh) -> None:
     # The audit event crossed the archiver's daprd into the archiver's handler.
     assert "pubsub/audit" in by_service.get("archiver", set()), by_service
     assert "audit process" in by_service["archiver"], by_service
+
+
+def test_audit_events_published_together_keep_their_own_traces(mesh: Mesh) -> None:
+    """Requests answered together queue their audit events together, which the gateway
+    publishes in one bulk call (``autoglm.core.deferred``): each event still reaches the
+    archiver in its own request's trace."""
+    body = {"model": "demo-glm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    traces = [secrets.token_hex(16) for _ in range(8)]
+
+    def chat(trace_id: str) -> int:
+        headers = dict(mesh.headers(), traceparent=f"00-{trace_id}-{secrets.token_hex(8)}-01")
+        url = f"{mesh.gateway_url}/v1/chat/completions"
+        return httpx.post(url, json=body, headers=headers, timeout=60).status_code
+
+    with ThreadPoolExecutor(len(traces)) as pool:
+        assert set(pool.map(chat, traces)) == {200}
+
+    def delivered(spans: list[ReceivedSpan]) -> bool:
+        return ("archiver", "audit process") in {(s.service, s.name) for s in spans}
+
+    missing = [t for t in traces if not delivered(_spans_when(mesh, t, delivered))]
+    assert not missing, f"{len(missing)} of {len(traces)} traces lost their audit event"

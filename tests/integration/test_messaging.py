@@ -45,6 +45,28 @@ def test_result_lands_on_reply_topic_stream(
     assert cloud_event["data"]["result"]["completion_tokens"] >= 1
 
 
+def test_bulk_publish_keeps_each_event_in_its_own_trace(sidecar: Sidecar, backing: Backing) -> None:
+    """The deferred publisher's bulk (``autoglm.core.bulk_publish``): daprd takes each
+    CloudEvent entry whole, so each stored event carries the trace context it was queued
+    with, not the bulk request's."""
+    topic = "inference.results"
+    run = uuid.uuid4().hex
+    parents = [f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01" for _ in range(3)]
+    events = [({"run": run, "n": i}, {"traceparent": p}) for i, p in enumerate(parents)]
+    assert sidecar._publish_bulk(topic, events) == []
+    stored = [
+        json.loads(f[b"data"])
+        for _, f in backing.redis_client().xrange(topic)
+        if run.encode() in f[b"data"]
+    ]
+    by_n = {e["data"]["n"]: e for e in stored}
+    assert sorted(by_n) == [0, 1, 2]
+    assert [by_n[i]["traceparent"] for i in range(3)] == parents
+    assert all(e["topic"] == topic and e["pubsubname"] == "pubsub" for e in stored)
+    # A topic daprd refuses: every entry is reported as not published.
+    assert sidecar._publish_bulk("no.such.topic", events) == [0, 1, 2]
+
+
 def test_daprd_retries_a_retry_status_and_a_failed_call_alike_then_dead_letters_them(
     sidecar: Sidecar, backing: Backing, tmp_path: Path
 ) -> None:

@@ -12,6 +12,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from autoglm.core.bulk_publish import bulk_entries, failed_indices
 from autoglm.core.deferred import DeferredPublisher
 from autoglm.core.errors import UnavailableError
 
@@ -90,3 +91,87 @@ def test_a_full_queue_publishes_in_the_caller_instead_of_dropping() -> None:
     rec.gate.set()
     assert done.wait(5) and pub.flush(5)
     assert sorted(c[1]["n"] for c in rec.calls) == [0, 1, 2]
+
+
+class BulkRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bulks: list[tuple[str, list[tuple[dict[str, Any], dict[str, str]]]]] = []
+        #: payload numbers the bulk reports as not published
+        self.bulk_fails: set[int] = set()
+        self.bulk_error: Exception | None = None
+
+    def publish_bulk(
+        self, topic: str, events: list[tuple[dict[str, Any], dict[str, str]]], pubsub: str
+    ) -> list[int]:
+        self.bulks.append((topic, events))
+        if self.bulk_error is not None:
+            raise self.bulk_error
+        return [i for i, (p, _) in enumerate(events) if p["n"] in self.bulk_fails]
+
+
+def _queued_behind_a_busy_worker(rec: BulkRecorder, pub: DeferredPublisher) -> None:
+    """Holds the worker on a first event while the test queues the rest."""
+    rec.gate.clear()
+    pub.submit("first", {"n": -1}, "pubsub")
+    wait_for(lambda: pub._queue.qsize() == 0)
+
+
+def test_events_queued_together_go_out_in_one_bulk_per_topic_each_in_its_trace() -> None:
+    rec = BulkRecorder()
+    pub = DeferredPublisher(rec.publish, publish_bulk=rec.publish_bulk)
+    _queued_behind_a_busy_worker(rec, pub)
+    for i in range(3):
+        ctx = SpanContext(0x100 + i, 0x200 + i, is_remote=False, trace_flags=TraceFlags(1))
+        with trace.use_span(NonRecordingSpan(ctx)):
+            pub.submit("audit", {"n": i}, "pubsub")
+    pub.submit("session.snapshots", {"n": 9}, "pubsub")  # alone on its topic
+    rec.gate.set()
+    assert pub.flush(5)
+    assert [(t, [p["n"] for p, _ in evs]) for t, evs in rec.bulks] == [("audit", [0, 1, 2])]
+    parents = [h["traceparent"] for _, h in rec.bulks[0][1]]
+    assert parents == [f"00-{0x100 + i:032x}-{0x200 + i:016x}-01" for i in range(3)]
+    # The first (the worker was idle) and the lone one: plain publishes.
+    assert [(t, p["n"]) for t, p, _ in rec.calls] == [("first", -1), ("session.snapshots", 9)]
+
+
+def test_what_a_bulk_did_not_publish_is_published_alone() -> None:
+    rec = BulkRecorder()
+    rec.bulk_fails = {1}
+    pub = DeferredPublisher(rec.publish, publish_bulk=rec.publish_bulk)
+    _queued_behind_a_busy_worker(rec, pub)
+    for i in range(3):
+        pub.submit("audit", {"n": i}, "pubsub")
+    rec.gate.set()
+    assert pub.flush(5)
+    assert [p["n"] for t, p, _ in rec.calls if t == "audit"] == [1]
+    # A bulk that failed as a whole: every event alone.
+    rec.bulk_error = UnavailableError("daprd gone")
+    rec.calls.clear()
+    _queued_behind_a_busy_worker(rec, pub)
+    for i in range(3):
+        pub.submit("audit", {"n": i}, "pubsub")
+    rec.gate.set()
+    assert pub.flush(5)
+    assert [p["n"] for t, p, _ in rec.calls if t == "audit"] == [0, 1, 2]
+
+
+def test_bulk_entries_are_whole_cloud_events_with_their_own_trace() -> None:
+    parent = f"00-{0xABC:032x}-{0xDEF:016x}-01"
+    entries = bulk_entries([({"n": 1}, {"traceparent": parent, "tracestate": "k=v"}), ({}, {})])
+    assert [e["entryId"] for e in entries] == ["0", "1"]
+    assert {e["contentType"] for e in entries} == {"application/cloudevents+json"}
+    first, second = (e["event"] for e in entries)
+    assert first["data"] == {"n": 1} and first["datacontenttype"] == "application/json"
+    assert first["traceparent"] == first["traceid"] == parent and first["tracestate"] == "k=v"
+    assert first["specversion"] == "1.0" and first["id"] != second["id"]
+    # No trace context: daprd fills in its own span's.
+    assert "traceparent" not in second and "traceid" not in second
+
+
+def test_failed_indices_trust_only_a_reply_that_names_entries() -> None:
+    assert failed_indices({"failedEntries": [{"entryId": "2"}, {"entryId": "0"}]}, 3) == [0, 2]
+    assert failed_indices({"failedEntries": []}, 2) == [0, 1]
+    assert failed_indices({"errorCode": "ERR_PUBSUB_FORBIDDEN"}, 2) == [0, 1]
+    assert failed_indices({"failedEntries": [{"entryId": "7"}]}, 2) == [0, 1]
+    assert failed_indices(None, 1) == [0]

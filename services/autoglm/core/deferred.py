@@ -8,8 +8,14 @@ a round trip to daprd (and its broker write) on every reply; here a worker publi
 them just after, in the order they were queued, each with the trace context of the
 request that queued it (so the trace still runs from the client to the archiver).
 
-Not batched into Dapr's bulk publish: one bulk request carries one trace context, and
-each event belongs to its own request's trace.
+Events that queued up while the worker was publishing go out together, one Dapr bulk
+publish per topic (``publish_bulk``): one call to daprd instead of one per event (the
+audit event of every request, a session's snapshot of every turn). Each entry is a
+whole CloudEvent with its own request's trace context (``autoglm.core.bulk_publish``),
+so every event keeps its own trace although the bulk request carries one. Nothing waits
+to fill a batch: an event alone in the queue is published alone, at once, as before. An
+entry daprd did not publish is published again alone, so a bulk failure never loses more
+than a single publish would.
 
 What does not change: failures are logged, never raised (callers already treated these
 publishes as best-effort: a request never failed for them); ``flush`` (on close, and at
@@ -32,21 +38,37 @@ from typing import Any
 
 from opentelemetry import propagate
 
+from autoglm.core.bulk_publish import Event
 from autoglm.core.errors import AutoGLMError
 
 log = logging.getLogger(__name__)
 
 #: ``(topic, payload, pubsub, headers)``: headers carry the trace context.
 PublishFn = Callable[[str, dict[str, Any], str, dict[str, str]], None]
+#: ``(topic, events, pubsub)``: publishes the events in one call; returns the indices
+#: of those it did not publish.
+PublishBulkFn = Callable[[str, list[Event], str], list[int]]
 
 _Item = tuple[str, dict[str, Any], str, dict[str, str]]
 
+#: Most events sent in one bulk publish.
+MAX_BATCH = 64
+
 
 class DeferredPublisher:
-    """One worker publishing queued events in order."""
+    """One worker publishing queued events in order (those queued together in bulk)."""
 
-    def __init__(self, publish: PublishFn, *, max_queued: int = 10_000) -> None:
+    def __init__(
+        self,
+        publish: PublishFn,
+        *,
+        publish_bulk: PublishBulkFn | None = None,
+        max_queued: int = 10_000,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
         self._publish = publish
+        self._publish_bulk = publish_bulk
+        self._max_batch = max_batch
         self._queue: queue.Queue[_Item] = queue.Queue(max_queued)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -86,13 +108,40 @@ class DeferredPublisher:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            batch = [self._queue.get()]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                self._send(item)
-            except Exception:  # never let the worker die with events still queued
-                log.exception("deferred publish failed")
+                self._send_batch(batch)
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
+
+    def _send_batch(self, batch: list[_Item]) -> None:
+        """Each topic's events in one bulk publish (alone: a plain one); what the bulk
+        did not publish, one by one."""
+        groups: dict[tuple[str, str], list[_Item]] = {}
+        for item in batch:
+            groups.setdefault((item[2], item[0]), []).append(item)
+        for (pubsub, topic), items in groups.items():
+            left: list[int] | range = range(len(items))
+            if len(items) > 1 and self._publish_bulk is not None:
+                try:
+                    events = [(payload, headers) for _, payload, _, headers in items]
+                    left = self._publish_bulk(topic, events, pubsub)
+                except AutoGLMError as exc:
+                    reason = exc.message
+                    log.warning("bulk publish failed", extra={"topic": topic, "reason": reason})
+                except Exception:  # never let the worker die with events still queued
+                    log.exception("bulk publish failed")
+            for i in left:
+                try:
+                    self._send(items[i])
+                except Exception:
+                    log.exception("deferred publish failed")
 
     def _send(self, item: _Item) -> None:
         topic, payload, pubsub, headers = item

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 from opentelemetry import propagate
 
+from autoglm.core.bulk_publish import Event, bulk_entries, failed_indices
 from autoglm.core.deferred import DeferredPublisher
 from autoglm.core.errors import (
     AutoGLMError,
@@ -276,11 +277,32 @@ class Sidecar:
         if resp.status_code >= 300:
             raise self._dapr_error(resp, f"publish {topic}")
 
+    def _publish_bulk(self, topic: str, events: list[Event], pubsub: str = PUBSUB) -> list[int]:
+        """Publish ``events`` (each with its trace context) in one Dapr bulk publish;
+        the indices of those daprd did not publish (``autoglm.core.bulk_publish``)."""
+        path = (
+            f"/v1.0-alpha1/publish/bulk/{path_segment(pubsub, 'pubsub')}/"
+            f"{path_segment(topic, 'topic')}"
+        )
+        # The request's own span goes into the first event's trace (not a new trace).
+        resp = self._request(
+            "POST", path, json_body=bulk_entries(events), headers=events[0][1] or None
+        )
+        if resp.status_code < 300:
+            return []
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        return failed_indices(body, len(events))
+
     def publish_soon(self, topic: str, payload: dict[str, Any], pubsub: str = PUBSUB) -> None:
         if self._deferred is None:
             with self._deferred_lock:
                 if self._deferred is None:
-                    self._deferred = DeferredPublisher(self._publish_with)
+                    self._deferred = DeferredPublisher(
+                        self._publish_with, publish_bulk=self._publish_bulk
+                    )
         self._deferred.submit(topic, payload, pubsub)
 
     # -- state -----------------------------------------------------------------------
