@@ -24,7 +24,10 @@ prompts alone (``short_tok_s``), then 28 short prompts with 4 prompts of ~2,800 
 among them (``mixed_tok_s``: every generated token of the run over its wall time;
 ``short_in_mixed_tok_s``: the short requests' tokens over the time until the last short
 one finished), 32 new tokens each, greedy. It reports time per output token of the short
-requests while the long ones are admitted and the KV cache's bytes per cached token.
+requests while the long ones are admitted and the KV cache's bytes per cached token, and
+where the mixed run's time went: its engine steps, the seconds of those that carried the
+long prompts' chunks (``mixed_chunk_steps_s``) and of the decode-only steps after them
+(``mixed_tail_s``).
 
     python load/bench_engine.py [--model .models/demo-glm] [--requests 32] [--max-tokens 64]
                                 [--repeat 3] [--scenario all|batching|mixed|noisy]
@@ -222,6 +225,38 @@ def long_prompts(tokenizer: Any, n: int, tokens: int) -> list[str]:
     return out
 
 
+class StepLog:
+    """The engine's steps as its ``on_step`` hook reports them (end time, prompt tokens),
+    for the mixed scenario's breakdown of where a run's time went."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[float, int]] = []
+
+    def __call__(self, model_id: str, stats: Any) -> None:
+        self.steps.append((time.monotonic(), int(getattr(stats, "prefill_tokens", 0))))
+
+    def breakdown(self, start: float, end: float, chunk_tokens: int = 128) -> dict[str, float]:
+        """Steps that ended in ``(start, end]``, each timed from the end of the one before
+        (or ``start``): how many, and seconds in steps carrying at least ``chunk_tokens``
+        prompt tokens (long prompts' chunks) and in the decode-only steps after the last
+        of them (the tail)."""
+        steps = [(t, n) for t, n in list(self.steps) if start < t <= end]
+        timed = []
+        last = start
+        for t, n in steps:
+            timed.append((t - last, n))
+            last = t
+        chunked = [i for i, (_, n) in enumerate(timed) if n >= chunk_tokens]
+        tail_from = chunked[-1] + 1 if chunked else len(timed)
+        return {
+            "steps": len(timed),
+            "chunk_steps": len(chunked),
+            "chunk_steps_s": sum(timed[i][0] for i in chunked),
+            "tail_steps": len(timed) - tail_from,
+            "tail_s": sum(d for d, _ in timed[tail_from:]),
+        }
+
+
 def kv_stats(engine: AutoGLMEngine) -> tuple[int, int]:
     """(bytes the KV cache holds for running sequences, tokens they have cached)."""
     scheduler: Any = engine.get(None).scheduler
@@ -240,7 +275,11 @@ def kv_stats(engine: AutoGLMEngine) -> tuple[int, int]:
 
 
 def mixed_scenario(
-    engine: AutoGLMEngine, max_tokens: int, repeat: int, long_tokens: int
+    engine: AutoGLMEngine,
+    max_tokens: int,
+    repeat: int,
+    long_tokens: int,
+    steps: StepLog | None = None,
 ) -> dict[str, Any]:
     lm = engine.get(None)
     shorts = prompts(32)
@@ -298,7 +337,9 @@ def mixed_scenario(
         ]
         kv = [(b, t) for b, t in samples if t]
         peak = max(kv, key=lambda x: x[1]) if kv else (0, 0)
+        split = steps.breakdown(start, start + elapsed) if steps else {}
         return {
+            **split,
             "tok_s": sum(r.completion_tokens for r in results) / elapsed,
             "short_tok_s": sum(results[i].completion_tokens for i in short_ids) / short_end,
             "seconds": elapsed,
@@ -330,6 +371,18 @@ def mixed_scenario(
         "kv_bytes_per_cached_token": round(per_token, 1),
         "kv_peak_mb": round(mix["kv_bytes_peak"] / 2**20, 2),
         "kv_peak_tokens": mix["kv_tokens_peak"],
+        **(
+            {
+                "short_steps": short["steps"],
+                "mixed_steps": mix["steps"],
+                "mixed_chunk_steps": mix["chunk_steps"],
+                "mixed_chunk_steps_s": round(mix["chunk_steps_s"], 3),
+                "mixed_tail_steps": mix["tail_steps"],
+                "mixed_tail_s": round(mix["tail_s"], 3),
+            }
+            if "steps" in mix
+            else {}
+        ),
     }
 
 
@@ -374,12 +427,13 @@ def main() -> None:
     if args.prefill_step_floor_ms is not None:
         settings["prefill_step_floor_ms"] = args.prefill_step_floor_ms
 
-    def start(dtype: str) -> AutoGLMEngine:
+    def start(dtype: str, on_step: StepLog | None = None) -> AutoGLMEngine:
         engine = AutoGLMEngine(
             model,
             device_map=args.device,
             dtype=dtype,
             max_batch_size=max(32, args.requests),
+            on_step=on_step,
             **settings,
         )
         engine.generate(GenerateRequest(prompt="warm up", sampling=SamplingParams(max_tokens=4)))
@@ -391,12 +445,15 @@ def main() -> None:
         if not args.dtypes and args.dtype == "float32" and args.scenario == "mixed":
             dtypes.append("bfloat16")
         for k, dtype in enumerate(dtypes):
-            engine = start(dtype)
+            log = StepLog()
+            engine = start(dtype, log)
             print(
                 f"machine: {platform.machine()} {torch.get_num_threads()} threads, "
                 f"device {engine.device}, dtype {dtype}, model {model}"
             )
-            mixed = mixed_scenario(engine, args.mixed_max_tokens, args.repeat, args.long_tokens)
+            mixed = mixed_scenario(
+                engine, args.mixed_max_tokens, args.repeat, args.long_tokens, log
+            )
             engine.close()
             print(
                 f"mixed {dtype:<13} short only {mixed['short_tok_s']:.1f} tok/s, 28 short + "
@@ -407,6 +464,13 @@ def main() -> None:
                 f"{mixed['mixed_short_tpot_p99_ms']}ms; "
                 f"KV {mixed['kv_bytes_per_cached_token']} bytes/cached token"
             )
+            if "mixed_steps" in mixed:
+                print(
+                    f"mixed {dtype:<13} {mixed['mixed_steps']} steps ({mixed['short_steps']} "
+                    f"short only): {mixed['mixed_chunk_steps']} with long prompts' chunks "
+                    f"{mixed['mixed_chunk_steps_s']}s, then {mixed['mixed_tail_steps']} "
+                    f"decode-only {mixed['mixed_tail_s']}s"
+                )
             if k == 0:
                 summary.update(mixed, dtype=dtype, device=str(engine.device))
             else:
