@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from autoglm.archiver.settings import ArchiverSettings
 from autoglm.core import contracts
 from tests.k8s.manifests import Doc, Rendered
 
@@ -70,6 +71,21 @@ def test_pubsub_scopes_are_the_contract(rendered: Rendered) -> None:
     for sub in rendered.of_kind("Subscription"):
         assert len(sub["scopes"]) == 1
         assert sub["spec"]["deadLetterTopic"] == f"{sub['spec']['topic']}.deadletter"
+
+
+def test_archiver_subscriptions_are_bulk_as_the_app_registers_them(rendered: Rendered) -> None:
+    """daprd prefers the archiver's programmatic subscriptions (bulk, from its settings);
+    the declarative copies say the same."""
+    settings = ArchiverSettings()
+    bulk = {
+        "enabled": True,
+        "maxMessagesCount": settings.bulk_max_messages,
+        "maxAwaitDurationMs": settings.bulk_max_await_ms,
+    }
+    archiver = [s for s in rendered.of_kind("Subscription") if s["scopes"] == [contracts.ARCHIVER]]
+    assert {s["spec"]["topic"] for s in archiver} == {"audit", "session.snapshots"}
+    for sub in archiver:
+        assert sub["spec"].get("bulkSubscribe") == bulk, sub["metadata"]["name"]
 
 
 def _ports(rule: dict[str, Any]) -> set[int]:

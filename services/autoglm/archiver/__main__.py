@@ -24,6 +24,7 @@ from autoglm.archiver.sessions import SessionArchive
 from autoglm.archiver.settings import ArchiverSettings
 from autoglm.archiver.snapshots import SnapshotStore
 from autoglm.archiver.staging import Staging
+from autoglm.core.bulk_delivery import BulkConfig
 from autoglm.core.callback_server import run_until_stopped
 from autoglm.core.errors import AutoGLMError
 from autoglm.core.lifecycle import start_app
@@ -97,7 +98,12 @@ def main() -> int:
         retention.start()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, settings.host)
-    app = build_app(service, settings.callback_threads)
+    bulk = (
+        BulkConfig(settings.bulk_max_messages, settings.bulk_max_await_ms)
+        if settings.bulk_max_messages
+        else None
+    )
+    app = build_app(service, settings.callback_threads, bulk)
     log.info(
         "archiver listening",
         extra={"port": settings.port, "root": str(settings.root), "recovered": recovered},

@@ -35,9 +35,11 @@ import grpc
 from cloudevents.sdk.event import v1
 from dapr.conf import settings
 from dapr.ext.grpc import App, InvokeMethodRequest, TopicEventResponse
+from dapr.ext.grpc._servicer import DELIMITER
 from pydantic import BaseModel
 
 from autoglm.core import contracts
+from autoglm.core.bulk_delivery import BulkConfig, TopicHandler
 from autoglm.core.errors import AutoGLMError, InternalError
 from autoglm.core.lifecycle import on_shutdown
 from autoglm.core.pubsub import Ack
@@ -123,13 +125,19 @@ def subscribe(app: App, app_id: str, topic: str) -> Callable[[Any], Any]:
     )
 
 
+def subscribe_in_bulk(app: App, topic: str, config: BulkConfig) -> None:
+    """Mark ``topic``'s subscription (registered already) as a bulk one in what the app
+    tells daprd (``ListTopicSubscriptions``); its deliveries then come to the
+    ``BulkDelivery`` interceptor the app was built with. The SDK has no argument for it."""
+    registered = app._servicer._registered_topics_map[f"{PUBSUB}{DELIMITER}{topic}"]
+    registered.subscription.bulk_subscribe.CopyFrom(config.proto())
+
+
 #: A method's handler: called with the request model the contract table declares for it
 #: (with nothing where it declares none) and, if it has a ``caller`` parameter, the
 #: calling app's id; returns the declared reply model (or a JSON object where the table
 #: declares none).
 Handler = Callable[..., BaseModel | Mapping[str, Any]]
-#: A topic's handler: the event's data as bytes in, how to acknowledge it out.
-TopicHandler = Callable[[bytes], Ack]
 #: Maps a failure that is not an ``AutoGLMError`` to the error to answer (None: internal).
 Failure = Callable[[str, Exception], AutoGLMError | None]
 #: Told every call: method, the parsed request (None if it did not parse), the outcome
@@ -207,16 +215,23 @@ class Endpoint:
 
 
 def serve(
-    app: App, endpoint: Endpoint, topics: Mapping[contracts.Topic[Any], TopicHandler]
+    app: App,
+    endpoint: Endpoint,
+    topics: Mapping[contracts.Topic[Any], TopicHandler],
+    bulk: Mapping[str, BulkConfig] | None = None,
 ) -> None:
     """Register ``endpoint``'s methods and the handlers of ``topics`` (each in a span
     named ``<topic> process``, answered as ``topic_response`` says) on ``app``; only
-    what the contract table declares for the endpoint's app (else a KeyError)."""
+    what the contract table declares for the endpoint's app (else a KeyError). Topics
+    in ``bulk`` are subscribed in bulk (``autoglm.core.bulk_delivery``: the app must be
+    built with a ``BulkDelivery`` for their handlers)."""
     for name in endpoint.rpcs:
         method(app, endpoint.app_id, name)(functools.partial(_invoke, endpoint, name))
     for topic, handler in topics.items():
         deliver = functools.partial(_deliver, topic.name, handler)
         subscribe(app, endpoint.app_id, topic.name)(deliver)
+        if bulk and topic.name in bulk:
+            subscribe_in_bulk(app, topic.name, bulk[topic.name])
 
 
 def _invoke(endpoint: Endpoint, name: str, request: InvokeMethodRequest) -> str:
