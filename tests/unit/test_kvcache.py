@@ -34,8 +34,9 @@ def test_chunk_after_cached_tokens_is_causal_attention(
 
 
 def test_a_decode_step_attends_each_sequence_over_its_own_tokens() -> None:
-    """Decodes of different lengths (gathered in a group, or read as a slice) and a chunk
-    in one step: each query row gets SDPA over exactly its sequence's keys."""
+    """Decodes of different lengths (gathered in a group, or read as a slice) and chunks
+    after cached tokens (read as a slice, or gathered from scattered blocks) in one step:
+    each query row gets SDPA over exactly its sequence's keys."""
     config = SimpleNamespace(
         num_hidden_layers=1,
         num_key_value_heads=KV_HEADS,
@@ -45,14 +46,15 @@ def test_a_decode_step_attends_each_sequence_over_its_own_tokens() -> None:
     )
     cache = PagedKVCache(config, torch.device("cpu"), torch.float32, budget_bytes=1 << 22)
     bs = cache.block_size
-    k_pool, v_pool = cache.pool[0, 0], cache.pool[0, 1]
+    k_pool, v_pool = cache.pool[0, 0], cache.pool[0, 1]  # [kv_heads, slots, dim]
     k_pool.normal_()
     v_pool.normal_()
     # (block table, length after this step): two short ones, one long and consecutive
     decodes = [([3, 9], 20), ([5, 7], 30), (list(range(20, 40)), 300)]
-    chunk = (list(range(60, 70)), 100, 50)  # 50 new tokens after 100 cached
-    plan = cache.plan([chunk], decodes)
-    tokens = len(decodes) + chunk[2]
+    # (block table, cached, new): consecutive (a slice), scattered (gathered)
+    chunks = [(list(range(60, 80)), 100, 200), ([90, 85, 88, 83], 20, 30)]
+    plan = cache.plan(chunks, decodes)
+    tokens = len(decodes) + sum(n for _, _, n in chunks)
     query = torch.randn(1, HEADS, tokens, DIM)
     key = torch.randn(1, KV_HEADS, tokens, DIM)
     value = torch.randn(1, KV_HEADS, tokens, DIM)
@@ -63,13 +65,16 @@ def test_a_decode_step_attends_each_sequence_over_its_own_tokens() -> None:
 
     for row, (blocks, length) in enumerate(decodes):
         at = slots(blocks, length)
-        torch.testing.assert_close(k_pool[at[-1]], key[0, :, row])  # written, then read
-        keys, values = k_pool[at].transpose(0, 1), v_pool[at].transpose(0, 1)
+        torch.testing.assert_close(k_pool[:, at[-1]], key[0, :, row])  # written, then read
+        keys, values = k_pool[:, at], v_pool[:, at]
         want = sdpa(query[:, :, row : row + 1], keys[None], values[None], enable_gqa=True)
         torch.testing.assert_close(out[row], want[0, :, 0], atol=1e-5, rtol=1e-5)
-    blocks, cached, n = chunk
-    at = slots(blocks, cached + n)
-    keys, values = k_pool[at].transpose(0, 1)[None], v_pool[at].transpose(0, 1)[None]
-    mask = torch.ones(n, cached + n, dtype=torch.bool).tril_(cached)
-    want = sdpa(query[:, :, len(decodes) :], keys, values, attn_mask=mask, enable_gqa=True)
-    torch.testing.assert_close(out[len(decodes) :], want[0].transpose(0, 1), atol=1e-5, rtol=1e-5)
+    start = len(decodes)
+    for blocks, cached, n in chunks:
+        at = slots(blocks, cached + n)
+        keys, values = k_pool[None, :, at], v_pool[None, :, at]
+        mask = torch.ones(n, cached + n, dtype=torch.bool).tril_(cached)
+        q = query[:, :, start : start + n]
+        want = sdpa(q, keys, values, attn_mask=mask, enable_gqa=True)[0].transpose(0, 1)
+        torch.testing.assert_close(out[start : start + n], want, atol=1e-5, rtol=1e-5)
+        start += n
