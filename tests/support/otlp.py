@@ -20,6 +20,11 @@ class ReceivedSpan:
     span_id: str
     parent_span_id: str
     attributes: dict[str, Any]
+    #: Start and end, nanoseconds since the epoch (the exporter's clock), and the kind
+    #: (``SPAN_KIND_SERVER`` etc.); ``load/hops.py`` orders a request's hops by them.
+    start_ns: int = 0
+    end_ns: int = 0
+    kind: int = 0
 
 
 def _value(v: Any) -> Any:
@@ -50,6 +55,9 @@ class _Service(trace_service_pb2_grpc.TraceServiceServicer):
                             span_id=s.span_id.hex(),
                             parent_span_id=s.parent_span_id.hex(),
                             attributes={a.key: _value(a.value) for a in s.attributes},
+                            start_ns=s.start_time_unix_nano,
+                            end_ns=s.end_time_unix_nano,
+                            kind=s.kind,
                         )
                     )
         with self.receiver.lock:

@@ -151,3 +151,52 @@ def test_a_host_name_is_resolved_an_ip_literal_is_not(server: ThreadingHTTPServe
         mp.setattr(socket, "getaddrinfo", spy)
         assert LocalHTTP("127.0.0.1", port, timeout=5).get("/b").status_code == 200
     assert resolved == []
+
+
+def _raw_server(replies: list[bytes]) -> tuple[int, list[bytes]]:
+    """A server answering each request on one connection with the next raw reply."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            for reply in replies:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                got.append(data)
+                conn.sendall(reply)
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], got
+
+
+def test_chunked_close_delimited_and_connection_close_replies() -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: 3\r\n\r\n"
+        b'4\r\n{"a"\r\n3;x=1\r\n:1}\r\n0\r\nX-Trailer: t\r\n\r\n'
+    )
+    closing = b"HTTP/1.1 201 Created\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
+    port, got = _raw_server([chunked, closing])
+    client = LocalHTTP("127.0.0.1", port, timeout=5)
+    first = client.get("/a")
+    assert first.json() == {"a": 1} and first.headers.get("ETAG") == "3"
+    assert len(client._idle) == 1  # chunked: delimited, kept
+    second = client.request("POST", "/b", json={"x": 1})
+    assert second.status_code == 201 and second.content == b"{}"
+    assert not client._idle  # the server said it closes
+    assert got[1].startswith(b"POST /b HTTP/1.1\r\n") and b"Content-Length: 7\r\n" in got[1]
+
+    port, _ = _raw_server([b"HTTP/1.0 200 OK\r\n\r\nuntil the end"])
+    client = LocalHTTP("127.0.0.1", port, timeout=5)
+    # A reply without length runs to the close (the raw server closes after it).
+    assert client.get("/c").content == b"until the end"
+    assert not client._idle
+
+
+def test_a_reply_that_is_not_http_is_a_transport_error() -> None:
+    port, _ = _raw_server([b"SSH-2.0-nope\r\n\r\n"])
+    with pytest.raises(httpx.TransportError):
+        LocalHTTP("127.0.0.1", port, timeout=5).get("/")

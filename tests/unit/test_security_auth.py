@@ -370,3 +370,36 @@ def test_no_keys_at_all_is_unavailable_not_unauthenticated(clock: Clock) -> None
     source.down = True
     with pytest.raises(UnavailableError):
         auth.authenticate(hs())
+
+
+def test_a_verified_token_is_remembered_until_it_expires(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auth, _ = make(clock)
+    token = hs(exp=int(time.time()) + 60)
+    calls = 0
+    real = jwt.decode
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    for _ in range(3):
+        assert auth.authenticate(token) == Principal("acme", "alice", "user", "jwt")
+    assert calls == 1
+    assert auth.authenticate(hs(sub="bob")).subject == "bob"  # another token: its own
+    assert calls == 2
+    later = time.time() + 60 + auth.leeway_s + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    refused(auth, token, "token expired")
+
+
+def test_remembered_tokens_go_with_the_keys(clock: Clock) -> None:
+    auth, source = make(clock)
+    token = hs()
+    auth.authenticate(token)
+    source.secrets["jwt"] = jwt_secret(**{"hs256-key": "rotated-key-0123456789abcdef0123456789"})
+    clock.now += 61  # the keys are re-read: what the old ones verified is forgotten
+    refused(auth, token, "signature is invalid")
