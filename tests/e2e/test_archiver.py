@@ -30,6 +30,7 @@ from autoglm.core.sidecar import Sidecar
 from autoglm.devstack.multiapp import AppEntry, launch
 from autoglm.devstack.processes import ManagedProcess, free_port
 from autoglm.devstack.sidecars import SidecarPorts
+from tests.support.archive import has_version
 from tests.support.metrics import metric_sum
 from tests.support.polling import wait_for, wait_settled
 from tests.support.stack import AppUnderTest, Backing, start_app
@@ -183,6 +184,8 @@ def test_sigterm_drains_dirty_sessions_and_restore_reads_them(rig: Rig) -> None:
         rig.publish(s, 1, ["a"], flush=False)
         rig.publish(s, 2, ["a", "b"], flush=False)
     wait_for("dirty sessions", lambda: rig.call("health", {})["dirty_sessions"] >= 2, 30)
+    # Both second versions taken (daprd may hold an event for its bulk window).
+    wait_for("v2 staged", lambda: all(has_version(rig.root, "acme", s, 2) for s in sessions), 30)
     assert all(rig.versions(s) == [] for s in sessions)
     assert rig.app is not None
     rig.app.signal(signal.SIGTERM)

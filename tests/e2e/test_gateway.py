@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import Mesh
+from tests.support.archive import has_version
 from tests.support.polling import wait_for, wait_settled
 
 
@@ -138,6 +139,14 @@ def test_session_lost_from_the_state_store_is_restored_from_the_archive(mesh: Me
         resp = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60)
         assert resp.status_code == 200, resp.text
     before = httpx.get(f"{url}/v1/sessions/{sid}", headers=headers, timeout=30).json()
+
+    # The archive takes a change just after the reply (the gateway publishes it with
+    # others in bulk within 50 ms, daprd delivers it in bulk within 100 ms): a store lost
+    # before that restores the version before. What is tested here is the restore.
+    def taken() -> bool:
+        return has_version(mesh.archive_root, "acme", sid, before["version"])
+
+    wait_for("the last turn in the archive", taken, 30)
 
     store = mesh.backing.redis_client()
     # Dapr's Redis state store keeps `<app id>||<key>`.

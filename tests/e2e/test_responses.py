@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import Mesh
+from tests.support.archive import has_version
 from tests.support.polling import wait_for
 from tests.support.stack import start_app, wait_http_ok
 from tests.support.tokens import bearer
@@ -214,6 +215,13 @@ def test_response_lost_from_the_state_store_is_restored_from_the_archive(
     r = client.responses.create(model="demo-glm", input="Keep me", max_output_tokens=4)
     store = mesh.backing.redis_client()
     key = f"gateway||response:acme:{r.id}"
+    version = json.loads(store.hget(key, "data"))["version"]
+
+    # The archive takes the record just after the reply (bulk publish, bulk delivery).
+    def archived() -> bool:
+        return has_version(mesh.archive_root, "acme", r.id, version)
+
+    wait_for("the record in the archive", archived, 30)
     assert store.delete(key) == 1  # as after a flush
     back = client.responses.retrieve(r.id)
     assert back.output_text == r.output_text and back.usage == r.usage

@@ -76,7 +76,7 @@ def test_a_failed_publish_is_logged_and_the_worker_goes_on(
 
 def test_a_full_queue_publishes_in_the_caller_instead_of_dropping() -> None:
     rec = Recorder()
-    pub = DeferredPublisher(rec.publish, max_queued=1)
+    pub = DeferredPublisher(rec.publish, max_queued=1, linger_s=0)
     rec.gate.clear()
     pub.submit("t", {"n": 0}, "pubsub")  # taken by the worker, which blocks
     wait_for(lambda: pub._queue.qsize() == 0)
@@ -119,7 +119,7 @@ def _queued_behind_a_busy_worker(rec: BulkRecorder, pub: DeferredPublisher) -> N
 
 def test_events_queued_together_go_out_in_one_bulk_per_topic_each_in_its_trace() -> None:
     rec = BulkRecorder()
-    pub = DeferredPublisher(rec.publish, publish_bulk=rec.publish_bulk)
+    pub = DeferredPublisher(rec.publish, publish_bulk=rec.publish_bulk, linger_s=0)
     _queued_behind_a_busy_worker(rec, pub)
     for i in range(3):
         ctx = SpanContext(0x100 + i, 0x200 + i, is_remote=False, trace_flags=TraceFlags(1))
@@ -138,7 +138,7 @@ def test_events_queued_together_go_out_in_one_bulk_per_topic_each_in_its_trace()
 def test_what_a_bulk_did_not_publish_is_published_alone() -> None:
     rec = BulkRecorder()
     rec.bulk_fails = {1}
-    pub = DeferredPublisher(rec.publish, publish_bulk=rec.publish_bulk)
+    pub = DeferredPublisher(rec.publish, publish_bulk=rec.publish_bulk, linger_s=0)
     _queued_behind_a_busy_worker(rec, pub)
     for i in range(3):
         pub.submit("audit", {"n": i}, "pubsub")
@@ -175,3 +175,14 @@ def test_failed_indices_trust_only_a_reply_that_names_entries() -> None:
     assert failed_indices({"errorCode": "ERR_PUBSUB_FORBIDDEN"}, 2) == [0, 1]
     assert failed_indices({"failedEntries": [{"entryId": "7"}]}, 2) == [0, 1]
     assert failed_indices(None, 1) == [0]
+
+
+def test_the_worker_lingers_briefly_so_events_of_neighbouring_requests_share_a_bulk() -> None:
+    rec = BulkRecorder()
+    pub = DeferredPublisher(rec.publish, publish_bulk=rec.publish_bulk, linger_s=0.5)
+    pub.submit("audit", {"n": 0}, "pubsub")
+    time.sleep(0.05)  # the worker has the first one and waits for company
+    pub.submit("audit", {"n": 1}, "pubsub")
+    assert pub.flush(5)
+    assert [[p["n"] for p, _ in evs] for _, evs in rec.bulks] == [[0, 1]]
+    assert rec.calls == []

@@ -12,18 +12,19 @@ Events that queued up while the worker was publishing go out together, one Dapr 
 publish per topic (``publish_bulk``): one call to daprd instead of one per event (the
 audit event of every request, a session's snapshot of every turn). Each entry is a
 whole CloudEvent with its own request's trace context (``autoglm.core.bulk_publish``),
-so every event keeps its own trace although the bulk request carries one. Nothing waits
-to fill a batch: an event alone in the queue is published alone, at once, as before. An
-entry daprd did not publish is published again alone, so a bulk failure never loses more
-than a single publish would.
+so every event keeps its own trace although the bulk request carries one. Once it has
+an event, the worker waits up to ``LINGER_S`` (50 ms) for others to join it: a single
+publish costs daprd about 0.3 ms of CPU and this process 0.2 ms, an event in a bulk of
+four half that and less (measured on this repo's daprd). An entry daprd did not publish
+is published again alone, so a bulk failure never loses more than a single publish would.
 
 What does not change: failures are logged, never raised (callers already treated these
 publishes as best-effort: a request never failed for them); ``flush`` (on close, and at
 interpreter exit, so a graceful stop drains the queue) waits until every queued event
 was handed to daprd; a full queue makes the caller publish itself (back-pressure, never
 a drop). What does: an event queued by a request answered in the last milliseconds
-before the process is killed (SIGKILL, OOM) is lost with the process, where before the
-request would have been cut instead.
+before the process is killed (SIGKILL, OOM), or within ``LINGER_S`` of that, is lost
+with the process, where before the request would have been cut instead.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ _Item = tuple[str, dict[str, Any], str, dict[str, str]]
 
 #: Most events sent in one bulk publish.
 MAX_BATCH = 64
+#: How long the worker waits, once it has an event, for others to join its bulk.
+LINGER_S = 0.05
 
 
 class DeferredPublisher:
@@ -65,10 +68,12 @@ class DeferredPublisher:
         publish_bulk: PublishBulkFn | None = None,
         max_queued: int = 10_000,
         max_batch: int = MAX_BATCH,
+        linger_s: float = LINGER_S,
     ) -> None:
         self._publish = publish
         self._publish_bulk = publish_bulk
         self._max_batch = max_batch
+        self._linger_s = linger_s
         self._queue: queue.Queue[_Item] = queue.Queue(max_queued)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -109,9 +114,12 @@ class DeferredPublisher:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
+            deadline = time.monotonic() + self._linger_s
             while len(batch) < self._max_batch:
+                left = deadline - time.monotonic()
                 try:
-                    batch.append(self._queue.get_nowait())
+                    item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                    batch.append(item)
                 except queue.Empty:
                     break
             try:
