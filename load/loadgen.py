@@ -27,6 +27,7 @@ import asyncio
 import hashlib
 import json
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -139,6 +140,18 @@ async def closed_loop(
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return samples, time.perf_counter() - start
+
+
+def run_threads(count: int, target: Callable[[], None]) -> float:
+    """Run ``target`` on ``count`` threads at once; the seconds until all have returned
+    (a closed loop of blocking clients, each taking its next request from shared work)."""
+    threads = [threading.Thread(target=target, daemon=True) for _ in range(count)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start
 
 
 def chat_worker(max_tokens: int) -> Worker:

@@ -10,6 +10,7 @@ half-masked by a later rule.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -86,7 +87,25 @@ _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
 
 def mask_pii(text: str) -> str:
     """``text`` with phone numbers, e-mail addresses, card and ID numbers and credentials
-    masked."""
+    masked. Short values (an audit event's subject, path and model, which repeat from
+    request to request) are remembered: the rules cost ~0.05 ms per value, every request
+    masks four (issue 15)."""
+    if len(text) <= _REMEMBERED_LEN:
+        return _mask_remembered(text)
+    return _mask(text)
+
+
+#: Values up to this long are remembered, at most ``maxsize`` of them (least recently
+#: used first out).
+_REMEMBERED_LEN = 256
+
+
+@functools.lru_cache(maxsize=4096)
+def _mask_remembered(text: str) -> str:
+    return _mask(text)
+
+
+def _mask(text: str) -> str:
     for pattern, replacement in _RULES:
         text = pattern.sub(replacement, text)
     return text
