@@ -63,6 +63,8 @@ def test_bulk_publish_keeps_each_event_in_its_own_trace(sidecar: Sidecar, backin
     assert sorted(by_n) == [0, 1, 2]
     assert [by_n[i]["traceparent"] for i in range(3)] == parents
     assert all(e["topic"] == topic and e["pubsubname"] == "pubsub" for e in stored)
+    # As a single publish from this app would say (daprd's own default is "Dapr").
+    assert {e["source"] for e in stored} == {"itest"}
     # A topic daprd refuses: every entry is reported as not published.
     assert sidecar._publish_bulk("no.such.topic", events) == [0, 1, 2]
 

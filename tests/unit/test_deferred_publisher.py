@@ -158,13 +158,15 @@ def test_what_a_bulk_did_not_publish_is_published_alone() -> None:
 
 def test_bulk_entries_are_whole_cloud_events_with_their_own_trace() -> None:
     parent = f"00-{0xABC:032x}-{0xDEF:016x}-01"
-    entries = bulk_entries([({"n": 1}, {"traceparent": parent, "tracestate": "k=v"}), ({}, {})])
+    events = [({"n": 1}, {"traceparent": parent, "tracestate": "k=v"}), ({}, {})]
+    entries = bulk_entries(events, source="gateway")
     assert [e["entryId"] for e in entries] == ["0", "1"]
     assert {e["contentType"] for e in entries} == {"application/cloudevents+json"}
     first, second = (e["event"] for e in entries)
     assert first["data"] == {"n": 1} and first["datacontenttype"] == "application/json"
     assert first["traceparent"] == first["traceid"] == parent and first["tracestate"] == "k=v"
     assert first["specversion"] == "1.0" and first["id"] != second["id"]
+    assert first["source"] == second["source"] == "gateway"
     # No trace context: daprd fills in its own span's.
     assert "traceparent" not in second and "traceid" not in second
 

@@ -12,7 +12,6 @@ publish, with the trace context captured by the request that queued it.
 
 from __future__ import annotations
 
-import os
 import uuid
 from typing import Any
 
@@ -25,8 +24,11 @@ EVENT_TYPE = "com.dapr.event.sent"
 Event = tuple[dict[str, Any], dict[str, str]]
 
 
-def cloud_event(payload: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
-    """``payload`` as the CloudEvent a single publish from this app would carry."""
+def cloud_event(
+    payload: dict[str, Any], headers: dict[str, str], source: str | None = None
+) -> dict[str, Any]:
+    """``payload`` as the CloudEvent a single publish from app ``source`` would carry
+    (without a source daprd writes its default, ``Dapr``)."""
     event: dict[str, Any] = {
         "specversion": "1.0",
         "id": str(uuid.uuid4()),
@@ -34,7 +36,6 @@ def cloud_event(payload: dict[str, Any], headers: dict[str, str]) -> dict[str, A
         "datacontenttype": "application/json",
         "data": payload,
     }
-    source = os.environ.get("APP_ID")
     if source:
         event["source"] = source
     traceparent = headers.get("traceparent")
@@ -45,10 +46,14 @@ def cloud_event(payload: dict[str, Any], headers: dict[str, str]) -> dict[str, A
     return event
 
 
-def bulk_entries(events: list[Event]) -> list[dict[str, Any]]:
+def bulk_entries(events: list[Event], source: str | None = None) -> list[dict[str, Any]]:
     """The bulk request body: one CloudEvent entry per event, ``entryId`` its index."""
     return [
-        {"entryId": str(i), "event": cloud_event(payload, headers), "contentType": CLOUDEVENT}
+        {
+            "entryId": str(i),
+            "event": cloud_event(payload, headers, source),
+            "contentType": CLOUDEVENT,
+        }
         for i, (payload, headers) in enumerate(events)
     ]
 

@@ -148,6 +148,7 @@ class Sidecar:
         )
         self._deferred: DeferredPublisher | None = None
         self._deferred_lock = threading.Lock()
+        self._app_id_read: str | None = None
 
     def close(self) -> None:
         if self._deferred is not None:
@@ -284,10 +285,9 @@ class Sidecar:
             f"/v1.0-alpha1/publish/bulk/{path_segment(pubsub, 'pubsub')}/"
             f"{path_segment(topic, 'topic')}"
         )
+        entries = bulk_entries(events, source=self._app_id())
         # The request's own span goes into the first event's trace (not a new trace).
-        resp = self._request(
-            "POST", path, json_body=bulk_entries(events), headers=events[0][1] or None
-        )
+        resp = self._request("POST", path, json_body=entries, headers=events[0][1] or None)
         if resp.status_code < 300:
             return []
         try:
@@ -295,6 +295,18 @@ class Sidecar:
         except ValueError:
             body = None
         return failed_indices(body, len(events))
+
+    def _app_id(self) -> str | None:
+        """This app's id as its daprd has it (the ``source`` daprd gives the events of a
+        single publish), read once from daprd's metadata; None until it answers."""
+        if self._app_id_read is None:
+            resp = self._request("GET", "/v1.0/metadata")
+            try:
+                body = resp.json() if resp.status_code == 200 else None
+            except ValueError:
+                body = None
+            self._app_id_read = body.get("id") if isinstance(body, dict) else None
+        return self._app_id_read
 
     def publish_soon(self, topic: str, payload: dict[str, Any], pubsub: str = PUBSUB) -> None:
         if self._deferred is None:
