@@ -6,7 +6,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from load import bench
+from load import bench, hops
+
+from tests.support.otlp import ReceivedSpan
 
 pytestmark = pytest.mark.unit
 
@@ -65,3 +67,24 @@ def test_path_efficiency_at_the_inference_apps_threads() -> None:
     assert keys["in_process_app_threads_tok_s_same_workload"] == 1500.0
     assert keys["in_process_app_threads_p50_ms_same_workload"] == 400.0
     assert keys["path_efficiency_app_threads"] == 0.8
+
+
+def test_hops_split_a_request_and_add_up_to_its_time() -> None:
+    def span(service: str, name: str, start_ms: float, end_ms: float, kind: int) -> ReceivedSpan:
+        ms = 1_000_000
+        return ReceivedSpan(
+            service, name, "t1", "s", "p", {}, int(start_ms * ms), int(end_ms * ms), kind
+        )
+
+    spans = [
+        span("gateway", hops.GATEWAY_SPAN, 1.0, 9.0, hops.SPAN_KIND_SERVER),
+        span("gateway", hops.INVOKE_SPAN, 2.0, 8.0, hops.SPAN_KIND_CLIENT),
+        span("inference", hops.INVOKE_SPAN, 2.5, 7.5, hops.SPAN_KIND_SERVER),
+        span("inference", hops.APP_SPAN, 3.0, 7.0, hops.SPAN_KIND_SERVER),
+        span("archiver", "audit process", 9.5, 10.0, hops.SPAN_KIND_SERVER),  # not a hop
+    ]
+    table = hops.hop_ms(spans, {"t1": (0, 10_000_000), "t2": (0, 1)})
+    assert table["requests"] == {"traced": 1.0, "sent": 2.0}  # t2's spans never came
+    means = [table[name]["mean"] for name in hops.HOPS]
+    assert means == [1.0, 1.0, 0.5, 0.5, 4.0, 0.5, 0.5, 1.0, 1.0]
+    assert sum(means) == 10.0
