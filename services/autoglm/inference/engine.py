@@ -23,6 +23,7 @@ from autoglm.core.errors import InvalidRequestError
 from autoglm.core.schemas import GenerateRequest, GenerateResult, SamplingParams
 from autoglm.inference import outputs
 from autoglm.inference.adapters import ModelAdapter, adapter_for, model_type_of
+from autoglm.inference.allocator import keep_freed_memory
 from autoglm.inference.constraints import GrammarCompiler
 from autoglm.inference.embedder import Embedder
 from autoglm.inference.kvcache import ATTN_IMPLEMENTATION, PagedKVCache, register_attention
@@ -143,6 +144,7 @@ class AutoGLMEngine:
         memory_budget_mb: int = 16384,
         gpu_memory_fraction: float | None = None,
         num_threads: int | None = None,
+        malloc_keep_mb: int = 256,
         verify: Callable[[Path], None] | None = None,
         warmup: bool = True,
         on_step: Callable[[str, StepStats], None] | None = None,
@@ -158,6 +160,9 @@ class AutoGLMEngine:
                 "bfloat16 on CUDA",
                 param="dtype",
             )
+        if self.device.type == "cpu":
+            # Activations of prompt steps are reused, not faulted in anew (allocator.py).
+            keep_freed_memory(malloc_keep_mb)
         self.dtype_name = dtype
         self.dtype = DTYPES[dtype]
         self.max_context_length = max_context_length
