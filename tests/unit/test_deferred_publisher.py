@@ -179,12 +179,26 @@ def test_failed_indices_trust_only_a_reply_that_names_entries() -> None:
     assert failed_indices(None, 1) == [0]
 
 
-def test_the_worker_lingers_briefly_so_events_of_neighbouring_requests_share_a_bulk() -> None:
+def test_while_events_keep_coming_the_worker_lingers_so_neighbours_share_a_bulk() -> None:
     rec = BulkRecorder()
     pub = DeferredPublisher(rec.publish, publish_bulk=rec.publish_bulk, linger_s=0.5)
+    pub.submit("audit", {"n": -1}, "pubsub")  # traffic: published just now
+    assert pub.flush(5)
     pub.submit("audit", {"n": 0}, "pubsub")
-    time.sleep(0.05)  # the worker has the first one and waits for company
+    time.sleep(0.05)  # the worker has this one and waits for company
     pub.submit("audit", {"n": 1}, "pubsub")
     assert pub.flush(5)
     assert [[p["n"] for p, _ in evs] for _, evs in rec.bulks] == [[0, 1]]
-    assert rec.calls == []
+    assert [payload["n"] for _, payload, _ in rec.calls] == [-1]
+
+
+def test_an_event_after_a_quiet_spell_goes_out_without_lingering() -> None:
+    """At low traffic the archive must not fall behind by the linger: the first event
+    after a quiet spell is published at once; lingering starts once events keep coming."""
+    rec = BulkRecorder()
+    pub = DeferredPublisher(rec.publish, publish_bulk=rec.publish_bulk, linger_s=5.0)
+    start = time.monotonic()
+    pub.submit("audit", {"n": 0}, "pubsub")
+    assert pub.flush(2)  # well inside the 5 s linger
+    assert time.monotonic() - start < 2
+    assert [payload["n"] for _, payload, _ in rec.calls] == [0]

@@ -59,7 +59,7 @@ class BulkConfig:
     """How daprd batches a topic's deliveries (the subscription's ``bulkSubscribe``)."""
 
     max_messages: int = 32
-    max_await_ms: int = 100
+    max_await_ms: int = 20
 
     def proto(self) -> pb.BulkSubscribeConfig:
         return pb.BulkSubscribeConfig(
