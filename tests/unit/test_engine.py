@@ -89,7 +89,9 @@ def test_every_model_op_runs_on_the_engine_compute_thread(models_dir: Path) -> N
     try:
         seen: set[threading.Thread] = set()
         for model_id in ("demo-glm", "minilm"):
-            model = engine.registry.get(model_id).model
+            # The embeddings: every forward runs them (a step's lean forward skips the
+            # model's own ``forward``: kvcache.step_forward).
+            model = engine.registry.get(model_id).model.get_input_embeddings()
             model.register_forward_pre_hook(lambda *_: seen.add(threading.current_thread()))
         engine.generate(_req(max_tokens=4))
         engine.embed(["hello"], "minilm")

@@ -18,6 +18,7 @@ from autoglm.core.errors import (
 )
 from autoglm.core.schemas import ChatMessage, GenerateRequest, SamplingParams
 from autoglm.inference.engine import AutoGLMEngine
+from autoglm.inference.kvcache import step_forward
 from autoglm.inference.scheduler import StepStats
 from tests.support.polling import wait_for
 
@@ -178,19 +179,19 @@ def test_a_failing_prefill_fails_its_requests_instead_of_stranding_them(
     eng = AutoGLMEngine(demo_model_dir, prefix_cache_mb=0)
     try:
         scheduler = eng.get(None).scheduler
-        real_forward = scheduler.model
+        real_forward = scheduler._forward
 
-        def failing(*_args: object, **_kwargs: object) -> object:
+        def failing(*_args: object, **_kwargs: object) -> torch.Tensor:
             raise RuntimeError("CUDA out of memory (simulated)")
 
-        scheduler.model = failing
+        scheduler._forward = failing
         handles = [eng.submit(_req(p, 4), stream=True) for p in PROMPTS[:2]]
         for handle in handles:
             with pytest.raises(AutoGLMError, match="generation failed"):
                 list(handle)  # ends instead of blocking
             with pytest.raises(AutoGLMError, match="generation failed"):
                 handle.result(5)
-        scheduler.model = real_forward
+        scheduler._forward = real_forward
         assert eng.generate(_req(PROMPTS[0], 3)).completion_tokens == 3
     finally:
         eng.close()
@@ -345,6 +346,41 @@ def test_seeded_sampling_in_a_mixed_batch_matches_itself_alone(
             h.result(120)
     finally:
         eng.close()
+
+
+def test_lean_step_forward_gives_the_models_own_logits(engine: AutoGLMEngine) -> None:
+    """A step through the model's modules without its ``forward`` wrappers computes
+    exactly (bitwise) what its ``forward`` computes: decodes and a chunk after cached
+    tokens in one packed row, in blocks of the pool's far end (no sequence uses them)."""
+    lm = engine.get(None)
+    scheduler = lm.scheduler
+    assert scheduler is not None
+    cache = scheduler.cache
+    bs = cache.block_size
+    ids = lm.tokenizer(LONG, add_special_tokens=False)["input_ids"][:100]
+    far = list(range(cache.num_blocks - 8, cache.num_blocks))
+    prefill = (far[:7], 40, 60)  # 40 tokens cached (written by the first step), 60 new
+    decode = ([far[7]], 9)  # 8 cached + 1
+
+    def run(lean: bool) -> list[torch.Tensor]:
+        forward = step_forward(lm.model, cache, lean=lean)
+        out = []
+        with torch.inference_mode():
+            first = cache.plan([(far[:7], 0, 40), ([far[7]], 0, 8)], [])
+            tokens = torch.tensor([ids[:40] + ids[:8]])
+            positions = torch.tensor([list(range(40)) + list(range(8))])
+            out.append(forward(tokens, positions, torch.tensor([39, 47]), first))
+            second = cache.plan([prefill], [decode])
+            tokens = torch.tensor([[ids[8], *ids[40:100]]])
+            positions = torch.tensor([[8, *range(40, 100)]])
+            out.append(forward(tokens, positions, torch.tensor([0, 60]), second))
+        return out
+
+    assert len(far) * bs >= 100
+    full, lean = engine.compute.call(run, False), engine.compute.call(run, True)
+    for a, b in zip(full, lean, strict=True):
+        assert a.shape == (2, lm.model.config.vocab_size)
+        assert torch.equal(a, b)
 
 
 def test_kv_memory_follows_the_tokens_held(engine: AutoGLMEngine) -> None:

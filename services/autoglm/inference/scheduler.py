@@ -44,7 +44,7 @@ from autoglm.core.errors import (
 from autoglm.core.schemas import FinishReason, GenerateRequest, GenerateResult
 from autoglm.inference.blocks import BlockManager
 from autoglm.inference.detokenizer import IncrementalText
-from autoglm.inference.kvcache import PagedKVCache
+from autoglm.inference.kvcache import PagedKVCache, step_forward
 from autoglm.inference.policy import Policy, PolicyConfig, Seq, StepPlan, step_work
 from autoglm.inference.sampling import (
     SamplingPlan,
@@ -293,6 +293,8 @@ class Scheduler:
         self.request_timeout_s = request_timeout_s
         self.on_step = on_step
         self.device = cache.device
+        #: One step's forward pass (kvcache.step_forward).
+        self._forward = step_forward(model, cache)
         #: Blocks of the pool; also the prefix cache (``hits``, ``clear``).
         self.blocks = BlockManager(cache.num_blocks, cache.block_size, prefix_cache_blocks)
         self.policy = Policy(policy or PolicyConfig(), self.blocks)
@@ -504,19 +506,17 @@ class Scheduler:
             [(s.table.blocks, s.num_cached, n) for s, n in chunks],
             [(s.table.blocks, s.num_cached + 1) for s in decodes],
         )
-        out = self.model(
-            input_ids=torch.tensor([ids], device=self.device),
-            position_ids=torch.tensor([positions], device=self.device),
-            use_cache=False,
+        logits = self._forward(
+            torch.tensor([ids], device=self.device),
+            torch.tensor([positions], device=self.device),
             # Logits only where a token is due (one row at least: the forward wants one).
-            logits_to_keep=torch.tensor(rows or [len(ids) - 1], device=self.device),
-            paged_cache=self.cache,
-            paged_plan=kv_plan,
+            torch.tensor(rows or [len(ids) - 1], device=self.device),
+            kv_plan,
         )
         stats.prefill_tokens = len(ids) - len(decodes)
         for seq, n in plan.scheduled:
             seq.num_cached += n
-        tokens = self._next_tokens(due, out.logits[0]) if due else []
+        tokens = self._next_tokens(due, logits) if due else []
         # The step's time teaches the policy what a prompt chunk costs (chunk sizing).
         self.policy.observe(work, time.perf_counter() - started)
         stats.tokens = len(tokens)
