@@ -123,6 +123,24 @@ def test_audit_masks_path_subject_model_and_request_id(
     assert events[0]["tenant"] == "acme"
 
 
+def test_audit_keeps_a_request_id_the_gateway_made(
+    sidecar: FakeSidecar,  # noqa: F811
+    stream: FakeStream,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only a client's request id is masked: one the gateway made is random hex, which
+    the masking rules are not run on (issue 15), even where it looks like a number."""
+    client = make_client(sidecar, stream)
+    made = "a13912345678b" + "c" * 19  # hex that the phone rule would mask
+    monkeypatch.setattr(
+        "autoglm.gateway.pipeline.uuid.uuid4", lambda: type("U", (), {"hex": made})()
+    )
+    resp = client.post("/v1/chat/completions", json=CHAT, headers=USER)
+    assert resp.headers["x-request-id"] == made
+    (event,) = [p for t, p in sidecar.published if t == "audit"]
+    assert event["request_id"] == made
+
+
 # -- item 3: no body is read before authentication; bodies have a deadline ----------
 class TrickleInput(io.BytesIO):
     """A request body that arrives one byte per read, slowly; records the reads."""

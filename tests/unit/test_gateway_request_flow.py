@@ -150,3 +150,19 @@ def test_every_reply_carries_the_context_request_id(client: FlaskClient) -> None
     assert ok.headers["x-request-id"] == "abc"
     refused = client.post("/v1/chat/completions", json=CHAT)  # no token: 401
     assert refused.status_code == 401 and len(refused.headers["x-request-id"]) == 32
+
+
+@pytest.mark.parametrize("name", ["traceparent", "Traceparent", "TRACEPARENT"])
+def test_the_request_continues_the_clients_trace_whatever_the_header_case(
+    client: FlaskClient,  # noqa: F811
+    sidecar: FakeSidecar,  # noqa: F811
+    name: str,
+) -> None:
+    """The trace context is read from Werkzeug's headers as they are (issue 15: no copy
+    of every header per request), which find a header in any case."""
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    parent = f"00-{trace_id}-b7ad6b7169203331-01"
+    resp = client.post("/v1/chat/completions", json=CHAT, headers={**USER, name: parent})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    (event,) = [p for t, p in sidecar.published if t == "audit"]
+    assert event["trace_id"] == trace_id

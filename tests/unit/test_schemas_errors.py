@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from autoglm.core import schemas
 from autoglm.core.errors import (
     AutoGLMError,
     ConflictError,
@@ -9,7 +12,13 @@ from autoglm.core.errors import (
     OverloadedError,
     UnavailableError,
 )
-from autoglm.core.schemas import GenerateRequest, InferenceRequestEvent, parse
+from autoglm.core.schemas import (
+    MAX_JSON_DEPTH,
+    GenerateRequest,
+    InferenceRequestEvent,
+    load_json_object,
+    parse,
+)
 from autoglm.core.sidecar import Sidecar, path_segment
 
 
@@ -93,3 +102,48 @@ def test_sidecar_refuses_a_traversing_key_before_any_request() -> None:
         sidecar.get_state("session:acme:x/../../secrets/vault/jwt")
     with pytest.raises(InvalidRequestError):
         sidecar.publish("../state/statestore", {})
+
+
+# -- the decoded-body check, skipped where the text cannot fail it (issue 15) --------------
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": "\\ud800"}',  # an escaped lone surrogate in a value
+        b'{"\\uDBFF": 1}',  # ... in a key, upper-case hex
+        '{"a": "\ud800"}',  # a lone surrogate in the text itself (str body)
+        b'{"a": "\xed\xa0\x80"}',  # its UTF-8-style bytes (json.loads passes them)
+        '{"a": ["\\udc00"]}'.encode("utf-16"),  # another encoding json.loads detects
+    ],
+)
+def test_lone_surrogates_are_refused_in_any_form(body: bytes | str) -> None:
+    with pytest.raises(InvalidRequestError, match="surrogate"):
+        load_json_object(body)
+
+
+@pytest.mark.parametrize("data", [b'{"a": [[[]]]}', b'{"a": "\\ud83d\\ude00"}'])
+def test_bodies_load_as_json_loads_them(data: bytes) -> None:
+    assert load_json_object(data) == json.loads(data)
+
+
+def test_the_walk_runs_only_where_the_text_could_fail_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    walked: list[object] = []
+    monkeypatch.setattr(schemas, "_check_decoded", walked.append)
+    plain = b'{"messages": [{"role": "user", "content": "Say one word. [x] {y} \\u00e9"}]}'
+    load_json_object(plain)
+    assert walked == []
+    # Containers beyond the limit's count, a surrogate escape (even a harmless pair),
+    # a surrogate in the text: walked.
+    deep = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    for body in ('{"a": ' + deep + "}", '{"a": "\\ud83d\\ude00"}'):
+        load_json_object(body)
+    assert len(walked) == 2
+
+
+def test_a_body_at_the_limit_is_still_refused_past_it() -> None:
+    ok = "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)
+    assert load_json_object('{"a": ' + ok + "}")
+    too_deep = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    with pytest.raises(InvalidRequestError, match="nested too deeply"):
+        load_json_object('{"a": ' + too_deep + "}")

@@ -30,6 +30,10 @@ from autoglm.core.errors import InvalidRequestError
 M = TypeVar("M", bound=BaseModel)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: A JSON escape that may decode to a UTF-16 surrogate (``\\udXXX`` from d800 on). It
+#: also matches an escaped backslash followed by such text, or a proper escaped pair:
+#: those only cost the full walk of ``_check_decoded``, never a wrong answer.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 #: The one rule for ids. Tenants, sessions, jobs, responses and attachments become
 #: parts of state keys, URL path segments and folder names: no separators, no ``:``, no
@@ -547,10 +551,29 @@ def _too_deep() -> InvalidRequestError:
     )
 
 
+def _may_need_check(text: str) -> bool:
+    """Whether the JSON ``text`` could decode to something ``_check_decoded`` refuses.
+    Most bodies cannot, and their walk (twice ``json.loads``'s time, on every request in
+    the gateway and again in inference: issue 15) is skipped: nesting is at most as deep
+    as the text has ``[`` and ``{``, and a lone surrogate comes only from a surrogate in
+    the text itself or from a ``\\u`` escape of one."""
+    return (
+        text.count("[") + text.count("{") > MAX_JSON_DEPTH
+        or _SURROGATE.search(text) is not None
+        or _SURROGATE_ESCAPE.search(text) is not None
+    )
+
+
 def load_json_object(data: bytes | str) -> dict[str, Any]:
     """A request body as a JSON object of valid Unicode, or an InvalidRequestError."""
     try:
-        value = json.loads(data)
+        # As ``json.loads`` decodes bytes (surrogates passed through, then refused below).
+        text = (
+            data.decode(json.detect_encoding(data), "surrogatepass")
+            if isinstance(data, (bytes, bytearray))
+            else data
+        )
+        value = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:
@@ -558,7 +581,8 @@ def load_json_object(data: bytes | str) -> dict[str, Any]:
         raise _too_deep() from None
     if not isinstance(value, dict):
         raise InvalidRequestError("body must be a JSON object", code="invalid_json")
-    _check_decoded(value)
+    if _may_need_check(text):
+        _check_decoded(value)
     return value
 
 

@@ -81,10 +81,19 @@ def server_span(
         yield span
 
 
-def start_server_span(name: str, carrier: Mapping[str, str]) -> tuple[Span, object]:
+def start_server_span(
+    name: str, carrier: Mapping[str, str], attributes: Mapping[str, Any] | None = None
+) -> tuple[Span, object]:
     """For frameworks with before/after hooks (Flask): start, make current, and return
-    the span and the token ``end_server_span`` needs."""
-    span = tracer().start_span(name, context=propagate.extract(dict(carrier)), kind=SpanKind.SERVER)
+    the span and the token ``end_server_span`` needs. ``carrier`` is read with ``get``
+    only (the propagators' names, lower-case): a case-insensitive mapping such as
+    Werkzeug's request headers can be passed as it is, without a copy."""
+    span = tracer().start_span(
+        name,
+        context=propagate.extract(carrier),
+        kind=SpanKind.SERVER,
+        attributes=attributes,
+    )
     token = context.attach(trace.set_span_in_context(span))
     return span, token
 

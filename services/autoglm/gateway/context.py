@@ -44,6 +44,10 @@ class RequestContext:
     #: False for a request that is not audited one by one: an address that spent its
     #: budget of unauthenticated requests (its first refusal per replica and minute is).
     audited: bool = True
+    #: Whether ``request_id`` is the client's (``x-request-id``) rather than one the
+    #: gateway made: only a client's can carry personal data, so only it is masked in
+    #: the audit event.
+    request_id_from_client: bool = False
 
     @property
     def caller(self) -> Principal:

@@ -73,13 +73,18 @@ class RequestPipeline:
     # -- before the route -----------------------------------------------------------
     def begin(self) -> None:
         rule = request.url_rule.rule if request.url_rule else request.path
-        carrier = {k.lower(): v for k, v in request.headers.items()}
-        span, token = start_server_span(f"{request.method} {rule}", carrier)
-        span.set_attribute("http.request.method", request.method)
-        span.set_attribute("url.path", request.path)
+        # Werkzeug's headers are read case-insensitively: the trace context is taken from
+        # them as they are, without a copy of every header (issue 15).
+        span, token = start_server_span(
+            f"{request.method} {rule}",
+            request.headers,  # type: ignore[arg-type]
+            {"http.request.method": request.method, "url.path": request.path},
+        )
         sent = request.headers.get("x-request-id", "")
+        from_client = REQUEST_ID.fullmatch(sent) is not None
         ctx = RequestContext(
-            request_id=sent if REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex,
+            request_id=sent if from_client else uuid.uuid4().hex,
+            request_id_from_client=from_client,
             client_ip=client_ip(self.trust_forwarded),
             started=time.monotonic(),
         )
