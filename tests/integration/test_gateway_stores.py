@@ -13,8 +13,9 @@ from autoglm.core.pubsub import Ack
 from autoglm.core.schemas import ChatMessage, GenerateRequest
 from autoglm.core.sidecar import Sidecar
 from autoglm.gateway.jobs.store import JobStore
+from autoglm.gateway.sessions.cache import SessionCache
 from autoglm.gateway.sessions.protocol import CreateSessionRequest
-from autoglm.gateway.sessions.store import SessionStore
+from autoglm.gateway.sessions.store import SessionStore, StaleSessionError
 
 
 def test_two_replicas_appending_to_one_session_cannot_both_win(sidecar: Sidecar) -> None:
@@ -31,6 +32,38 @@ def test_two_replicas_appending_to_one_session_cannot_both_win(sidecar: Sidecar)
         store.append(second, same_etag, [ChatMessage(role="user", content="from replica B")])
     stored, _ = store.get(tenant, record.id)
     assert [m.content for m in stored.messages] == ["from replica A"] and stored.version == 2
+
+
+def test_cached_turns_write_with_the_etag_state_redis_leaves(sidecar: Sidecar) -> None:
+    """The session cache's ETag guess (the written one plus one; 1 after a create) is what
+    daprd's state.redis leaves: cached turns write without a read, and are refused once
+    another replica wrote the session (then the cache is off)."""
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    store = SessionStore(sidecar, cache=SessionCache(16))
+    record = store.create(tenant, CreateSessionRequest())
+    for word in ("one", "two", "three"):
+        turn = store.open_turn(tenant, record.id)
+        try:
+            assert turn.cached
+            turn.append([ChatMessage(role="user", content=word)])
+        finally:
+            turn.close()
+    stored, etag = store.get(tenant, record.id)
+    assert [m.content for m in stored.messages] == ["one", "two", "three"] and stored.version == 4
+    assert store.cache.get(store.key(tenant, record.id)) == (stored, etag)
+    other = SessionStore(sidecar)  # another replica appends
+    other.append(stored, etag, [ChatMessage(role="user", content="elsewhere")])
+    turn = store.open_turn(tenant, record.id)
+    try:
+        with pytest.raises(StaleSessionError):
+            turn.append([ChatMessage(role="user", content="stale")])
+        turn.reread()
+        turn.append([ChatMessage(role="user", content="four")])
+    finally:
+        turn.close()
+    stored, _ = store.get(tenant, record.id)
+    assert [m.content for m in stored.messages][-2:] == ["elsewhere", "four"]
+    assert not store.cache.enabled
 
 
 def test_session_id_is_created_once(sidecar: Sidecar) -> None:

@@ -35,4 +35,4 @@ def test_the_front_door_appends_the_client_address_and_its_gateways_trust_it(
 ) -> None:
     cfg = render_config(8080, [Backend("gateway-0", 18080)], tmp_path).read_text()
     assert "option forwardfor" in cfg
-    assert GATEWAY_ENV == {"AUTOGLM_GATEWAY_TRUST_FORWARDED_FOR": "true"}
+    assert GATEWAY_ENV["AUTOGLM_GATEWAY_TRUST_FORWARDED_FOR"] == "true"

@@ -17,6 +17,8 @@ Client addresses: HAProxy appends the peer's address to ``X-Forwarded-For``
 (``option forwardfor``), and the gateways behind it take that last entry
 (``GATEWAY_ENV``), so the per-address limit of unauthenticated requests and the audit's
 client ip see each client, and a client's own ``X-Forwarded-For`` cannot pose as another.
+Sessions: no replica keeps a session cache (``GATEWAY_ENV``), a session's turns may reach
+any of them.
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ from autoglm.devstack.processes import ManagedProcess, port_open
 BACKEND = "gateways"
 
 #: Settings of every gateway replica behind the front door (see the module docstring).
-GATEWAY_ENV = {"AUTOGLM_GATEWAY_TRUST_FORWARDED_FOR": "true"}
+GATEWAY_ENV = {
+    "AUTOGLM_GATEWAY_TRUST_FORWARDED_FOR": "true",
+    # Least-connections routing spreads a session's turns over the replicas: none keeps
+    # a per-process session cache (README: sessions).
+    "AUTOGLM_GATEWAY_SESSION_CACHE_ENTRIES": "0",
+}
 
 #: Health checks: every ``CHECK_INTERVAL_S``; down after ``FALL`` failures, up after ``RISE``.
 CHECK_INTERVAL_S = 1.0

@@ -37,6 +37,7 @@ from autoglm.gateway.security.auth import Authenticator
 from autoglm.gateway.security.content_filter import ContentFilter
 from autoglm.gateway.security.ratelimit import RateLimiter, TokenAccounting
 from autoglm.gateway.sessions.api_router import sessions_blueprint
+from autoglm.gateway.sessions.cache import SessionCache
 from autoglm.gateway.sessions.serving import SessionService
 from autoglm.gateway.sessions.store import SessionStore
 from autoglm.gateway.sessions.turns import TurnClaims
@@ -92,6 +93,8 @@ def create_app(
         archiver_app_id=settings.archiver_app_id,
         # A claimed turn lapses once no request could still be running it.
         turns=TurnClaims(settings.request_timeout_s + 30),
+        # Each worker is a process of its own: other writers of the same sessions.
+        cache=SessionCache(settings.session_cache_entries if settings.workers == 1 else 0),
     )
     cache = (
         ResponseCache(

@@ -35,6 +35,11 @@ class GatewaySettings(AppSettings):
     #: Send a session's non-streamed turns to its ``InferenceSession`` actor, so they
     #: reach the inference replica holding the session's prefix (README: affinity).
     session_affinity: bool = True
+    #: Sessions whose last turn this process wrote, kept (record and ETag) so that their
+    #: next turn here skips the state read; 0 = off. Only for a single gateway process
+    #: (or session-sticky routing): more than one worker turns it off, replicas must
+    #: (README: sessions; it turns itself off once another writer is seen).
+    session_cache_entries: int = Field(default=1024, ge=0)
 
     # -- limits
     max_body_bytes: int = Field(default=1_048_576, ge=1024)

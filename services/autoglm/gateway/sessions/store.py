@@ -4,7 +4,10 @@ Every write carries the ETag read with the record, so two concurrent turns on on
 session cannot both land: the second gets ``ConflictError`` (409) and nothing is lost.
 A chat turn opens the session with ``open_turn``, which first claims it in this process
 (``turns``): a second turn of it here while one runs is that 409 at once, instead of a
-generation and a write sure to lose the ETag race.
+generation and a write sure to lose the ETag race. A session whose last turn this process
+wrote is opened from ``cache`` without a read (``autoglm.gateway.sessions.cache``); if
+its write is refused because the session changed since, the turn raises
+``StaleSessionError`` and its caller reads the session and generates again.
 Each change is published to ``session.snapshots`` for the archiver's autosave. A
 record missing from the state store (say Redis was flushed) is restored from the
 archiver's newest snapshot on read; a deletion is published to the same topic first, so
@@ -25,6 +28,7 @@ from autoglm.core.contracts import RESTORE
 from autoglm.core.errors import ConflictError
 from autoglm.core.schemas import ChatMessage, SnapshotEvent
 from autoglm.gateway.records import TOMBSTONE, ArchivedRecords, known_id
+from autoglm.gateway.sessions.cache import SessionCache
 from autoglm.gateway.sessions.protocol import CreateSessionRequest, SessionRecord
 from autoglm.gateway.sessions.turns import TurnClaims
 
@@ -35,20 +39,34 @@ log = logging.getLogger(__name__)
 TURN_HOLD_S = 150.0
 
 
+class StaleSessionError(ConflictError):
+    """A turn opened from the cache lost its write: the session had changed before the
+    turn began (another process wrote it). The turn's caller reads the session again
+    (``SessionTurn.reread``) and redoes the turn; uncaught, it is the usual 409."""
+
+
 @dataclass
 class SessionTurn:
-    """A session opened for one chat turn: the record and ETag it read, its claim on the
-    session (``close`` releases it; the turn's owner must call it however it ends)."""
+    """A session opened for one chat turn: the record and ETag it read (or, ``cached``,
+    that this process wrote last), its claim on the session (``close`` releases it; the
+    turn's owner must call it however it ends)."""
 
     store: SessionStore
     record: SessionRecord
     etag: str | None
     close: Callable[[], None]
+    cached: bool = False
 
     def append(self, messages: list[ChatMessage], *, flush: bool = False) -> SessionRecord:
         """Append the turn's messages with the ETag read when it opened (a 409 if the
-        session changed since: another replica, a delete or a restore)."""
-        return self.store.append(self.record, self.etag, messages, flush=flush)
+        session changed since: another replica, a delete or a restore;
+        ``StaleSessionError`` if it was opened from the cache and had changed before)."""
+        return self.store.append(self.record, self.etag, messages, flush=flush, cached=self.cached)
+
+    def reread(self) -> None:
+        """Read the session from the state store (still under this turn's claim)."""
+        self.record, self.etag = self.store.get(self.record.tenant, self.record.id)
+        self.cached = False
 
 
 @dataclass
@@ -57,6 +75,8 @@ class SessionStore(ArchivedRecords):
     param = "session_id"
 
     turns: TurnClaims = field(default_factory=lambda: TurnClaims(TURN_HOLD_S))
+    #: The sessions this process wrote last (off unless sized: see its module).
+    cache: SessionCache = field(default_factory=lambda: SessionCache(0))
 
     def create(self, tenant: str, request: CreateSessionRequest) -> SessionRecord:
         record = SessionRecord(
@@ -69,10 +89,12 @@ class SessionStore(ArchivedRecords):
             # every tenant shares. So a client's taken id is refused without the write.
             if self.sidecar.get_state(self.key(tenant, record.id)) is not None:
                 raise self._taken(record.id)
+        key = self.key(tenant, record.id)
         try:
-            self.sidecar.save_state(self.key(tenant, record.id), record.to_json(), create_only=True)
+            self.sidecar.save_state(key, record.to_json(), create_only=True)
         except ConflictError:
             raise self._taken(record.id) from None
+        self.cache.written(key, record, None)
         self._snapshot(record)
         return record
 
@@ -85,13 +107,17 @@ class SessionStore(ArchivedRecords):
         entry = self.read(tenant, session_id)
         return SessionRecord.model_validate(entry.value), entry.etag
 
-    def open_turn(self, tenant: str, session_id: str) -> SessionTurn:
+    def open_turn(self, tenant: str, session_id: str, *, cached: bool = True) -> SessionTurn:
         """Claim the session for a turn in this process (a 409 while another turn of it
-        runs here), then read it. Read after the claim, so a turn that follows another
-        here reads what that one wrote."""
-        known_id(session_id, self.kind, self.param)
-        release = self.turns.claim(self.key(tenant, session_id), session_id)
+        runs here), then read it, or with ``cached`` take what this process wrote last
+        if it has it. After the claim, so a turn that follows another here starts from
+        what that one wrote."""
+        key = self.key(tenant, known_id(session_id, self.kind, self.param))
+        release = self.turns.claim(key, session_id)
         try:
+            hit = self.cache.get(key) if cached else None
+            if hit is not None:
+                return SessionTurn(self, hit[0], hit[1], release, cached=True)
             record, etag = self.get(tenant, session_id)
         except BaseException:
             release()
@@ -114,8 +140,10 @@ class SessionStore(ArchivedRecords):
         messages: list[ChatMessage],
         *,
         flush: bool = False,
+        cached: bool = False,
     ) -> SessionRecord:
-        """Append ``messages`` if nobody changed the session since it was read."""
+        """Append ``messages`` if nobody changed the session since it was read (``cached``:
+        since this process wrote ``record``)."""
         updated = record.model_copy(
             update={
                 "messages": [*record.messages, *messages],
@@ -123,24 +151,55 @@ class SessionStore(ArchivedRecords):
                 "updated": int(time.time()),
             }
         )
-        self.save(
-            record.tenant,
-            record.id,
-            updated.to_json(),
-            etag,
-            " while this one ran; read it again and retry",
-        )
+        key = self.key(record.tenant, record.id)
+        value = updated.to_json()
+        try:
+            try:
+                self.sidecar.save_state(key, value, etag=etag)
+            except ConflictError:
+                if not cached:
+                    raise
+                etag = self._recheck(key, record)
+                self.sidecar.save_state(key, value, etag=etag)
+        except StaleSessionError:
+            raise
+        except ConflictError:
+            self.cache.forget(key)
+            raise self.conflict(record.id, " while this one ran; read it again and retry") from None
+        except BaseException:
+            # The write may have landed or not: the next turn reads.
+            self.cache.forget(key)
+            raise
+        self.cache.written(key, updated, etag)
         self._snapshot(updated, flush=flush)
         return updated
+
+    def _recheck(self, key: str, cached: SessionRecord) -> str | None:
+        """A write over a cached record was refused: the ETag to write with if the stored
+        record is still the cached one (only the ETag was not what the cache assumed);
+        ``StaleSessionError`` if the session changed (``ConflictError``: deleted)."""
+        entry = self.sidecar.get_state(key)
+        if entry is None or entry.value == TOMBSTONE:
+            raise ConflictError("deleted")
+        stored = SessionRecord.model_validate(entry.value)
+        if stored.version == cached.version and stored.messages == cached.messages:
+            return entry.etag
+        self.cache.turn_off("a session this process wrote last was changed by another writer")
+        raise StaleSessionError(
+            f"session {cached.id!r} was changed by another request before this turn",
+            code="session_conflict",
+        )
 
     def delete(self, tenant: str, session_id: str) -> None:
         # 404 for unknown ids, as for any other read.
         record, etag = self.get(tenant, session_id)
+        self.cache.forget(self.key(tenant, session_id))
         self.delete_record(tenant, session_id, record.version, etag, "; read it and retry")
 
     def restore_version(self, tenant: str, session_id: str, version: int) -> SessionRecord:
         """Make archived ``version`` the session's current history (admin)."""
         key = self.key(tenant, known_id(session_id, self.kind, self.param))
+        self.cache.forget(key)
         entry = self.sidecar.get_state(key)
         current = (
             SessionRecord.model_validate(entry.value)

@@ -41,7 +41,7 @@ from autoglm.gateway.openai.protocol import Usage
 from autoglm.gateway.openai.serving import GenerationServing, Served
 from autoglm.gateway.openai.streaming import TokenStream
 from autoglm.gateway.response_cache import ResponseCache
-from autoglm.gateway.sessions.store import SessionStore, SessionTurn
+from autoglm.gateway.sessions.store import SessionStore, SessionTurn, StaleSessionError
 
 CACHE_HEADER = "x-autoglm-cache"
 
@@ -85,9 +85,17 @@ class ChatCompletionService(GenerationServing):
 
     # -- non-streaming -----------------------------------------------------------------
     def create(self, ctx: RequestContext, request: ChatCompletionRequest) -> Served:
-        turn = self._session(ctx.tenant, request)
+        turn = self._session(ctx.tenant, request, cached=True)
         try:
-            return self._create(ctx, request, turn)
+            try:
+                return self._create(ctx, request, turn)
+            except StaleSessionError:
+                # Opened from the cache, and another process had changed the session
+                # before: nothing was written or answered; read it and do the turn again.
+                assert turn is not None
+                turn.reread()
+                self._check_history(turn)
+                return self._create(ctx, request, turn)
         finally:
             if turn is not None:
                 turn.close()
@@ -205,21 +213,28 @@ class ChatCompletionService(GenerationServing):
                     turn.close()
 
     # -- helpers -----------------------------------------------------------------------
-    def _session(self, tenant: str, request: ChatCompletionRequest) -> SessionTurn | None:
-        """The request's session opened for its turn (the caller closes it), or None."""
+    def _session(
+        self, tenant: str, request: ChatCompletionRequest, *, cached: bool = False
+    ) -> SessionTurn | None:
+        """The request's session opened for its turn (the caller closes it), or None.
+        ``cached``: from what this process wrote last, if it has it (only where a stale
+        one can be redone: before anything was sent to the client)."""
         if request.session_id is None:
             return None
-        turn = self.sessions.open_turn(tenant, request.session_id)
+        turn = self.sessions.open_turn(tenant, request.session_id, cached=cached)
         try:
-            # Stored history reaches the model too: it may predate the filter's terms, or
-            # come back from the archive.
-            self.filter.check_texts(
-                (m.content for m in turn.record.messages), "session_id", "the session's history"
-            )
+            self._check_history(turn)
         except BaseException:
             turn.close()
             raise
         return turn
+
+    def _check_history(self, turn: SessionTurn) -> None:
+        # Stored history reaches the model too: it may predate the filter's terms, or
+        # come back from the archive.
+        self.filter.check_texts(
+            (m.content for m in turn.record.messages), "session_id", "the session's history"
+        )
 
     @staticmethod
     def _prompt(turn: SessionTurn | None, request: ChatCompletionRequest) -> list[ChatMessage]:
