@@ -225,3 +225,59 @@ def test_gateway_replicas_keep_no_session_cache() -> None:
 
     assert GATEWAY_ENV["AUTOGLM_GATEWAY_SESSION_CACHE_ENTRIES"] == "0"
     assert GatewaySettings.model_validate({"session_cache_entries": "0"}).session_cache_entries == 0
+
+
+def _archived(request: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """The archiver's restore reply carrying ``record`` (a stored session)."""
+    fields = ("version", "model", "messages")
+    return {"tenant": request["tenant"], "session_id": request["session_id"]} | {
+        f: record[f] for f in fields
+    }
+
+
+def test_a_session_the_store_lost_is_restored_for_a_cached_turn(
+    client: FlaskClient, sidecar: FakeSidecar
+) -> None:
+    """Redis lost the session after this process cached it (a flush): the turn's write is
+    refused, the session comes back from the archive as the turn's read would bring it,
+    and, being the record cached, only the write is sent again: one generation, 200."""
+    sid = client.post("/v1/sessions", json={}, headers=USER).get_json()["id"]
+    assert (
+        client.post("/v1/chat/completions", json=_turn("one", sid), headers=USER).status_code == 200
+    )
+    key = f"session:acme:{sid}"
+    archived, _ = sidecar.state.pop(key)
+    sidecar.first_write.discard(key)
+    sidecar.invoke_replies["restore"] = lambda p: _archived(p, archived)
+    before = len(_prompts(sidecar))
+    resp = client.post("/v1/chat/completions", json=_turn("two", sid), headers=USER)
+    assert resp.status_code == 200, resp.get_json()
+    assert len(_prompts(sidecar)) == before + 1
+    assert _contents(client, sid) == ["one", "hello", "two", "hello"]
+
+
+def test_a_lost_session_archived_older_is_redone_over_the_archive(
+    client: FlaskClient, sidecar: FakeSidecar
+) -> None:
+    """The archive's newest version predates what this process cached (the store was lost
+    before the last snapshot reached it): the turn is redone over the restored history,
+    not written over one the store no longer has; the cache stays on."""
+    sid = client.post("/v1/sessions", json={}, headers=USER).get_json()["id"]
+    key = f"session:acme:{sid}"
+    created, _ = sidecar.state[key]
+    assert (
+        client.post("/v1/chat/completions", json=_turn("one", sid), headers=USER).status_code == 200
+    )
+    del sidecar.state[key]
+    sidecar.first_write.discard(key)
+    sidecar.invoke_replies["restore"] = lambda p: _archived(p, created)
+    resp = client.post("/v1/chat/completions", json=_turn("two", sid), headers=USER)
+    assert resp.status_code == 200, resp.get_json()
+    assert _prompts(sidecar)[-1] == ["two"]
+    assert _contents(client, sid) == ["two", "hello"]
+    reads = _count_reads(sidecar)
+    assert (
+        client.post("/v1/chat/completions", json=_turn("three", sid), headers=USER).status_code
+        == 200
+    )
+    assert reads == []

@@ -18,8 +18,8 @@ statestore component, locally and in Kubernetes) it is the key's version counter
 every successful write raises by one (``HINCRBY``; a create starts it at 1), so the next
 ETag is the written one plus one. An ETag that is not such a counter is never cached. If
 the guess is ever wrong (say the store was flushed and the key re-created), the write is
-refused, the session is read again and, when the record read is the one cached, only the
-write is retried with the ETag read.
+refused, the session is read again (restored from the archive if the store lost it) and,
+when the record read is the one cached, only the write is retried with the ETag read.
 
 When a cached record turns out to be older than the store's (some other process writes
 these sessions: several gateway replicas or workers without session-sticky routing), the

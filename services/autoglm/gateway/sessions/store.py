@@ -159,9 +159,10 @@ class SessionStore(ArchivedRecords):
             except ConflictError:
                 if not cached:
                     raise
-                etag = self._recheck(key, record)
+                etag = self._recheck(record)
                 self.sidecar.save_state(key, value, etag=etag)
         except StaleSessionError:
+            self.cache.forget(key)
             raise
         except ConflictError:
             self.cache.forget(key)
@@ -174,17 +175,20 @@ class SessionStore(ArchivedRecords):
         self._snapshot(updated, flush=flush)
         return updated
 
-    def _recheck(self, key: str, cached: SessionRecord) -> str | None:
+    def _recheck(self, cached: SessionRecord) -> str | None:
         """A write over a cached record was refused: the ETag to write with if the stored
-        record is still the cached one (only the ETag was not what the cache assumed);
-        ``StaleSessionError`` if the session changed (``ConflictError``: deleted)."""
-        entry = self.sidecar.get_state(key)
-        if entry is None or entry.value == TOMBSTONE:
-            raise ConflictError("deleted")
+        record is still the cached one (only the ETag was not what the cache assumed, or
+        the store lost the session and it came back from the archive as it was);
+        ``StaleSessionError`` if the session is not what this process wrote last, and a
+        404 once it was deleted."""
+        # Restores a session the store lost (a Redis flush), as any turn's read does.
+        entry = self.read(cached.tenant, cached.id)
         stored = SessionRecord.model_validate(entry.value)
         if stored.version == cached.version and stored.messages == cached.messages:
             return entry.etag
-        self.cache.turn_off("a session this process wrote last was changed by another writer")
+        if stored.version >= cached.version:
+            self.cache.turn_off("a session this process wrote last was changed by another writer")
+        # else: the store lost the session and the archive had an older version of it.
         raise StaleSessionError(
             f"session {cached.id!r} was changed by another request before this turn",
             code="session_conflict",
