@@ -153,24 +153,17 @@ class SessionStore(ArchivedRecords):
         )
         key = self.key(record.tenant, record.id)
         value = updated.to_json()
+        # Until this write lands the cached entry is not the newest (if the write fails it
+        # may have landed or not): the next turn reads.
+        self.cache.forget(key)
+        what = " while this one ran; read it again and retry"
         try:
-            try:
-                self.sidecar.save_state(key, value, etag=etag)
-            except ConflictError:
-                if not cached:
-                    raise
-                etag = self._recheck(record)
-                self.sidecar.save_state(key, value, etag=etag)
-        except StaleSessionError:
-            self.cache.forget(key)
-            raise
+            self.save(record.tenant, record.id, value, etag, what)
         except ConflictError:
-            self.cache.forget(key)
-            raise self.conflict(record.id, " while this one ran; read it again and retry") from None
-        except BaseException:
-            # The write may have landed or not: the next turn reads.
-            self.cache.forget(key)
-            raise
+            if not cached:
+                raise
+            etag = self._recheck(record)
+            self.save(record.tenant, record.id, value, etag, what)
         self.cache.written(key, updated, etag)
         self._snapshot(updated, flush=flush)
         return updated
