@@ -18,8 +18,9 @@ HEADS, KV_HEADS, DIM = 4, 2, 64
 def test_chunk_after_cached_tokens_is_causal_attention(
     dtype: torch.dtype, cached: int, n: int
 ) -> None:
-    """The two-part attention of a chunk equals one SDPA call with the lower-right causal
-    mask (up to rounding)."""
+    """The two-part attention of a chunk, written into its rows of a step's result,
+    equals one SDPA call with the lower-right causal mask (up to rounding): every query
+    head reads its own KV head (heads 0-1 KV head 0, heads 2-3 KV head 1)."""
     gen = torch.Generator().manual_seed(cached + n)
     # [1, tokens, heads, dim] transposed, as Hugging Face's attention modules pass them
     q = torch.randn(1, n, HEADS, DIM, generator=gen).transpose(1, 2).to(dtype)
@@ -27,10 +28,10 @@ def test_chunk_after_cached_tokens_is_causal_attention(
     v = torch.randn(1, cached + n, KV_HEADS, DIM, generator=gen).transpose(1, 2).to(dtype)
     mask = torch.ones(n, cached + n, dtype=torch.bool).tril_(cached)
     expected = sdpa(q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=True)
-    got = _after_cached(q, k, v, cached, DIM**-0.5)
-    assert got.dtype == dtype and got.shape == (1, HEADS, n, DIM)
+    got = torch.full((n, HEADS, DIM), float("nan"), dtype=dtype)  # [queries, heads, dim]
+    _after_cached(q, k, v, cached, DIM**-0.5, got)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(got.float(), expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(got.float(), expected[0].transpose(0, 1), atol=tol, rtol=tol)
 
 
 def test_a_decode_step_attends_each_sequence_over_its_own_tokens() -> None:

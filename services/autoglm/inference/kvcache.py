@@ -252,8 +252,10 @@ class PagedKVCache:
         kv_heads, _, dim = k_pool.shape
         k_blocks = k_pool.view(-1, bs, dim)  # [kv_heads x blocks, block_size, dim]
         v_blocks = v_pool.view(-1, bs, dim)
-        outs = []
         heads = query.shape[1]
+        # Each group writes its rows of the result in place (no list of outputs to
+        # concatenate: one copy fewer per group and layer).
+        result = query.new_empty(query.shape[2], heads, dim)  # [tokens, heads, dim]
         for g in plan.groups:
             # -> [rows, kv, len, dim], the last block's unused slots cut off
             if g.blocks is None:  # consecutive blocks: a slice of the pool, no copy
@@ -279,22 +281,22 @@ class PagedKVCache:
                 out = scaled_dot_product_attention(
                     folded, keys, values, attn_mask=g.mask, scale=scaling
                 )
-                outs.append(out.reshape(rows, heads, -1))  # [queries, heads, dim]
+                result[g.start : g.end].view(out.shape).copy_(out)  # [rows, kv, group, dim]
                 continue
             if g.cached:
-                out = _after_cached(q[None], keys, values, g.cached, scaling)
-            else:
-                out = scaled_dot_product_attention(
-                    q[None],
-                    keys,
-                    values,
-                    attn_mask=g.mask,
-                    is_causal=g.causal,
-                    scale=scaling,
-                    enable_gqa=heads != kv_heads,
-                )
-            outs.append(out[0].transpose(0, 1))  # -> [queries, heads, dim]
-        return torch.cat(outs)[None]
+                _after_cached(q[None], keys, values, g.cached, scaling, result[g.start : g.end])
+                continue
+            out = scaled_dot_product_attention(
+                q[None],
+                keys,
+                values,
+                attn_mask=g.mask,
+                is_causal=g.causal,
+                scale=scaling,
+                enable_gqa=heads != kv_heads,
+            )
+            result[g.start : g.end].copy_(out[0].transpose(0, 1))  # [queries, heads, dim]
+        return result[None]
 
 
 def _after_cached(
@@ -303,9 +305,11 @@ def _after_cached(
     values: torch.Tensor,
     cached: int,
     scale: float | None,
-) -> torch.Tensor:
+    out: torch.Tensor,
+) -> None:
     """Causal attention of a chunk ``query`` ``[1, heads, n, dim]`` whose keys and values
-    ``[1, kv_heads, cached + n, dim]`` start with ``cached`` earlier tokens (CPU).
+    ``[1, kv_heads, cached + n, dim]`` start with ``cached`` earlier tokens (CPU), written
+    into ``out`` ``[n, heads, dim]``.
 
     One SDPA call with a lower-right causal mask computes every (query, key) pair of the
     rectangle, masked ones included, and adds the mask in each block: a 400-token chunk
@@ -315,25 +319,33 @@ def _after_cached(
     two merged by their log-sum-exps; that is exact softmax attention, only summed in a
     different order (demo model, float32: within 3e-7 of the masked call, 15-40 % less
     time). The prefix part folds the heads that share a KV head into its rows, so each KV
-    head is read once.
+    head is read once; the chunk's own part passes the KV heads as they are (the flash
+    kernel maps query heads to KV heads itself: no ``repeat_interleave`` copies).
+
+    The merge is one pass: the prefix part's weight ``exp(lse1) / (exp(lse1) +
+    exp(lse2))`` is ``sigmoid(lse1 - lse2)``, and ``lerp`` blends the two outputs with it
+    straight into ``out`` (before: eight elementwise passes and four copies, the large
+    ones a parallel region each). All 433-token chunks of a 2,814-token prompt, one
+    layer, demo model, one thread, CPU time: 88.9 -> 83.6 ms (one causal call over the
+    whole prompt: 79.3 ms); two threads on the busy 2-vCPU VM: 392 -> 232 ms.
     """
     heads, n, dim = query.shape[1:]
     kv_heads = keys.shape[1]
     group = heads // kv_heads
+    split = (1, kv_heads, group, n)  # a query head h is (h // group, h % group)
     folded = query.reshape(1, kv_heads, group * n, dim)
     out1, lse1 = _flash(folded, keys[:, :, :cached], values[:, :, :cached], scale=scale)
-    own_keys, own_values = keys[:, :, cached:], values[:, :, cached:]
-    if group > 1:
-        own_keys = own_keys.repeat_interleave(group, 1)
-        own_values = own_values.repeat_interleave(group, 1)
-    out2, lse2 = _flash(query, own_keys, own_values, is_causal=True, scale=scale)
-    lse1 = lse1.reshape(1, heads, n, 1)
-    top = torch.maximum(lse1, lse2[..., None])
-    w1 = (lse1 - top).exp_()
-    w2 = (lse2[..., None] - top).exp_()
-    total = w1 + w2
-    out = out1.reshape(1, heads, n, dim).float() * (w1 / total)
-    return out.addcmul_(out2.float(), w2 / total).to(query.dtype)
+    out2, lse2 = _flash(
+        query, keys[:, :, cached:], values[:, :, cached:], is_causal=True, scale=scale
+    )
+    weight = torch.sigmoid(lse1.view(split) - lse2.view(split))[..., None]
+    prefix, own = out1.view(*split, dim), out2.view(*split, dim)
+    # ``out`` as [1, kv_heads, group, n, dim], the layout of the two parts
+    target = out.view(n, kv_heads, group, dim).permute(1, 2, 0, 3)[None]
+    if query.dtype == torch.float32:
+        torch.lerp(own, prefix, weight, out=target)
+    else:  # blended in float32 (the weight's precision), rounded once
+        target.copy_(torch.lerp(own.float(), prefix.float(), weight))
 
 
 def _flash(
