@@ -11,6 +11,7 @@ from unittest import mock
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from autoglm.core.errors import NotFoundError
 from autoglm.gateway.app import create_app
@@ -103,12 +104,28 @@ def stream() -> FakeStream:
     return FakeStream()
 
 
+class ServerClient(FlaskClient):
+    """Flask's test client, reading and closing a reply that is not an event stream at
+    once, as the gateway's server does when it has written it: what the gateway does
+    when a reply is closed (its audit event) has then happened when a test looks. An
+    event stream is left to the test to read and close, as a client reads it."""
+
+    def open(self, *args: Any, **kwargs: Any) -> TestResponse:
+        resp = super().open(*args, **kwargs)
+        if resp.mimetype != "text/event-stream":
+            resp.get_data()
+            resp.close()
+        return resp
+
+
 def make_client(sidecar: FakeSidecar, stream: FakeStream, **settings: Any) -> FlaskClient:
     options: dict[str, Any] = {"max_body_bytes": 4096}
     options.update(settings)
     token = {"APP_API_TOKEN": os.environ.get("APP_API_TOKEN") or APP_TOKEN}
     with mock.patch.dict(os.environ, token):
-        return create_app(GatewaySettings(**options), sidecar, stream_fn=stream).test_client()
+        app = create_app(GatewaySettings(**options), sidecar, stream_fn=stream)
+    app.test_client_class = ServerClient
+    return app.test_client()
 
 
 @pytest.fixture

@@ -454,6 +454,34 @@ def test_one_audit_event_per_request_with_pii_masked(
     assert event["action"] == "GET /v1/sessions/<session_id>"
 
 
+def test_a_json_reply_keeps_openais_key_order_and_sends_utf8(
+    client: FlaskClient, sidecar: FakeSidecar
+) -> None:
+    sidecar.invoke_replies["generate"] = lambda p: _result(p, text="café")
+    resp = client.post("/v1/chat/completions", json=CHAT, headers=USER)
+    assert resp.status_code == 200 and resp.mimetype == "application/json"
+    assert list(resp.get_json())[:4] == ["id", "object", "created", "model"]
+    assert "café".encode() in resp.get_data()
+
+
+def test_the_audit_event_is_queued_once_the_reply_is_closed(
+    client: FlaskClient, sidecar: FakeSidecar
+) -> None:
+    """Not while the reply is still being written (the client would wait for it), and
+    in the request's trace although its span has ended by then."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = {**USER, "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    # Flask's own test client does not close the reply: a server still writing it.
+    writing = FlaskClient(client.application)
+    resp = writing.post("/v1/chat/completions", json=CHAT, headers=headers)
+    assert resp.status_code == 200 and resp.get_json()["choices"]
+    assert not [p for t, p in sidecar.published if t == "audit"]
+    resp.close()
+    (event,) = [p for t, p in sidecar.published if t == "audit"]
+    assert event["status"] == 200 and event["action"] == "POST /v1/chat/completions"
+    assert event["trace_id"] == trace_id and event["model"] == "demo-glm"
+
+
 def test_openapi_describes_every_route(client: FlaskClient) -> None:
     doc = client.get("/openapi.json").get_json()
     rules = {

@@ -40,7 +40,7 @@ from autoglm.core.schemas import (
     ModelState,
     SnapshotEvent,
 )
-from autoglm.core.sidecar import SidecarAPI
+from autoglm.core.sidecar import ModelInvokeAPI, SidecarAPI
 from autoglm.core.streaming import STREAM_METHOD, STREAM_SERVICE
 
 Req = TypeVar("Req", bound=BaseModel)
@@ -244,6 +244,10 @@ class MeshClient:
     sidecar: SidecarAPI
     app_ids: Mapping[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Models straight to and from JSON where the sidecar can (``Sidecar``).
+        self._models = self.sidecar if isinstance(self.sidecar, ModelInvokeAPI) else None
+
     def call(
         self, method: Rpc[Req, Rep], request: Req | None = None, *, timeout: float = 60.0
     ) -> Rep:
@@ -251,12 +255,16 @@ class MeshClient:
             request is not None and not isinstance(request, method.request or ())
         ):
             raise TypeError(f"{method.name} takes {method.request!r}, not {type(request)!r}")
-        payload = request.model_dump(mode="json") if request is not None else {}
-        app_id = self.app_ids.get(method.app, method.app)
-        reply = self.sidecar.invoke(app_id, method.name, payload, timeout=timeout)
         if method.reply is None:
             raise TypeError(f"{method.name} declares no reply; nobody calls it through here")
+        app_id = self.app_ids.get(method.app, method.app)
         try:
+            if self._models is not None:
+                return self._models.invoke_model(
+                    app_id, method.name, request, method.reply, timeout=timeout
+                )
+            payload = request.model_dump(mode="json") if request is not None else {}
+            reply = self.sidecar.invoke(app_id, method.name, payload, timeout=timeout)
             return method.reply.model_validate(reply)
         except ValidationError as exc:
             raise InternalError(

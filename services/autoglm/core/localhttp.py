@@ -14,10 +14,11 @@ for (issue 15, load/RESULTS.md).
 connection it takes), opens a new one when none is idle, and closes what it cannot keep.
 It reads what daprd answers: HTTP/1.x, bodies of ``Content-Length`` bytes, chunked, or up
 to the close; anything else is a transport error. Its surface is the slice of
-``httpx.Client`` that ``Sidecar`` uses (``request``, ``get``, ``headers``, ``close``;
-responses with ``status_code``, ``content``, ``text``, ``headers``, ``json()``), and it
-raises httpx's exception types (``TimeoutException``, ``TransportError``), so ``Sidecar``
-treats both alike and tests can still hand it an ``httpx.Client`` with a mock transport.
+``httpx.Client`` that ``Sidecar`` uses (``request`` with ``json`` or ``content``, ``get``,
+``headers``, ``close``; responses with ``status_code``, ``content``, ``text``,
+``headers``, ``json()``), and it raises httpx's exception types (``TimeoutException``,
+``TransportError``), so ``Sidecar`` treats both alike and tests can still hand it an
+``httpx.Client`` with a mock transport.
 Under gevent (the gateway) its sockets are gevent's, so a call waits cooperatively.
 """
 
@@ -240,12 +241,15 @@ class LocalHTTP:
         url: str,
         *,
         json: Any = None,
+        content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> LocalResponse:
+        """One request; its body is ``json`` encoded, or ``content`` as it is (with the
+        caller's ``Content-Type``), as httpx takes them."""
         sent = {**self.headers, **(headers or {})}
-        body = None
+        body = content
         if json is not None:
             body = _dumps(json)
             sent["Content-Type"] = "application/json"

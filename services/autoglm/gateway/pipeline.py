@@ -4,7 +4,8 @@ Every request passes ``RequestPipeline.begin`` (one ``before_request``), its rou
 ``finish`` (one ``after_request``); ``end`` (teardown) closes its span. ``begin``:
 
 1. starts the SERVER span, continuing the client's ``traceparent``, so that
-   authentication, the Dapr calls and the audit publish all happen inside it;
+   authentication and the Dapr calls happen inside it (and the audit event, published
+   after the reply, in its trace);
 2. builds the request's ``RequestContext`` (request id: the client's when short and
    plain, else a new one; client address; start time);
 3. authenticates (Dapr callbacks ``/dapr/...`` by the app API token instead, public
@@ -14,9 +15,10 @@ Every request passes ``RequestPipeline.begin`` (one ``before_request``), its rou
    a valid token makes the gateway read a byte of body.
 
 Routes get the context from ``require(action)`` and pass it to the serving layer;
-``finish`` echoes the request id and publishes the audit event from the context (the
-model the serving layer recorded on it). Tokens are charged by the serving layer from
-the usage it computed (``RequestContext.charge``), and by streams when they close.
+``finish`` echoes the request id and has the audit event published from the context
+(the model the serving layer recorded on it) once the reply has been written. Tokens are
+charged by the serving layer from the usage it computed (``RequestContext.charge``), and
+by streams when they close.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from opentelemetry.trace import Span
 from autoglm.core.contracts import MeshClient
 from autoglm.core.errors import AuthenticationError
 from autoglm.core.tracing import end_server_span, start_server_span
-from autoglm.gateway.audit import audit_event, client_ip, publish_audit
+from autoglm.gateway.audit import audit_when_closed, client_ip
 from autoglm.gateway.body_limit import check_undeclared_body
 from autoglm.gateway.context import REQUEST_ID, RequestContext
 from autoglm.gateway.security.auth import Authenticator
@@ -126,13 +128,7 @@ class RequestPipeline:
         resp.headers["x-request-id"] = ctx.request_id
         if ctx.audited and not request.path.startswith(UNAUDITED_PREFIXES):
             rule = request.url_rule.rule if request.url_rule else "-"
-            event = audit_event(ctx, f"{request.method} {rule}", request.path, resp.status_code)
-            if resp.is_streamed:
-                # A stream (SSE) is still being served: its event goes out when it has
-                # ended, so the latency covers the whole stream, not just its first bytes.
-                resp.call_on_close(lambda: publish_audit(self.mesh, event, ctx.started))
-            else:
-                publish_audit(self.mesh, event, ctx.started)
+            audit_when_closed(resp, self.mesh, ctx, f"{request.method} {rule}", request.path)
         return resp
 
     def end(self, _exc: BaseException | None) -> None:

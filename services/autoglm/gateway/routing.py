@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, request, stream_with_context
+from pydantic_core import to_json
 
 from autoglm.gateway.context import RequestContext
 from autoglm.gateway.openai.serving import Served
@@ -31,8 +32,11 @@ def sse_response(body: Iterator[bytes]) -> Response:
 
 
 def json_reply(served: Served, status: int = 200) -> Response:
-    resp = jsonify(served.body)
-    resp.status_code = status
+    """``served`` as JSON, encoded by pydantic-core: its body is made of JSON types
+    already (models dumped in JSON mode), and this costs a fifth of Flask's ``jsonify``
+    (``json`` sorting the keys; ~3 % of the gateway's CPU per chat, issue 15). The keys
+    keep their order, OpenAI's; text is sent as UTF-8."""
+    resp = Response(to_json(served.body), status=status, mimetype="application/json")
     resp.headers.update(served.headers)
     return resp
 
