@@ -15,9 +15,11 @@ import sys
 import time
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 from flask.testing import FlaskClient
+from gunicorn.config import Config
 
 from autoglm.core.errors import (
     ConflictError,
@@ -28,6 +30,7 @@ from autoglm.core.errors import (
 )
 from autoglm.gateway.app import create_app
 from autoglm.gateway.settings import GatewaySettings
+from autoglm.gateway.worker import SettledConfig
 from tests.support.fakes import FakeSidecar
 from tests.support.polling import wait_for
 from tests.support.tokens import bearer
@@ -564,6 +567,18 @@ def test_job_tokens_are_charged_when_stored_and_exhaust_the_budget(
         assert ack == {"status": "SUCCESS"}
     assert _tokens_charged(sidecar) == 12
     assert client.get(f"/v1/jobs/{job['id']}", headers=USER).status_code == 429
+
+
+def test_the_worker_reads_each_gunicorn_setting_once() -> None:
+    cfg = Config()
+    cfg.set("keepalive", 7)
+    settled = SettledConfig(cfg)
+    assert settled.keepalive == 7 and settled.forwarder_headers == cfg.forwarder_headers
+    assert settled.limit_request_fields == cfg.limit_request_fields
+    with mock.patch.object(Config, "__getattr__", side_effect=AssertionError("read again")):
+        assert settled.keepalive == 7 and settled.limit_request_fields == 100
+    with pytest.raises(AttributeError):
+        settled.no_such_setting  # noqa: B018
 
 
 # -- graceful drain ---------------------------------------------------------------------------

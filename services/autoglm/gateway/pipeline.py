@@ -24,8 +24,8 @@ by streams when they close.
 from __future__ import annotations
 
 import hmac
+import secrets
 import time
-import uuid
 from dataclasses import dataclass
 
 from flask import Flask, Response, g, request
@@ -85,7 +85,7 @@ class RequestPipeline:
         sent = request.headers.get("x-request-id", "")
         from_client = REQUEST_ID.fullmatch(sent) is not None
         ctx = RequestContext(
-            request_id=sent if from_client else uuid.uuid4().hex,
+            request_id=sent if from_client else secrets.token_hex(16),
             request_id_from_client=from_client,
             client_ip=client_ip(self.trust_forwarded),
             started=time.monotonic(),

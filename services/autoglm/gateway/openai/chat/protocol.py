@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import (
@@ -28,7 +28,8 @@ from autoglm.gateway.openai.protocol import GenerationRequest, Usage
 
 
 def completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    # 128 random bits in hex, as a uuid4's 32 digits, for a fifth of its CPU (issue 15).
+    return f"chatcmpl-{secrets.token_hex(16)}"
 
 
 class ChatCompletionRequest(GenerationRequest):
