@@ -24,9 +24,10 @@ from autoglm.core.schemas import (
     SnapshotEvent,
     TenantId,
     is_safe_id,
+    new_id,
 )
 from autoglm.gateway.audit_log.protocol import AuditQuery
-from autoglm.gateway.openai.chat.protocol import ChatCompletionRequest
+from autoglm.gateway.openai.chat.protocol import ChatCompletionRequest, completion_id
 from autoglm.gateway.openai.responses.protocol import ResponsesRequest
 from autoglm.gateway.records import known_id
 from autoglm.gateway.security.principal import is_tenant
@@ -144,3 +145,11 @@ def test_routes_answer_404_for_unsafe_ids_without_a_lookup(
     assert len(sidecar.invocations) == before
     # Only the rate limiter's own keys were read, no record's.
     assert not [k for k in keys if k.startswith(("session:", "job:", "response:"))]
+
+
+def test_ids_the_mesh_makes_are_random_hex_that_any_id_check_accepts() -> None:
+    ids = {new_id("req") for _ in range(100)} | {completion_id() for _ in range(100)}
+    assert len(ids) == 200
+    for made in ids:
+        assert re.fullmatch(r"(req-|chatcmpl-)[0-9a-f]{32}", made)
+        assert TypeAdapter(SafeId).validate_python(made) == made

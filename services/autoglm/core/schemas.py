@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 import uuid
 from typing import Annotated, Any, Literal, TypeVar
@@ -72,7 +73,9 @@ SECRETSTORE = "vault"
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    # 128 random bits in hex, as a uuid4's 32 digits, for a fifth of its CPU: every
+    # engine request gets one (issue 15).
+    return f"{prefix}-{secrets.token_hex(16)}"
 
 
 class Payload(BaseModel):
