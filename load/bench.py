@@ -10,7 +10,8 @@ daprd, all on free 127.0.0.1 ports), the benchmarks below, and their results in
    engine at torch's default threads, kept as ``dapr_overhead_vs_default_engine_p50_ms``).
    The gateway's calls carry their own trace ids, and ``one_token_hops_ms``
    (``load/hops.py``) splits them hop by hop from the spans of the gateway, both daprds
-   and inference.
+   and inference; ``dapr_floor_hops_ms`` splits the floor's calls (benchmark 9) the same
+   way from its two daprds' spans, like for like with the inference side's hops.
 2. Batching: 32 completions in flight through the gateway against Hugging Face
    ``generate`` one at a time (in this process, same model, prompts, max_tokens).
 3. Async jobs: 2,000 jobs through Redis pub/sub; completed, failed, duplicated results.
@@ -259,16 +260,19 @@ def one_token_paths(
     return paths, traced
 
 
-def traced_hops(mesh: OwnMesh, traced: dict[str, tuple[int, int]]) -> dict[str, Any]:
+def traced_hops(
+    mesh: OwnMesh, traced: dict[str, tuple[int, int]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """``load.hops`` of the traced 1-token gateway calls, once their spans arrived (the
-    apps and daprds export in batches, every few seconds)."""
+    apps and daprds export in batches, every few seconds), and of the floor's calls
+    through two daprds (``hops.floor_hop_ms``: the same hops, like for like)."""
     deadline = time.monotonic() + 15
     while True:
         with mesh.backing.otlp.lock:
             spans = list(mesh.backing.otlp.spans)
         table = hops.hop_ms(spans, traced)
         if table["requests"]["traced"] >= 0.9 * len(traced) or time.monotonic() > deadline:
-            return table
+            return table, hops.floor_hop_ms(spans)
         time.sleep(1)
 
 
@@ -761,7 +765,7 @@ def main() -> None:
         one, traced = one_token_paths(
             {"engine": engine, "engine_app_threads": app_engine}, mesh, args.samples
         )
-        one_token_hops = traced_hops(mesh, traced)
+        one_token_hops, floor_hops = traced_hops(mesh, traced)
         say(f"same workload, in process, through the gateway and the peer in turn: {work}")
         engines = {"engine": engine, "engine_app_threads": app_engine}
         same = three_servers(engines, mesh, peer_url, model, work, rounds=2)
@@ -813,6 +817,7 @@ def main() -> None:
                 **{name: ms(values) for name, values in one.items()},
             },
             "one_token_hops_ms": one_token_hops,
+            "dapr_floor_hops_ms": floor_hops,
             **same_workload_keys(
                 same["gateway"], same["engine"], same["peer"], same["engine_app_threads"]
             ),

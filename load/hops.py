@@ -11,6 +11,14 @@ same machine's wall clock.
 ``app generate`` is the engine's share (tokenizing, the hand-off to the compute thread,
 the step, the reply model), the rest is the path: ours (gateway, inference's intake) and
 Dapr's (the two daprds).
+
+``floor_hop_ms`` splits the Dapr floor's calls (``load/echo_app.py`` through two daprds)
+the same way, from the two daprds' spans alone (the echo app exports none): the request
+between the daprds, the callee daprd's span (its gRPC call to the app, the app, the reply
+back to it) and the reply between the daprds. Like for like with the inference side:
+``gateway daprd -> inference daprd``, ``inference daprd -> app span`` plus ``app span end
+-> inference daprd end`` (the callee daprd's span less the app's), and ``inference daprd
+-> gateway daprd``.
 """
 
 from __future__ import annotations
@@ -50,6 +58,17 @@ HOPS: dict[str, tuple[str, str]] = {
         "gateway.end",
     ),
     "gateway span end -> client (write, client read)": ("gateway.end", "received"),
+}
+
+
+#: daprd's spans of the floor's invocation (``load/echo_app.py``'s method), by app id.
+FLOOR_SPAN = "CallLocal/echo/echo"
+FLOOR_CALLER, FLOOR_CALLEE = "echo-caller", "echo"
+#: The floor's hops, like ``HOPS``: (from, to) points of one call.
+FLOOR_HOPS: dict[str, tuple[str, str]] = {
+    "caller daprd -> echo daprd (request)": ("caller.start", "callee.start"),
+    "echo daprd span (gRPC to the app, echo, reply back)": ("callee.start", "callee.end"),
+    "echo daprd -> caller daprd (reply)": ("callee.end", "caller.end"),
 }
 
 
@@ -96,11 +115,42 @@ def hop_ms(
         points.update(sent=sent, received=received)
         for name, (a, b) in HOPS.items():
             hops[name].append((points[b] - points[a]) / 1e9)
-    out = {
+    out = _table(hops)
+    out["requests"] = {"traced": float(len(hops[next(iter(HOPS))])), "sent": float(len(requests))}
+    return out
+
+
+def floor_hop_ms(spans: Iterable[ReceivedSpan]) -> dict[str, dict[str, float]]:
+    """Percentiles and mean (ms) of each of ``FLOOR_HOPS`` over every trace that holds
+    both daprds' spans of a floor call; ``calls`` counts them. (The floor's caller sends
+    no trace context of its own: its daprd starts each call's trace.)"""
+    by_trace: dict[str, dict[str, ReceivedSpan]] = {}
+    for s in spans:
+        if s.name != FLOOR_SPAN:
+            continue
+        if s.service == FLOOR_CALLER and s.kind == SPAN_KIND_CLIENT:
+            by_trace.setdefault(s.trace_id, {})["caller"] = s
+        elif s.service == FLOOR_CALLEE and s.kind == SPAN_KIND_SERVER:
+            by_trace.setdefault(s.trace_id, {})["callee"] = s
+    hops: dict[str, list[float]] = {name: [] for name in FLOOR_HOPS}
+    for found in by_trace.values():
+        if len(found) < 2:
+            continue
+        points: dict[str, int] = {}
+        for name, s in found.items():
+            points[f"{name}.start"], points[f"{name}.end"] = s.start_ns, s.end_ns
+        for name, (a, b) in FLOOR_HOPS.items():
+            hops[name].append((points[b] - points[a]) / 1e9)
+    out = _table(hops)
+    out["calls"] = {"traced": float(len(hops[next(iter(FLOOR_HOPS))]))}
+    return out
+
+
+def _table(hops: Mapping[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Each hop's percentiles and mean in ms (empty where no call was split)."""
+    return {
         name: {**loadgen.percentiles(values), "mean": round(sum(values) / len(values) * 1000, 2)}
         if values
         else {}
         for name, values in hops.items()
     }
-    out["requests"] = {"traced": float(len(hops[next(iter(HOPS))])), "sent": float(len(requests))}
-    return out

@@ -88,3 +88,19 @@ def test_hops_split_a_request_and_add_up_to_its_time() -> None:
     means = [table[name]["mean"] for name in hops.HOPS]
     assert means == [1.0, 1.0, 0.5, 0.5, 4.0, 0.5, 0.5, 1.0, 1.0]
     assert sum(means) == 10.0
+
+
+def test_floor_hops_split_the_echo_calls_from_their_two_daprds_spans() -> None:
+    def span(trace: str, service: str, start_ms: float, end_ms: float, kind: int) -> ReceivedSpan:
+        start, end = int(start_ms * 1_000_000), int(end_ms * 1_000_000)
+        return ReceivedSpan(service, hops.FLOOR_SPAN, trace, "s", "p", {}, start, end, kind)
+
+    spans = [
+        span("t1", hops.FLOOR_CALLER, 0.0, 3.0, hops.SPAN_KIND_CLIENT),
+        span("t1", hops.FLOOR_CALLEE, 1.0, 2.5, hops.SPAN_KIND_SERVER),
+        span("t2", hops.FLOOR_CALLER, 0.0, 9.0, hops.SPAN_KIND_CLIENT),  # callee's never came
+        span("t3", hops.FLOOR_CALLEE, 0.0, 9.0, hops.SPAN_KIND_CLIENT),  # not the callee's
+    ]
+    table = hops.floor_hop_ms(spans)
+    assert table["calls"] == {"traced": 1.0}
+    assert [table[name]["mean"] for name in hops.FLOOR_HOPS] == [1.0, 1.5, 0.5]
