@@ -441,6 +441,18 @@ def start_hf_serve(model: Path, logs: Path, st: ExitStack) -> str | None:
     return url
 
 
+def echo_resiliency(resources: Path) -> None:
+    """The resiliency policy of calls to inference, for the floor's calls to the echo
+    app: ``components/resiliency.yaml`` is scoped to the mesh's apps, so without this
+    copy the floor's daprds would call with no timeout, retry or circuit breaker at all,
+    a lighter configuration than the path it is the floor of."""
+    doc = yaml.safe_load((REPO_ROOT / "components" / "resiliency.yaml").read_text())
+    doc["metadata"]["name"] = f"{doc['metadata']['name']}-echo"
+    doc["scopes"] = ["echo-caller", "echo"]
+    doc["spec"]["targets"] = {"apps": {"echo": doc["spec"]["targets"]["apps"]["inference"]}}
+    (resources / "resiliency-echo.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
 def echo_paths(mesh: OwnMesh) -> tuple[Callable[[], None], Any, bytes]:
     """The Dapr floor's two calls of the echo app: through a second daprd with
     ``Sidecar`` (as the gateway calls inference), and directly over gRPC (with the body
@@ -448,6 +460,7 @@ def echo_paths(mesh: OwnMesh) -> tuple[Callable[[], None], Any, bytes]:
     mTLS through its Sentry, API tokens; the echo daprd gets an access list of the
     same shape as inference's (deny by default, the caller allowed ``echo``)."""
     backing, st = mesh.backing, mesh.stack
+    echo_resiliency(backing.resources)
     caller = start_app(backing, st, "echo-caller", None)
     doc = yaml.safe_load(backing.config.read_text())
     doc["metadata"]["name"] = f"{doc['metadata']['name']}-echo"

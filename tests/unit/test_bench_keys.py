@@ -104,3 +104,17 @@ def test_floor_hops_split_the_echo_calls_from_their_two_daprds_spans() -> None:
     table = hops.floor_hop_ms(spans)
     assert table["calls"] == {"traced": 1.0}
     assert [table[name]["mean"] for name in hops.FLOOR_HOPS] == [1.0, 1.5, 0.5]
+
+
+def test_the_floor_calls_the_echo_app_under_inferences_resiliency_policy(tmp_path: Path) -> None:
+    import yaml
+
+    bench.echo_resiliency(tmp_path)
+    doc = yaml.safe_load((tmp_path / "resiliency-echo.yaml").read_text())
+    mesh = yaml.safe_load((bench.REPO_ROOT / "components" / "resiliency.yaml").read_text())
+    assert doc["kind"] == "Resiliency"
+    assert doc["metadata"]["name"] != mesh["metadata"]["name"]
+    assert doc["scopes"] == ["echo-caller", "echo"]
+    assert doc["spec"]["policies"] == mesh["spec"]["policies"]
+    inference = mesh["spec"]["targets"]["apps"]["inference"]
+    assert doc["spec"]["targets"] == {"apps": {"echo": inference}}
