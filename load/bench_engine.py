@@ -402,7 +402,6 @@ def main() -> None:
     ap.add_argument("--max-step-tokens", type=int, default=None, help="engine setting")
     ap.add_argument("--prefill-tpot-factor", type=float, default=None, help="engine setting")
     ap.add_argument("--prefill-step-floor-ms", type=float, default=None, help="engine setting")
-    ap.add_argument("--single-thread-step-tokens", type=int, default=None, help="engine setting")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--stagger-ms", type=float, default=5.0)
     ap.add_argument("--repeat", type=int, default=3, help="runs per setting; median reported")
@@ -427,8 +426,6 @@ def main() -> None:
         settings["prefill_tpot_factor"] = args.prefill_tpot_factor
     if args.prefill_step_floor_ms is not None:
         settings["prefill_step_floor_ms"] = args.prefill_step_floor_ms
-    if args.single_thread_step_tokens is not None:
-        settings["single_thread_step_tokens"] = args.single_thread_step_tokens
 
     def start(dtype: str, on_step: StepLog | None = None) -> AutoGLMEngine:
         engine = AutoGLMEngine(

@@ -105,26 +105,3 @@ def test_every_model_op_runs_on_the_engine_compute_thread(models_dir: Path) -> N
         engine.close()
     with pytest.raises(RuntimeError, match="closed"):
         engine.compute.call(lambda: None)
-
-
-@pytest.mark.parametrize("small", [0, 4])
-def test_small_steps_run_on_one_thread_others_on_all(demo_model_dir: Path, small: int) -> None:
-    """With ``single_thread_step_tokens`` a step of at most that many tokens (a decode
-    alone) runs on one torch thread, a prompt step on all; tasks between steps (loading,
-    embeddings) get all threads back. Off (0), every step runs on all."""
-    engine = AutoGLMEngine(demo_model_dir, num_threads=2, single_thread_step_tokens=small)
-    try:
-        seen: list[tuple[int, int]] = []  # (tokens in the step, torch threads)
-        embed = engine.get(None).model.get_input_embeddings()
-        embed.register_forward_pre_hook(
-            lambda _, args: seen.append((args[0].numel(), torch.get_num_threads()))
-        )
-        result = engine.generate(_req(max_tokens=4, temperature=0.0, ignore_eos=True))
-        assert result.completion_tokens == 4
-        prompt_steps = [threads for tokens, threads in seen if tokens > 4]
-        decode_steps = [threads for tokens, threads in seen if tokens == 1]
-        assert prompt_steps == [2] and len(decode_steps) == 3
-        assert set(decode_steps) == {1 if small else 2}
-        assert engine.compute.call(torch.get_num_threads) == 2
-    finally:
-        engine.close()

@@ -87,7 +87,6 @@ def main() -> int:
             memory_budget_mb=settings.memory_budget_mb,
             request_timeout_s=settings.request_timeout_s,
             num_threads=engine_threads(settings.num_threads),
-            single_thread_step_tokens=settings.single_thread_step_tokens,
             verify=verify,
             on_step=metrics.on_step,
         )

@@ -144,7 +144,6 @@ class AutoGLMEngine:
         memory_budget_mb: int = 16384,
         gpu_memory_fraction: float | None = None,
         num_threads: int | None = None,
-        single_thread_step_tokens: int = 0,
         malloc_keep_mb: int = 256,
         verify: Callable[[Path], None] | None = None,
         warmup: bool = True,
@@ -204,9 +203,7 @@ class AutoGLMEngine:
             None,
         )
         #: Every model op of this engine runs on this one thread (see ComputeThread).
-        self.compute = ComputeThread(
-            num_threads=num_threads, single_thread_step_tokens=single_thread_step_tokens
-        )
+        self.compute = ComputeThread(num_threads=num_threads)
         self.registry = ModelRegistry(
             specs, self._load, memory_budget_mb * 1024 * 1024, estimate=self._estimate
         )

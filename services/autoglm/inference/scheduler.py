@@ -72,28 +72,17 @@ class ComputeThread:
     cores, 2 torch threads). With every model op on this thread its team is the only one.
     """
 
-    def __init__(
-        self,
-        name: str = "autoglm-compute",
-        num_threads: int | None = None,
-        single_thread_step_tokens: int = 0,
-    ) -> None:
+    def __init__(self, name: str = "autoglm-compute", num_threads: int | None = None) -> None:
         self._cv = threading.Condition()
         self._tasks: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         #: Schedulers' steps: each runs one step if it has work, returns whether it has more.
         self._drivers: list[Callable[[], bool]] = []
         self._woken = False
         self._stop = False
-        #: Steps of at most this many tokens run on one thread (``threads_for_step``).
-        self.single_thread_step_tokens = single_thread_step_tokens
-        #: torch's threads on this thread, for every task and every step but small ones,
-        #: and those in use now (read on the thread once it runs; 0 until then).
-        self.threads = self._current = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         if num_threads:
             self.call(torch.set_num_threads, num_threads)
-        self.threads = self._current = self.call(torch.get_num_threads)
 
     @property
     def current(self) -> bool:
@@ -112,24 +101,6 @@ class ComputeThread:
             self._tasks.append((lambda: fn(*args), done))
             self._cv.notify()
         return done.result()
-
-    def threads_for_step(self, tokens: int) -> int:
-        """Before a step of ``tokens`` tokens (on this thread): one torch thread if it is
-        small (``single_thread_step_tokens``), else all; returns the count in use.
-
-        A step of a few tokens is dozens of small ops, each a parallel region whose
-        fork and join cost more than the split saves: one decode on the 2-vCPU VM took
-        5.8 ms per step on one thread against 7.6 ms on two, while 32 decodes took 25
-        ms against 15 (quiet machine). Switching is a few hundred nanoseconds (libgomp
-        keeps its pool)."""
-        small = 0 < tokens <= self.single_thread_step_tokens
-        return self._use_threads(1 if small else self.threads)
-
-    def _use_threads(self, n: int) -> int:
-        if n != self._current:
-            torch.set_num_threads(n)
-            self._current = n
-        return n
 
     def attach(self, driver: Callable[[], bool]) -> None:
         with self._cv:
@@ -166,8 +137,6 @@ class ComputeThread:
                 self._tasks.clear()
                 self._woken = False
                 drivers = list(self._drivers)
-            if tasks:  # loading, embeddings: all threads, whatever the last step used
-                self._use_threads(self.threads)
             for fn, done in tasks:
                 if done.set_running_or_notify_cancel():
                     try:
@@ -532,7 +501,6 @@ class Scheduler:
                 rows.append(len(ids) - 1)
                 due.append(_own(seq))
         work = step_work(plan.scheduled)
-        self.compute.threads_for_step(len(ids))
         started = time.perf_counter()
         kv_plan = self.cache.plan(
             [(s.table.blocks, s.num_cached, n) for s, n in chunks],

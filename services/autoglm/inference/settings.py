@@ -87,8 +87,6 @@ class InferenceSettings(AppSettings):
     memory_budget_mb: int = Field(default=16384, ge=1)
     request_timeout_s: float = Field(default=300.0, gt=0)
     num_threads: int | None = Field(default=None, ge=1)
-    #: Engine steps of at most this many tokens run on one torch thread (0: never).
-    single_thread_step_tokens: int = Field(default=0, ge=0)
     #: Serve weights without a valid signature. Development only; off in prod.
     trust_unsigned: bool = False
     #: Vault secret (via the Dapr secret store) holding ``public-key`` for model signatures.
