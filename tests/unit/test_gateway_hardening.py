@@ -132,7 +132,7 @@ def test_audit_keeps_a_request_id_the_gateway_made(
     the masking rules are not run on (issue 15), even where it looks like a number."""
     client = make_client(sidecar, stream)
     made = "a13912345678b" + "c" * 19  # hex that the phone rule would mask
-    monkeypatch.setattr("autoglm.gateway.pipeline.secrets.token_hex", lambda _n: made)
+    monkeypatch.setattr("autoglm.gateway.pipeline.random_hex", lambda: made)
     resp = client.post("/v1/chat/completions", json=CHAT, headers=USER)
     assert resp.headers["x-request-id"] == made
     (event,) = [p for t, p in sidecar.published if t == "audit"]

@@ -24,7 +24,6 @@ by streams when they close.
 from __future__ import annotations
 
 import hmac
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ from opentelemetry.trace import Span
 
 from autoglm.core.contracts import MeshClient
 from autoglm.core.errors import AuthenticationError
+from autoglm.core.schemas import random_hex
 from autoglm.core.tracing import end_server_span, start_server_span
 from autoglm.gateway.audit import audit_when_closed, client_ip
 from autoglm.gateway.body_limit import check_undeclared_body
@@ -85,7 +85,7 @@ class RequestPipeline:
         sent = request.headers.get("x-request-id", "")
         from_client = REQUEST_ID.fullmatch(sent) is not None
         ctx = RequestContext(
-            request_id=sent if from_client else secrets.token_hex(16),
+            request_id=sent if from_client else random_hex(),
             request_id_from_client=from_client,
             client_ip=client_ip(self.trust_forwarded),
             started=time.monotonic(),

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from autoglm.core.schemas import FinishReason, TokenLogprob
+from autoglm.core.schemas import FinishReason, TokenLogprob, new_id
 from autoglm.gateway.openai.protocol import GenerationRequest, Usage
 
 
@@ -53,7 +52,7 @@ class CompletionChoice(BaseModel):
 
 
 class CompletionResponse(BaseModel):
-    id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    id: str = Field(default_factory=lambda: new_id("cmpl"))
     object: Literal["text_completion"] = "text_completion"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str

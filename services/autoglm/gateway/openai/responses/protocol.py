@@ -6,7 +6,6 @@ and a finished response becomes its event sequence."""
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
@@ -18,6 +17,7 @@ from autoglm.core.schemas import (
     SafeId,
     ToolCall,
     ToolCallFunction,
+    random_hex,
 )
 
 ResponseStatus = Literal["queued", "in_progress", "completed", "incomplete", "failed", "cancelled"]
@@ -26,11 +26,11 @@ TERMINAL: frozenset[str] = frozenset({"completed", "incomplete", "failed", "canc
 
 
 def response_id() -> str:
-    return f"resp_{uuid.uuid4().hex}"
+    return f"resp_{random_hex()}"
 
 
 def item_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    return f"{prefix}_{random_hex()}"
 
 
 class _Strict(BaseModel):
