@@ -27,7 +27,15 @@ one finished), 32 new tokens each, greedy. It reports time per output token of t
 requests while the long ones are admitted and the KV cache's bytes per cached token, and
 where the mixed run's time went: its engine steps, the seconds of those that carried the
 long prompts' chunks (``mixed_chunk_steps_s``) and of the decode-only steps after them
-(``mixed_tail_s``).
+(``mixed_tail_s``). It also measures what no scheduler can go below on this machine: the
+long prompts' prefill alone, each as one causal forward of the Hugging Face model
+(``sdpa``, no cache, last-token logits) on the engine's compute thread
+(``long_prefill_floor_s``), and the ratio the mixed run would reach if every decode (the
+short requests' and the long ones') cost nothing (``mixed_over_short_ceiling``: the mixed
+run's tokens over that floor, over the short-only run's tokens/s; timed in every round,
+the median round's pair is reported). The long prompts' decodes can only follow their
+prefill, so a ceiling at or under a goal means that only cheaper arithmetic (a faster
+machine, a matrix unit, a smaller dtype) reaches it, not scheduling.
 
     python load/bench_engine.py [--model .models/demo-glm] [--requests 32] [--max-tokens 64]
                                 [--repeat 3] [--scenario all|batching|mixed|noisy]
@@ -212,6 +220,37 @@ def prefix_cache_ttft(engine: AutoGLMEngine, turns: int = 5) -> dict[str, float]
     }
 
 
+def prefill_floor(engine: AutoGLMEngine, path: Path, texts: list[str]) -> Callable[[], float]:
+    """A timer of the least compute the mixed run's long prompts need, whatever the
+    scheduler: ``texts`` prefilled one after another, each in one causal forward of the
+    model as Hugging Face runs it (``sdpa``, no KV cache kept, logits of the last token
+    only), on the engine's compute thread. Each call times one such pass (warmed up)."""
+    from transformers import AutoModelForCausalLM
+
+    lm = engine.get(None)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        path, dtype=lm.model.dtype, attn_implementation="sdpa"
+    )
+    model.to(engine.device)
+    model.eval()
+    ids = [
+        lm.tokenizer(t, add_special_tokens=False, return_tensors="pt")["input_ids"].to(
+            engine.device
+        )
+        for t in texts
+    ]
+
+    def prefill_all() -> float:
+        start = time.perf_counter()
+        for x in ids:
+            hidden = model.model(input_ids=x, use_cache=False).last_hidden_state
+            model.lm_head(hidden[:, -1:]).float().cpu()
+        return time.perf_counter() - start
+
+    _on_compute(engine, prefill_all)  # warm up
+    return lambda: float(_on_compute(engine, prefill_all))
+
+
 def long_prompts(tokenizer: Any, n: int, tokens: int) -> list[str]:
     """``n`` distinct prompts of about ``tokens`` tokens each (stdlib docstrings)."""
     from autoglm.models.demo import _corpus
@@ -276,6 +315,7 @@ def kv_stats(engine: AutoGLMEngine) -> tuple[int, int]:
 
 def mixed_scenario(
     engine: AutoGLMEngine,
+    path: Path,
     max_tokens: int,
     repeat: int,
     long_tokens: int,
@@ -340,6 +380,7 @@ def mixed_scenario(
         split = steps.breakdown(start, start + elapsed) if steps else {}
         return {
             **split,
+            "tokens": sum(r.completion_tokens for r in results),
             "tok_s": sum(r.completion_tokens for r in results) / elapsed,
             "short_tok_s": sum(results[i].completion_tokens for i in short_ids) / short_end,
             "seconds": elapsed,
@@ -351,12 +392,20 @@ def mixed_scenario(
 
     # Alternate the two, so that both see the same (shared, noisy) machine.
     shorts_runs, mixed_runs = [], []
+    # The prefill floor is timed in each round too, and the ceiling is each round's (its
+    # short-only run against its floor), so that both share that round's machine.
+    time_prefill = prefill_floor(engine, path, longs)
+    ceilings: list[tuple[float, float]] = []
     for _ in range(repeat):
         shorts_runs.append(run(shorts, [False] * len(shorts)))
         mixed_runs.append(run(mixed, is_long))
+        floor_s = time_prefill()
+        tokens = mixed_runs[-1]["tokens"]
+        ceilings.append((tokens / floor_s / shorts_runs[-1]["tok_s"], floor_s))
     short = median_run(repeat, iter(shorts_runs).__next__)
     mix = median_run(repeat, iter(mixed_runs).__next__)
     per_token = mix["kv_bytes_peak"] / mix["kv_tokens_peak"] if mix["kv_tokens_peak"] else 0.0
+    ceiling, floor_s = sorted(ceilings)[len(ceilings) // 2]
     return {
         "long_prompt_tokens": long_lens,
         "short_tok_s": round(short["tok_s"], 1),
@@ -366,6 +415,8 @@ def mixed_scenario(
         "short_in_mixed_tok_s": round(mix["short_tok_s"], 1),
         "short_in_mixed_over_short": round(mix["short_tok_s"] / short["tok_s"], 3),
         "mixed_seconds": round(mix["seconds"], 2),
+        "long_prefill_floor_s": round(floor_s, 3),
+        "mixed_over_short_ceiling": round(ceiling, 3),
         "mixed_short_tpot_p50_ms": round(mix["tpot_p50_s"] * 1000, 2),
         "mixed_short_tpot_p99_ms": round(mix["tpot_p99_s"] * 1000, 2),
         "kv_bytes_per_cached_token": round(per_token, 1),
@@ -452,7 +503,7 @@ def main() -> None:
                 f"device {engine.device}, dtype {dtype}, model {model}"
             )
             mixed = mixed_scenario(
-                engine, args.mixed_max_tokens, args.repeat, args.long_tokens, log
+                engine, model, args.mixed_max_tokens, args.repeat, args.long_tokens, log
             )
             engine.close()
             print(
@@ -463,6 +514,11 @@ def main() -> None:
                 f"{mixed['mixed_short_tpot_p50_ms']}ms p99 "
                 f"{mixed['mixed_short_tpot_p99_ms']}ms; "
                 f"KV {mixed['kv_bytes_per_cached_token']} bytes/cached token"
+            )
+            print(
+                f"mixed {dtype:<13} the long prompts' prefill alone (one causal forward "
+                f"each) {mixed['long_prefill_floor_s']}s: mixed_over_short cannot exceed "
+                f"x{mixed['mixed_over_short_ceiling']} here"
             )
             if "mixed_steps" in mixed:
                 print(
