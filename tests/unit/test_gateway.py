@@ -28,9 +28,10 @@ from autoglm.core.errors import (
     OverloadedError,
     UnavailableError,
 )
-from autoglm.gateway.app import create_app
+from autoglm.gateway import worker
+from autoglm.gateway.app import GatewayFlask, create_app
 from autoglm.gateway.settings import GatewaySettings
-from autoglm.gateway.worker import SettledConfig
+from autoglm.gateway.worker import GatewayResponse, SettledConfig
 from tests.support.fakes import FakeSidecar
 from tests.support.polling import wait_for
 from tests.support.tokens import bearer
@@ -579,6 +580,112 @@ def test_the_worker_reads_each_gunicorn_setting_once() -> None:
         assert settled.keepalive == 7 and settled.limit_request_fields == 100
     with pytest.raises(AttributeError):
         settled.no_such_setting  # noqa: B018
+
+
+class _Sent:
+    """A connection that records each ``sendall``."""
+
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.calls.append(bytes(data))
+
+
+def _respond(
+    cls: type, headers: list[tuple[str, str]], body: list[bytes], method: str = "GET"
+) -> list[bytes]:
+    """What gunicorn's worker does with a response: start it, write each item, close."""
+    from types import SimpleNamespace
+
+    req = SimpleNamespace(version=(1, 1), method=method, should_close=lambda: False)
+    sock = _Sent()
+    resp = cls(req, sock, Config())
+    resp.start_response("200 OK", headers)
+    for item in body:
+        resp.write(item)
+    resp.close()
+    return sock.calls
+
+
+@pytest.fixture
+def fixed_date() -> Iterator[None]:
+    with (
+        mock.patch("gunicorn.util.http_date", return_value="Tue, 01 Dec 2026 10:00:00 GMT"),
+        mock.patch.object(worker, "http_date", return_value="Tue, 01 Dec 2026 10:00:00 GMT"),
+    ):
+        yield
+
+
+@pytest.mark.usefixtures("fixed_date")
+def test_a_reply_of_known_length_leaves_in_one_send_with_gunicorns_bytes() -> None:
+    from gunicorn.http.wsgi import Response
+
+    headers = [("Content-Type", "application/json"), ("Content-Length", "11")]
+    ours = _respond(GatewayResponse, headers, [b'{"ok": true}'[:11]])
+    assert len(ours) == 1 and ours[0].endswith(b'{"ok": true')
+    assert ours == [b"".join(_respond(Response, headers, [b'{"ok": true}'[:11]]))]
+    # A HEAD's head still goes out (at the close), without the body.
+    (head,) = _respond(GatewayResponse, headers, [b'{"ok": true'], method="HEAD")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+    # Several items: the head rides with the first; gunicorn's length cap still holds.
+    parts = _respond(GatewayResponse, headers, [b"0123456", b"789", b"abcdef"])
+    assert parts[0].endswith(b"\r\n\r\n0123456") and parts[1:] == [b"789", b"a"]
+
+
+@pytest.mark.usefixtures("fixed_date")
+def test_a_stream_sends_its_head_at_once() -> None:
+    """Chunked (an SSE stream): the head leaves before the first event, as gunicorn does."""
+    from gunicorn.http.wsgi import Response
+
+    headers = [("Content-Type", "text/event-stream")]
+    ours = _respond(GatewayResponse, headers, [b"data: 1\n\n", b"data: 2\n\n"])
+    assert ours[0].endswith(b"Content-Type: text/event-stream\r\n\r\n") and len(ours) >= 3
+    assert b"Transfer-Encoding: chunked\r\n" in ours[0]
+    assert ours == _respond(Response, headers, [b"data: 1\n\n", b"data: 2\n\n"])
+
+
+def test_the_date_header_is_gunicorns_formatted_once_a_second() -> None:
+    from gunicorn import util
+
+    now = 1_764_669_600.4
+    expected = util.http_date(int(now))
+    with mock.patch("time.time", return_value=now):
+        assert worker.http_date() == expected
+        with mock.patch("email.utils.formatdate", side_effect=AssertionError("again")):
+            assert worker.http_date() == expected
+
+
+def test_the_static_part_of_the_environ_is_built_once_per_worker() -> None:
+    from gunicorn.http import wsgi
+
+    cfg = SettledConfig(Config())
+    with mock.patch.object(wsgi, "WSGIErrorsWrapper", wraps=wsgi.WSGIErrorsWrapper) as wrapper:
+        first, second = worker.settled_base_environ(cfg), worker.settled_base_environ(cfg)
+    assert wrapper.call_count == 1 and first == second and first is not second
+    assert first.keys() == worker._base_environ(Config()).keys()
+
+
+def test_the_gateway_opens_no_cookie_session_and_checks_each_function_once(
+    client: FlaskClient,
+) -> None:
+    app = client.application
+    assert isinstance(app, GatewayFlask)
+    assert client.get("/healthz").status_code == 200
+    with app.test_request_context("/healthz"):
+        from flask import session
+
+        shared = app.session_interface.open_session(app, None)  # type: ignore[arg-type]
+        assert session._get_current_object() is shared  # type: ignore[attr-defined]
+        with pytest.raises(RuntimeError):
+            session["x"] = 1  # read-only, as Flask's null session without a secret key
+
+    def view() -> str:
+        return "x"
+
+    with mock.patch("flask.app.iscoroutinefunction", wraps=lambda f: False) as check:
+        assert app.ensure_sync(view) is view and app.ensure_sync(view) is view
+    assert check.call_count == 1
 
 
 # -- graceful drain ---------------------------------------------------------------------------
