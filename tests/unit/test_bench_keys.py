@@ -163,3 +163,25 @@ def test_the_echo_daprd_lets_the_floors_caller_call_both_methods_only() -> None:
     assert policy["appId"] == "echo-caller" and policy["defaultAction"] == "deny"
     allowed = {op["name"] for op in policy["operations"] if op["action"] == "allow"}
     assert allowed == {f"/{echo_app.METHOD}", f"/{echo_app.HOLD_METHOD}"}
+
+
+def test_autosave_overhead_is_the_median_of_the_rounds_own_ratios() -> None:
+    """A round on a busier machine is slower on both sides: its ratio, not its rates,
+    enters the figure, and one outlying round does not move the median."""
+
+    def rps(*values: float) -> list[dict[str, object]]:
+        return [{"throughput_rps": v} for v in values]
+
+    runs = {
+        "chat": rps(38.0, 20.0, 40.0),
+        "chat-history": rps(30.0, 15.0, 30.0),
+        "sessions": rps(28.5, 14.7, 15.0),  # 5 %, 2 %, and one 50 % outlier
+    }
+    keys = bench.autosave_keys(runs, [25.0, 12.0, 20.0])
+    assert keys["autosave_overhead_pct"] == 5.0
+    assert keys["autosave_overhead_pct_rounds"] == [5.0, 2.0, 50.0]
+    assert keys["chat_rps_without_sessions"] == 30.0
+    assert keys["chat_rps_with_autosave"] == 15.0
+    assert keys["snapshots_per_s"] == 20.0
+    assert keys["chat_rps_short_messages"] == 38.0
+    assert keys["autosave_overhead_vs_short_chat_pct"] == 26.5  # 25, 26.5, 62.5
