@@ -13,17 +13,20 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from dapr.clients.grpc.interceptors import DaprClientInterceptor
 from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 from google.protobuf import empty_pb2
 from google.protobuf.struct_pb2 import Struct
 from opentelemetry import trace
 
+from autoglm.archiver.settings import ArchiverSettings
 from autoglm.core import contracts
 from autoglm.core.bulk_delivery import BulkConfig, BulkDelivery
 from autoglm.core.callback_server import Endpoint, callback_app, serve
 from autoglm.core.contracts import ARCHIVER
 from autoglm.core.pubsub import Ack
+from autoglm.devstack.layout import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -137,3 +140,18 @@ def test_the_subscription_tells_daprd_to_deliver_in_bulk() -> None:
         16,
         50,
     )
+
+
+@pytest.mark.parametrize("component", ["components/pubsub.yaml", "k8s/base/dapr/pubsub.yaml"])
+def test_each_topics_bulk_can_fill_while_the_other_holds_workers(component: str) -> None:
+    """daprd holds every event waiting for its bulk on one of the pub/sub component's
+    ``concurrency`` workers, shared by the archiver's topics: with a bulk at most half of
+    them, under load one topic's bulk always fills and goes at once, rather than both
+    waiting out ``bulk_max_await_ms`` with every worker held (README: bulk deliveries)."""
+    spec = yaml.safe_load((REPO_ROOT / component).read_text())["spec"]
+    concurrency = int(next(m["value"] for m in spec["metadata"] if m["name"] == "concurrency"))
+    settings = ArchiverSettings()
+    topics = [t for t in contracts.TOPICS if ARCHIVER in t.subscribers]
+    assert len(topics) == 2
+    assert settings.bulk_max_messages * len(topics) <= concurrency
+    assert settings.bulk_max_await_ms <= 250  # the archive's lag behind a reply

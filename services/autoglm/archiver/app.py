@@ -33,15 +33,17 @@ def build_app(
     service: ArchiverService, max_concurrent_calls: int, bulk: BulkConfig | None = None
 ) -> App:
     """The archiver's gRPC app; with ``bulk``, both topics are subscribed in bulk and
-    their entries run on a pool of ``bulk.max_messages`` threads (their writes share
-    group commits)."""
+    their entries run on a pool with a thread for each entry of a bulk of each topic
+    (daprd sends one bulk per topic at a time; their writes share group commits)."""
     topics: dict[contracts.Topic[Any], TopicHandler] = {
         contracts.SESSION_SNAPSHOTS: service.on_snapshot,
         contracts.AUDIT_EVENTS: service.on_audit,
     }
     interceptors = []
     if bulk is not None:
-        pool = futures.ThreadPoolExecutor(bulk.max_messages, thread_name_prefix="bulk-delivery")
+        pool = futures.ThreadPoolExecutor(
+            bulk.max_messages * len(topics), thread_name_prefix="bulk-delivery"
+        )
         interceptors.append(BulkDelivery({t.name: h for t, h in topics.items()}, pool))
     app = callback_app(max_concurrent_calls, interceptors)
     configs = {t.name: bulk for t in topics} if bulk is not None else None

@@ -77,8 +77,11 @@ class ArchiverSettings(AppSettings):
     #: Snapshot and audit events come in bulk (``autoglm.core.bulk_delivery``): daprd
     #: delivers up to ``bulk_max_messages`` of a topic's events in one call, waiting at
     #: most ``bulk_max_await_ms`` for them; 0 messages turns bulk off (one call each).
-    bulk_max_messages: int = Field(default=32, ge=0)
-    bulk_max_await_ms: int = Field(default=20, ge=1)
+    #: Both topics' held events share the pub/sub component's ``concurrency`` workers
+    #: (32): keep ``bulk_max_messages`` at most half of it, so that under load one
+    #: topic's bulk always fills and goes at once instead of both waiting out the window.
+    bulk_max_messages: int = Field(default=16, ge=0)
+    bulk_max_await_ms: int = Field(default=100, ge=1)
     #: On SIGTERM/SIGINT, calls in flight (uploads, restores) get this long to finish
     #: before they are cancelled and dirty sessions are written.
     shutdown_grace_s: float = Field(default=20.0, ge=0)

@@ -58,8 +58,8 @@ TopicHandler = Callable[[bytes], Ack]
 class BulkConfig:
     """How daprd batches a topic's deliveries (the subscription's ``bulkSubscribe``)."""
 
-    max_messages: int = 32
-    max_await_ms: int = 20
+    max_messages: int = 16
+    max_await_ms: int = 100
 
     def proto(self) -> pb.BulkSubscribeConfig:
         return pb.BulkSubscribeConfig(
