@@ -27,11 +27,7 @@ daprd, all on free 127.0.0.1 ports), the benchmarks below, and their results in
 9. The Dapr floor (issue 15): a trivial echo app (``load/echo_app.py``, the Dapr SDK's
    ``App`` like inference) behind its daprd, called through a second daprd the way the
    gateway calls inference, against a direct gRPC call to it; ``overhead_over_floor_p50``
-   is our 1-token overhead (benchmark 1) over that floor. Next to it, the same pair of
-   calls to the echo app's ``hold``, which answers once a worker thread has computed as
-   long as the in-process engine's 1-token generation (``dapr_floor_holding_*``): what
-   the two daprds and the SDK's gRPC server cost a call that waits for work, as every
-   generation does, against one answered at once.
+   is our 1-token overhead (benchmark 1) over that floor.
 10. Same workload, three servers (issue 15): 64 completions, 32 in flight, 32 tokens,
    greedy, through the gateway, through the in-process engine, and through
    ``transformers serve --continuous-batching`` (the peer; its FastAPI/uvicorn/accelerate
@@ -73,7 +69,6 @@ from tests.support.stack import start_app, start_backing
 from autoglm.core import contracts
 from autoglm.core.localhttp import LocalHTTP
 from autoglm.core.schemas import ChatMessage, GenerateRequest, SamplingParams
-from autoglm.core.sidecar import Sidecar
 from autoglm.devstack.layout import DATA_DIR, MODELS_DIR, REPO_ROOT
 from autoglm.devstack.multiapp import AppEntry, launch
 from autoglm.devstack.processes import ManagedProcess, free_port, port_open
@@ -222,24 +217,16 @@ def in_process_engine(model: Path, num_threads: int | None = None) -> Any:
 
 def one_token_paths(
     engines: dict[str, Any], mesh: OwnMesh, n: int
-) -> tuple[dict[str, list[float]], dict[str, tuple[int, int]], float]:
+) -> tuple[dict[str, list[float]], dict[str, tuple[int, int]]]:
     """1-token latency, ``n`` rounds, each round once through every path in turn: the
     in-process engines (``engines``: name -> engine, each path named ``in_process`` plus
     the name's suffix), the gateway (HTTP, two daprds, inference), and the Dapr floor's
     echo app through two daprds and directly over gRPC. The gateway is called with the
     same lean HTTP client (``LocalHTTP``) that the floor's caller uses to reach its daprd,
-    so neither side of the comparison carries a heavier client than the other; the
-    floor's pair is called twice, at once (``echo``) and holding each call for the
-    in-process engine's 1-token time (``hold``). Also returns each gateway call's trace
-    id -> (sent, received) in ns, for ``load.hops``, and that hold in ms."""
-    floor = echo_paths(mesh)
+    so neither side of the comparison carries a heavier client than the other. Also
+    returns each gateway call's trace id -> (sent, received) in ns, for ``load.hops``."""
+    through, direct, raw = echo_paths(mesh)
     req = one_token_request()
-    # The floor's holding calls compute as long as the engine's 1-token generation as
-    # the inference app runs it (its torch threads), measured here.
-    engine = engines.get("engine_app_threads", next(iter(engines.values())))
-    hold_ms = round(statistics.median(timed(5, lambda: engine.generate(req))) * 1000, 2)
-    held = {**floor.body, echo_app.HOLD_KEY: hold_ms}
-    held_raw = json.dumps(held).encode()
     body = {"model": "demo-glm", "messages": MESSAGES, "max_tokens": 1, "temperature": 0}
     host, port = mesh.gateway_url.removeprefix("http://").rsplit(":", 1)
     client = LocalHTTP(host, int(port), timeout=30, headers=mesh.headers(TENANT))
@@ -259,10 +246,8 @@ def one_token_paths(
     }
     calls.update(
         gateway=gateway,
-        echo_through_two_daprds=lambda: floor.through(echo_app.METHOD, floor.body),
-        echo_direct_grpc=lambda: floor.direct(echo_app.METHOD, floor.raw),
-        echo_holding_through_two_daprds=lambda: floor.through(echo_app.HOLD_METHOD, held),
-        echo_holding_direct_grpc=lambda: floor.direct(echo_app.HOLD_METHOD, held_raw),
+        echo_through_two_daprds=lambda: through(),
+        echo_direct_grpc=lambda: direct(raw),
     )
     paths: dict[str, list[float]] = {name: [] for name in calls}
     for i in range(n + 10):
@@ -273,29 +258,24 @@ def one_token_paths(
             call()
             if i >= 10:
                 paths[name].append(time.perf_counter() - t0)
-    floor.close()
+    direct.close()
     client.close()
-    return paths, traced, hold_ms
+    return paths, traced
 
 
 def traced_hops(
     mesh: OwnMesh, traced: dict[str, tuple[int, int]]
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """``load.hops`` of the traced 1-token gateway calls, once their spans arrived (the
     apps and daprds export in batches, every few seconds), and of the floor's calls
-    through two daprds (``hops.floor_hop_ms``: the same hops, like for like), answered
-    at once and holding."""
+    through two daprds (``hops.floor_hop_ms``: the same hops, like for like)."""
     deadline = time.monotonic() + 15
     while True:
         with mesh.backing.otlp.lock:
             spans = list(mesh.backing.otlp.spans)
         table = hops.hop_ms(spans, traced)
         if table["requests"]["traced"] >= 0.9 * len(traced) or time.monotonic() > deadline:
-            return (
-                table,
-                hops.floor_hop_ms(spans),
-                hops.floor_hop_ms(spans, hops.FLOOR_HOLD_SPAN),
-            )
+            return table, hops.floor_hop_ms(spans)
         time.sleep(1)
 
 
@@ -476,10 +456,18 @@ def echo_resiliency(resources: Path) -> None:
     (resources / "resiliency-echo.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
-def echo_access_control() -> dict[str, Any]:
-    """The echo daprd's access list, of the same shape as inference's: deny by default,
-    the floor's caller allowed the echo app's two methods."""
-    return {
+def echo_paths(mesh: OwnMesh) -> tuple[Callable[[], None], Any, bytes]:
+    """The Dapr floor's two calls of the echo app: through a second daprd with
+    ``Sidecar`` (as the gateway calls inference), and directly over gRPC (with the body
+    it takes). Both daprds run on this stack's backing: same components, configuration, tracing,
+    mTLS through its Sentry, API tokens; the echo daprd gets an access list of the
+    same shape as inference's (deny by default, the caller allowed ``echo``)."""
+    backing, st = mesh.backing, mesh.stack
+    echo_resiliency(backing.resources)
+    caller = start_app(backing, st, "echo-caller", None)
+    doc = yaml.safe_load(backing.config.read_text())
+    doc["metadata"]["name"] = f"{doc['metadata']['name']}-echo"
+    doc["spec"]["accessControl"] = {
         "defaultAction": "deny",
         "trustDomain": contracts.TRUST_DOMAIN,
         "policies": [
@@ -488,49 +476,10 @@ def echo_access_control() -> dict[str, Any]:
                 "namespace": contracts.NAMESPACE,
                 "trustDomain": contracts.TRUST_DOMAIN,
                 "defaultAction": "deny",
-                "operations": [
-                    {"name": f"/{method}", "httpVerb": ["*"], "action": "allow"}
-                    for method in (echo_app.METHOD, echo_app.HOLD_METHOD)
-                ],
+                "operations": [{"name": "/echo", "httpVerb": ["*"], "action": "allow"}],
             }
         ],
     }
-
-
-@dataclass
-class Floor:
-    """The Dapr floor's two calls of the echo app (``echo_paths``), for either method:
-    through a second daprd with ``Sidecar`` and directly over gRPC. ``body``: the body
-    of the 1-token generation the gateway sends inference (``raw``: as JSON)."""
-
-    sidecar: Sidecar
-    direct_callers: dict[str, Any]
-    body: dict[str, Any]
-    raw: bytes
-
-    def through(self, method: str, body: dict[str, Any]) -> None:
-        assert self.sidecar.invoke("echo", method, body) == body
-
-    def direct(self, method: str, raw: bytes) -> None:
-        assert self.direct_callers[method](raw) == raw
-
-    def close(self) -> None:
-        for call in self.direct_callers.values():
-            call.close()
-
-
-def echo_paths(mesh: OwnMesh) -> Floor:
-    """The Dapr floor's calls of the echo app: through a second daprd with ``Sidecar``
-    (as the gateway calls inference), and directly over gRPC. Both daprds run on this
-    stack's backing: same components, configuration, tracing, mTLS through its Sentry,
-    API tokens; the echo daprd gets an access list of the same shape as inference's
-    (deny by default, the caller allowed the echo app's two methods)."""
-    backing, st = mesh.backing, mesh.stack
-    echo_resiliency(backing.resources)
-    caller = start_app(backing, st, "echo-caller", None)
-    doc = yaml.safe_load(backing.config.read_text())
-    doc["metadata"]["name"] = f"{doc['metadata']['name']}-echo"
-    doc["spec"]["accessControl"] = echo_access_control()
     config = backing.workdir / "dapr" / "config-echo.yaml"
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
     app_port = free_port()
@@ -557,12 +506,11 @@ def echo_paths(mesh: OwnMesh) -> Floor:
     raw = json.dumps(body).encode()
     sidecar = caller.client()
     st.callback(sidecar.close)
-    token = backing.creds.app_token("echo")
-    direct = {
-        method: echo_app.direct_caller(app_port, token, method)
-        for method in (echo_app.METHOD, echo_app.HOLD_METHOD)
-    }
-    return Floor(sidecar, direct, body, raw)
+
+    def through() -> None:
+        assert sidecar.invoke("echo", echo_app.METHOD, body) == body
+
+    return through, echo_app.direct_caller(app_port, backing.creds.app_token("echo")), raw
 
 
 def snapshot_events(port: int) -> float:
@@ -848,10 +796,10 @@ def main() -> None:
         say("stack up; 1-token latency through the sidecar")
         sidecar = via_sidecar(mesh, args.samples)
         say("1-token latency in process, through the gateway and the Dapr floor, in turn")
-        one, traced, hold_ms = one_token_paths(
+        one, traced = one_token_paths(
             {"engine": engine, "engine_app_threads": app_engine}, mesh, args.samples
         )
-        one_token_hops, floor_hops, holding_hops = traced_hops(mesh, traced)
+        one_token_hops, floor_hops = traced_hops(mesh, traced)
         say(f"same workload, in process, through the gateway and the peer in turn: {work}")
         engines = {"engine": engine, "engine_app_threads": app_engine}
         same = three_servers(engines, mesh, peer_url, model, work, rounds=2)
@@ -892,7 +840,6 @@ def main() -> None:
         overhead = paired_ms(one["gateway"], one["in_process_app_threads"])
         overhead_default = paired_ms(one["gateway"], one["in_process"])
         floor = paired_ms(one["echo_through_two_daprds"], one["echo_direct_grpc"])
-        holding = paired_ms(one["echo_holding_through_two_daprds"], one["echo_holding_direct_grpc"])
         summary = {
             # Percentiles of per-round differences (the paths were called in turn).
             "dapr_overhead_p50_ms": round(overhead["p50"], 2),
@@ -901,19 +848,12 @@ def main() -> None:
             "dapr_floor_p50_ms": round(floor["p50"], 2),
             "dapr_floor_p99_ms": round(floor["p99"], 2),
             "overhead_over_floor_p50": round(overhead["p50"] / max(floor["p50"], 1e-3), 2),
-            "dapr_floor_hold_ms": hold_ms,
-            "dapr_floor_holding_p50_ms": round(holding["p50"], 2),
-            "dapr_floor_holding_p99_ms": round(holding["p99"], 2),
-            "overhead_over_holding_floor_p50": round(
-                overhead["p50"] / max(holding["p50"], 1e-3), 2
-            ),
             "one_token_ms": {
                 "inference_sidecar": ms(sidecar),
                 **{name: ms(values) for name, values in one.items()},
             },
             "one_token_hops_ms": one_token_hops,
             "dapr_floor_hops_ms": floor_hops,
-            "dapr_floor_holding_hops_ms": holding_hops,
             **same_workload_keys(
                 same["gateway"], same["engine"], same["peer"], same["engine_app_threads"]
             ),

@@ -61,10 +61,8 @@ HOPS: dict[str, tuple[str, str]] = {
 }
 
 
-#: daprd's spans of the floor's invocations (``load/echo_app.py``'s methods: ``echo``
-#: answers at once, ``hold`` after its worker computed for the engine's 1-token time).
+#: daprd's spans of the floor's invocation (``load/echo_app.py``'s method), by app id.
 FLOOR_SPAN = "CallLocal/echo/echo"
-FLOOR_HOLD_SPAN = "CallLocal/echo/hold"
 FLOOR_CALLER, FLOOR_CALLEE = "echo-caller", "echo"
 #: The floor's hops, like ``HOPS``: (from, to) points of one call.
 FLOOR_HOPS: dict[str, tuple[str, str]] = {
@@ -122,16 +120,13 @@ def hop_ms(
     return out
 
 
-def floor_hop_ms(
-    spans: Iterable[ReceivedSpan], span_name: str = FLOOR_SPAN
-) -> dict[str, dict[str, float]]:
+def floor_hop_ms(spans: Iterable[ReceivedSpan]) -> dict[str, dict[str, float]]:
     """Percentiles and mean (ms) of each of ``FLOOR_HOPS`` over every trace that holds
-    both daprds' spans (named ``span_name``: the method's) of a floor call; ``calls``
-    counts them. (The floor's caller sends no trace context of its own: its daprd starts
-    each call's trace.)"""
+    both daprds' spans of a floor call; ``calls`` counts them. (The floor's caller sends
+    no trace context of its own: its daprd starts each call's trace.)"""
     by_trace: dict[str, dict[str, ReceivedSpan]] = {}
     for s in spans:
-        if s.name != span_name:
+        if s.name != FLOOR_SPAN:
             continue
         if s.service == FLOOR_CALLER and s.kind == SPAN_KIND_CLIENT:
             by_trace.setdefault(s.trace_id, {})["caller"] = s

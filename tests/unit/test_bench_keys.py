@@ -120,51 +120,6 @@ def test_the_floor_calls_the_echo_app_under_inferences_resiliency_policy(tmp_pat
     assert doc["spec"]["targets"] == {"apps": {"echo": inference}}
 
 
-def test_floor_hops_of_each_echo_method_count_only_that_methods_calls() -> None:
-    def span(trace: str, name: str, service: str, start_ms: float, end_ms: float) -> ReceivedSpan:
-        kind = hops.SPAN_KIND_CLIENT if service == hops.FLOOR_CALLER else hops.SPAN_KIND_SERVER
-        start, end = int(start_ms * 1_000_000), int(end_ms * 1_000_000)
-        return ReceivedSpan(service, name, trace, "s", "p", {}, start, end, kind)
-
-    spans = [
-        span("t1", hops.FLOOR_SPAN, hops.FLOOR_CALLER, 0.0, 3.0),
-        span("t1", hops.FLOOR_SPAN, hops.FLOOR_CALLEE, 1.0, 2.5),
-        span("t2", hops.FLOOR_HOLD_SPAN, hops.FLOOR_CALLER, 0.0, 14.0),
-        span("t2", hops.FLOOR_HOLD_SPAN, hops.FLOOR_CALLEE, 1.0, 13.0),
-    ]
-    at_once = hops.floor_hop_ms(spans)
-    holding = hops.floor_hop_ms(spans, hops.FLOOR_HOLD_SPAN)
-    assert at_once["calls"] == holding["calls"] == {"traced": 1.0}
-    assert [at_once[name]["mean"] for name in hops.FLOOR_HOPS] == [1.0, 1.5, 0.5]
-    assert [holding[name]["mean"] for name in hops.FLOOR_HOPS] == [1.0, 12.0, 1.0]
-
-
-def test_the_echo_apps_hold_waits_for_its_worker_for_the_bodys_hold_ms() -> None:
-    import json
-    import time
-
-    from load import echo_app
-
-    assert echo_app.hold_seconds(json.dumps({"x": 1, "hold_ms": 12.5}).encode()) == 0.0125
-    for body in (b"{}", b'{"hold_ms": -1}', b'{"hold_ms": true}', b'{"hold_ms": "5"}', b"[]", b"x"):
-        assert echo_app.hold_seconds(body) == 0.0
-    worker = echo_app.Worker()
-    t0 = time.perf_counter()
-    worker.run(0.02)
-    assert 0.02 <= time.perf_counter() - t0 < 5
-
-
-def test_the_echo_daprd_lets_the_floors_caller_call_both_methods_only() -> None:
-    from load import echo_app
-
-    acl = bench.echo_access_control()
-    assert acl["defaultAction"] == "deny"
-    [policy] = acl["policies"]
-    assert policy["appId"] == "echo-caller" and policy["defaultAction"] == "deny"
-    allowed = {op["name"] for op in policy["operations"] if op["action"] == "allow"}
-    assert allowed == {f"/{echo_app.METHOD}", f"/{echo_app.HOLD_METHOD}"}
-
-
 def test_autosave_overhead_is_the_median_of_the_rounds_own_ratios() -> None:
     """A round on a busier machine is slower on both sides: its ratio, not its rates,
     enters the figure, and one outlying round does not move the median."""
