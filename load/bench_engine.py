@@ -27,15 +27,17 @@ one finished), 32 new tokens each, greedy. It reports time per output token of t
 requests while the long ones are admitted and the KV cache's bytes per cached token, and
 where the mixed run's time went: its engine steps, the seconds of those that carried the
 long prompts' chunks (``mixed_chunk_steps_s``) and of the decode-only steps after them
-(``mixed_tail_s``). It also measures what no scheduler can go below on this machine: the
-long prompts' prefill alone, each as one causal forward of the Hugging Face model
-(``sdpa``, no cache, last-token logits) on the engine's compute thread
-(``long_prefill_floor_s``), and the ratio the mixed run would reach if every decode (the
-short requests' and the long ones') cost nothing (``mixed_over_short_ceiling``: the mixed
-run's tokens over that floor, over the short-only run's tokens/s; timed in every round,
-the median round's pair is reported). The long prompts' decodes can only follow their
-prefill, so a ceiling at or under a goal means that only cheaper arithmetic (a faster
-machine, a matrix unit, a smaller dtype) reaches it, not scheduling.
+(``mixed_tail_s``). It also measures what no scheduler can go below on this machine, as
+Hugging Face runs the model (``sdpa``) on the engine's compute thread: the long prompts'
+prefill, each in one causal forward (``long_prefill_floor_s``), and the one-token decodes
+of the last of them that must follow it (``long_decode_floor_s``: whichever long prompt
+is prefilled last, all four prefills come before its decodes, which come one after
+another). ``mixed_over_short_ceiling`` is the ratio the mixed run would reach in that
+time, i.e. if the short requests' work and every other decode cost nothing: the mixed
+run's tokens over the two floors, over the short-only run's tokens/s (timed in every
+round; the median round's figures are reported). A ceiling under a goal means that only
+cheaper arithmetic (a faster machine, a matrix unit, a smaller dtype) reaches it, not
+scheduling.
 
     python load/bench_engine.py [--model .models/demo-glm] [--requests 32] [--max-tokens 64]
                                 [--repeat 3] [--scenario all|batching|mixed|noisy]
@@ -220,11 +222,16 @@ def prefix_cache_ttft(engine: AutoGLMEngine, turns: int = 5) -> dict[str, float]
     }
 
 
-def prefill_floor(engine: AutoGLMEngine, path: Path, texts: list[str]) -> Callable[[], float]:
+def long_floor(
+    engine: AutoGLMEngine, path: Path, texts: list[str], decodes: int
+) -> Callable[[], tuple[float, float]]:
     """A timer of the least compute the mixed run's long prompts need, whatever the
-    scheduler: ``texts`` prefilled one after another, each in one causal forward of the
-    model as Hugging Face runs it (``sdpa``, no KV cache kept, logits of the last token
-    only), on the engine's compute thread. Each call times one such pass (warmed up)."""
+    scheduler, as Hugging Face runs the model (``sdpa``) on the engine's compute thread:
+    ``texts`` prefilled one after another, each in one causal forward (logits of the
+    last token only), and then ``decodes`` one-token steps of the last one over its
+    cache. Whichever long prompt is prefilled last, all four prefills precede its
+    decodes, and its decodes follow one another. Each call times one such pass (warmed
+    up): (prefill seconds, decode seconds)."""
     from transformers import AutoModelForCausalLM
 
     lm = engine.get(None)
@@ -240,15 +247,25 @@ def prefill_floor(engine: AutoGLMEngine, path: Path, texts: list[str]) -> Callab
         for t in texts
     ]
 
-    def prefill_all() -> float:
+    def one_pass() -> tuple[float, float]:
         start = time.perf_counter()
-        for x in ids:
+        for x in ids[:-1]:
             hidden = model.model(input_ids=x, use_cache=False).last_hidden_state
             model.lm_head(hidden[:, -1:]).float().cpu()
-        return time.perf_counter() - start
+        out = model.model(input_ids=ids[-1], use_cache=True)
+        token = model.lm_head(out.last_hidden_state[:, -1:]).argmax(-1)
+        token.cpu()
+        prefilled = time.perf_counter()
+        cache = out.past_key_values
+        for _ in range(decodes):
+            out = model.model(input_ids=token, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            token = model.lm_head(out.last_hidden_state[:, -1:]).argmax(-1)
+            token.cpu()
+        return prefilled - start, time.perf_counter() - prefilled
 
-    _on_compute(engine, prefill_all)  # warm up
-    return lambda: float(_on_compute(engine, prefill_all))
+    _on_compute(engine, one_pass)  # warm up
+    return lambda: _on_compute(engine, one_pass)  # type: ignore[no-any-return]
 
 
 def long_prompts(tokenizer: Any, n: int, tokens: int) -> list[str]:
@@ -392,20 +409,21 @@ def mixed_scenario(
 
     # Alternate the two, so that both see the same (shared, noisy) machine.
     shorts_runs, mixed_runs = [], []
-    # The prefill floor is timed in each round too, and the ceiling is each round's (its
+    # The floor is timed in each round too, and the ceiling is each round's (its
     # short-only run against its floor), so that both share that round's machine.
-    time_prefill = prefill_floor(engine, path, longs)
-    ceilings: list[tuple[float, float]] = []
+    time_floor = long_floor(engine, path, longs, max_tokens - 1)
+    ceilings: list[tuple[float, float, float]] = []
     for _ in range(repeat):
         shorts_runs.append(run(shorts, [False] * len(shorts)))
         mixed_runs.append(run(mixed, is_long))
-        floor_s = time_prefill()
+        prefill_s, decode_s = time_floor()
         tokens = mixed_runs[-1]["tokens"]
-        ceilings.append((tokens / floor_s / shorts_runs[-1]["tok_s"], floor_s))
+        ceiling = tokens / (prefill_s + decode_s) / shorts_runs[-1]["tok_s"]
+        ceilings.append((ceiling, prefill_s, decode_s))
     short = median_run(repeat, iter(shorts_runs).__next__)
     mix = median_run(repeat, iter(mixed_runs).__next__)
     per_token = mix["kv_bytes_peak"] / mix["kv_tokens_peak"] if mix["kv_tokens_peak"] else 0.0
-    ceiling, floor_s = sorted(ceilings)[len(ceilings) // 2]
+    ceiling, prefill_s, decode_s = sorted(ceilings)[len(ceilings) // 2]
     return {
         "long_prompt_tokens": long_lens,
         "short_tok_s": round(short["tok_s"], 1),
@@ -415,7 +433,8 @@ def mixed_scenario(
         "short_in_mixed_tok_s": round(mix["short_tok_s"], 1),
         "short_in_mixed_over_short": round(mix["short_tok_s"] / short["tok_s"], 3),
         "mixed_seconds": round(mix["seconds"], 2),
-        "long_prefill_floor_s": round(floor_s, 3),
+        "long_prefill_floor_s": round(prefill_s, 3),
+        "long_decode_floor_s": round(decode_s, 3),
         "mixed_over_short_ceiling": round(ceiling, 3),
         "mixed_short_tpot_p50_ms": round(mix["tpot_p50_s"] * 1000, 2),
         "mixed_short_tpot_p99_ms": round(mix["tpot_p99_s"] * 1000, 2),
@@ -516,8 +535,9 @@ def main() -> None:
                 f"KV {mixed['kv_bytes_per_cached_token']} bytes/cached token"
             )
             print(
-                f"mixed {dtype:<13} the long prompts' prefill alone (one causal forward "
-                f"each) {mixed['long_prefill_floor_s']}s: mixed_over_short cannot exceed "
+                f"mixed {dtype:<13} floor: the long prompts' prefill (one causal forward "
+                f"each) {mixed['long_prefill_floor_s']}s, then the last one's decodes "
+                f"{mixed['long_decode_floor_s']}s: mixed_over_short cannot exceed "
                 f"x{mixed['mixed_over_short_ceiling']} here"
             )
             if "mixed_steps" in mixed:
