@@ -8,11 +8,15 @@ It models what daprd's state.redis does where our code depends on it: ETags
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from autoglm.core import contracts
 from autoglm.core.errors import AutoGLMError, ConflictError, UnavailableError
 from autoglm.core.sidecar import StateEntry
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class FakeSidecar:
@@ -41,6 +45,20 @@ class FakeSidecar:
         if isinstance(reply, AutoGLMError):
             raise reply
         return reply(payload) if callable(reply) else dict(reply)
+
+    def invoke_model(
+        self,
+        app_id: str,
+        method: str,
+        request: BaseModel | None,
+        reply: type[M],
+        timeout: float = 60.0,
+    ) -> M:
+        """As ``Sidecar.invoke_model``: the request as JSON (None: an empty object) through
+        ``invoke`` (so its record and canned replies serve both), the reply validated as
+        ``reply``."""
+        payload = request.model_dump(mode="json") if request is not None else {}
+        return reply.model_validate(self.invoke(app_id, method, payload, timeout))
 
     def publish(self, topic: str, payload: dict[str, Any], pubsub: str = "pubsub") -> None:
         if self.fail_publish:

@@ -40,7 +40,7 @@ from autoglm.core.schemas import (
     ModelState,
     SnapshotEvent,
 )
-from autoglm.core.sidecar import ModelInvokeAPI, SidecarAPI
+from autoglm.core.sidecar import SidecarAPI
 from autoglm.core.streaming import STREAM_METHOD, STREAM_SERVICE
 
 Req = TypeVar("Req", bound=BaseModel)
@@ -239,14 +239,10 @@ class MeshClient:
     ``client.call(RESTORE, RestoreRequest(...))`` sends the request model and returns
     the reply model. ``app_ids`` maps an app to the Dapr id it runs under when that is
     configured otherwise (a canary); failures come back as ``AutoGLMError`` subclasses
-    (``Sidecar.invoke``), a reply that does not fit its model as ``InternalError``."""
+    (``SidecarAPI.invoke_model``), a reply that does not fit its model as ``InternalError``."""
 
     sidecar: SidecarAPI
     app_ids: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # Models straight to and from JSON where the sidecar can (``Sidecar``).
-        self._models = self.sidecar if isinstance(self.sidecar, ModelInvokeAPI) else None
 
     def call(
         self, method: Rpc[Req, Rep], request: Req | None = None, *, timeout: float = 60.0
@@ -259,13 +255,9 @@ class MeshClient:
             raise TypeError(f"{method.name} declares no reply; nobody calls it through here")
         app_id = self.app_ids.get(method.app, method.app)
         try:
-            if self._models is not None:
-                return self._models.invoke_model(
-                    app_id, method.name, request, method.reply, timeout=timeout
-                )
-            payload = request.model_dump(mode="json") if request is not None else {}
-            reply = self.sidecar.invoke(app_id, method.name, payload, timeout=timeout)
-            return method.reply.model_validate(reply)
+            return self.sidecar.invoke_model(
+                app_id, method.name, request, method.reply, timeout=timeout
+            )
         except ValidationError as exc:
             raise InternalError(
                 f"malformed reply from {method.app}.{method.name}: {exc.error_count()} errors"

@@ -104,6 +104,18 @@ class SidecarAPI(StateAPI, Protocol):
         self, app_id: str, method: str, payload: dict[str, Any], timeout: float = ...
     ) -> dict[str, Any]: ...
 
+    def invoke_model(
+        self,
+        app_id: str,
+        method: str,
+        request: BaseModel | None,
+        reply: type[M],
+        timeout: float = ...,
+    ) -> M:
+        """``invoke`` with models in and out (what ``MeshClient`` calls): a reply that
+        is not ``reply`` raises as ``invoke`` would, or ``ValidationError``."""
+        ...
+
     def publish(self, topic: str, payload: dict[str, Any], pubsub: str = ...) -> None: ...
 
     def publish_soon(self, topic: str, payload: dict[str, Any], pubsub: str = ...) -> None:
@@ -115,21 +127,6 @@ class SidecarAPI(StateAPI, Protocol):
     def delete_state(self, key: str, etag: str | None = ..., store: str = ...) -> None: ...
 
     def get_secret(self, store: str, name: str) -> dict[str, str]: ...
-
-
-@runtime_checkable
-class ModelInvokeAPI(Protocol):
-    """Service invocation with models in and out (``Sidecar`` has it; test fakes need
-    not: ``MeshClient`` then goes through ``invoke``)."""
-
-    def invoke_model(
-        self,
-        app_id: str,
-        method: str,
-        request: BaseModel | None,
-        reply: type[M],
-        timeout: float = ...,
-    ) -> M: ...
 
 
 @runtime_checkable

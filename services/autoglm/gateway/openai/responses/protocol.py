@@ -25,12 +25,13 @@ ResponseStatus = Literal["queued", "in_progress", "completed", "incomplete", "fa
 TERMINAL: frozenset[str] = frozenset({"completed", "incomplete", "failed", "cancelled"})
 
 
-def response_id() -> str:
-    return f"resp_{random_hex()}"
-
-
 def item_id(prefix: str) -> str:
+    """An id in the Responses API's form: ``<prefix>_<32 hex digits>``."""
     return f"{prefix}_{random_hex()}"
+
+
+def response_id() -> str:
+    return item_id("resp")
 
 
 class _Strict(BaseModel):
