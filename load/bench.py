@@ -27,7 +27,9 @@ daprd, all on free 127.0.0.1 ports), the benchmarks below, and their results in
 9. The Dapr floor (issue 15): a trivial echo app (``load/echo_app.py``, the Dapr SDK's
    ``App`` like inference) behind its daprd, called through a second daprd the way the
    gateway calls inference, against a direct gRPC call to it; ``overhead_over_floor_p50``
-   is our 1-token overhead (benchmark 1) over that floor.
+   is our 1-token overhead (benchmark 1) over that floor. In the same rounds, the echo
+   behind a bare Flask app on the gateway's server (``load/flask_forwarder.py``):
+   ``bare_flask_over_floor_p50``, the least a Flask gateway costs over the floor.
 10. Same workload, three servers (issue 15): 64 completions, 32 in flight, 32 tokens,
    greedy, through the gateway, through the in-process engine, and through
    ``transformers serve --continuous-batching`` (the peer; its FastAPI/uvicorn/accelerate
@@ -64,7 +66,7 @@ import httpx
 import yaml
 from tests.support.mesh import OwnMesh, start_mesh
 from tests.support.otlp import OTLPReceiver
-from tests.support.stack import start_app, start_backing
+from tests.support.stack import AppUnderTest, start_app, start_backing
 
 from autoglm.core import contracts
 from autoglm.core.localhttp import LocalHTTP
@@ -75,7 +77,7 @@ from autoglm.devstack.processes import ManagedProcess, free_port, port_open
 from autoglm.devstack.sidecars import SidecarPorts
 from autoglm.inference.__main__ import engine_threads
 from autoglm.models.demo import init_demo_models
-from load import bench_ha, echo_app, hops, loadgen, noisy_neighbour
+from load import bench_ha, echo_app, flask_forwarder, hops, loadgen, noisy_neighbour
 from load.bench_engine import clear_prefix_cache, engine_run, hf_sequential, prompts
 
 RESULTS = REPO_ROOT / "load" / "results"
@@ -221,11 +223,16 @@ def one_token_paths(
     """1-token latency, ``n`` rounds, each round once through every path in turn: the
     in-process engines (``engines``: name -> engine, each path named ``in_process`` plus
     the name's suffix), the gateway (HTTP, two daprds, inference), and the Dapr floor's
-    echo app through two daprds and directly over gRPC. The gateway is called with the
+    echo app through two daprds, directly over gRPC, and behind a bare Flask app on the
+    gateway's server (``bare_flask_path``). The gateway is called with the
     same lean HTTP client (``LocalHTTP``) that the floor's caller uses to reach its daprd,
     so neither side of the comparison carries a heavier client than the other. Also
     returns each gateway call's trace id -> (sent, received) in ns, for ``load.hops``."""
-    through, direct, raw = echo_paths(mesh)
+    through, direct, raw, caller = echo_paths(mesh)
+    # Up for these rounds only: the throughput runs after them see the stack alone.
+    forwarder = ExitStack()
+    mesh.stack.callback(forwarder.close)  # if a round fails
+    forward = bare_flask_path(mesh, caller, forwarder)
     req = one_token_request()
     body = {"model": "demo-glm", "messages": MESSAGES, "max_tokens": 1, "temperature": 0}
     host, port = mesh.gateway_url.removeprefix("http://").rsplit(":", 1)
@@ -248,6 +255,7 @@ def one_token_paths(
         gateway=gateway,
         echo_through_two_daprds=lambda: through(),
         echo_direct_grpc=lambda: direct(raw),
+        echo_through_bare_flask=forward,
     )
     paths: dict[str, list[float]] = {name: [] for name in calls}
     for i in range(n + 10):
@@ -260,6 +268,7 @@ def one_token_paths(
                 paths[name].append(time.perf_counter() - t0)
     direct.close()
     client.close()
+    forwarder.close()
     return paths, traced
 
 
@@ -456,12 +465,13 @@ def echo_resiliency(resources: Path) -> None:
     (resources / "resiliency-echo.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
-def echo_paths(mesh: OwnMesh) -> tuple[Callable[[], None], Any, bytes]:
+def echo_paths(mesh: OwnMesh) -> tuple[Callable[[], None], Any, bytes, AppUnderTest]:
     """The Dapr floor's two calls of the echo app: through a second daprd with
     ``Sidecar`` (as the gateway calls inference), and directly over gRPC (with the body
-    it takes). Both daprds run on this stack's backing: same components, configuration, tracing,
-    mTLS through its Sentry, API tokens; the echo daprd gets an access list of the
-    same shape as inference's (deny by default, the caller allowed ``echo``)."""
+    it takes), and that second daprd. Both daprds run on this stack's backing: same
+    components, configuration, tracing, mTLS through its Sentry, API tokens; the echo
+    daprd gets an access list of the same shape as inference's (deny by default, the
+    caller allowed ``echo``)."""
     backing, st = mesh.backing, mesh.stack
     echo_resiliency(backing.resources)
     caller = start_app(backing, st, "echo-caller", None)
@@ -510,7 +520,38 @@ def echo_paths(mesh: OwnMesh) -> tuple[Callable[[], None], Any, bytes]:
     def through() -> None:
         assert sidecar.invoke("echo", echo_app.METHOD, body) == body
 
-    return through, echo_app.direct_caller(app_port, backing.creds.app_token("echo")), raw
+    direct = echo_app.direct_caller(app_port, backing.creds.app_token("echo"))
+    return through, direct, raw, caller
+
+
+def bare_flask_path(mesh: OwnMesh, caller: AppUnderTest, st: ExitStack) -> Callable[[], None]:
+    """The floor's echo behind a bare Flask app on the gateway's server
+    (``load/flask_forwarder.py``), which calls through the floor's caller daprd with the
+    gateway's client: the least a Flask gateway adds to the floor. ``st`` stops it."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "AUTOGLM_GATEWAY_PORT": str(port),
+        "DAPR_HTTP_PORT": str(caller.ports.http),
+        "DAPR_API_TOKEN": caller.dapr_headers["dapr-api-token"],
+        "PYTHONUNBUFFERED": "1",
+    }
+    logs = mesh.backing.workdir / "logs"
+    argv = [sys.executable, "-m", "load.flask_forwarder"]
+    log = logs / "flask-forwarder.log"
+    proc = ManagedProcess("flask-forwarder", argv, log, env=env, cwd=REPO_ROOT)
+    proc.start()
+    st.callback(proc.stop)
+    proc.wait_until(lambda: port_open(port), 60, "the bare Flask forwarder")
+    client = LocalHTTP("127.0.0.1", port, timeout=30)
+    st.callback(client.close)
+    body = one_token_request().model_dump(mode="json")
+
+    def forward() -> None:
+        resp = client.request("POST", flask_forwarder.ROUTE, json=body)
+        assert resp.status_code == 200 and resp.json() == body, resp.text
+
+    return forward
 
 
 def snapshot_events(port: int) -> float:
@@ -840,6 +881,7 @@ def main() -> None:
         overhead = paired_ms(one["gateway"], one["in_process_app_threads"])
         overhead_default = paired_ms(one["gateway"], one["in_process"])
         floor = paired_ms(one["echo_through_two_daprds"], one["echo_direct_grpc"])
+        bare = loadgen.percentiles(one["echo_through_bare_flask"])
         summary = {
             # Percentiles of per-round differences (the paths were called in turn).
             "dapr_overhead_p50_ms": round(overhead["p50"], 2),
@@ -848,6 +890,9 @@ def main() -> None:
             "dapr_floor_p50_ms": round(floor["p50"], 2),
             "dapr_floor_p99_ms": round(floor["p99"], 2),
             "overhead_over_floor_p50": round(overhead["p50"] / max(floor["p50"], 1e-3), 2),
+            # The least a Flask gateway adds (``load/flask_forwarder.py``): all its time.
+            "bare_flask_p50_ms": round(bare["p50"], 2),
+            "bare_flask_over_floor_p50": round(bare["p50"] / max(floor["p50"], 1e-3), 2),
             "one_token_ms": {
                 "inference_sidecar": ms(sidecar),
                 **{name: ms(values) for name, values in one.items()},
